@@ -1,0 +1,41 @@
+//! The two custom resources of `codegen.omninode.ai/v1alpha1` and their shared condition type.
+//!
+//! These types are the contract with users (what they `kubectl apply`) and with the API server
+//! (the CRD schema is generated from them; `crds/` holds that output).
+
+mod conditions;
+mod generated_node;
+mod node_generation;
+
+pub use conditions::{Condition, ConditionStatus, conditions_schema};
+pub use generated_node::{
+    GeneratedNode, GeneratedNodeDeploy, GeneratedNodeSpec, GeneratedNodeStatus, NodeSource,
+};
+pub use node_generation::*;
+
+/// API group of both kinds.
+pub const GROUP: &str = "codegen.omninode.ai";
+/// Field manager for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "omninode-operator";
+/// Label keys put on everything the operator creates.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_GENERATION: &str = "codegen.omninode.ai/generation";
+pub const LABEL_NODE: &str = "codegen.omninode.ai/node";
+
+/// Both CRDs, in the order `crds/` and `omninode-operator crd` list them.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![NodeGeneration::crd(), GeneratedNode::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream, exactly as committed in `crds/`.
+pub fn crds_yaml() -> Result<String, serde_norway::Error> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_norway::to_string(&crd)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,383 @@
+//! `NodeGeneration`: a PRD in, generated and deployed ONEX nodes out.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::{Condition, conditions_schema};
+
+/// What the user asks for: a PRD (inline or from a ConfigMap) and optional overrides.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "codegen.omninode.ai",
+    version = "v1alpha1",
+    kind = "NodeGeneration",
+    namespaced,
+    status = "NodeGenerationStatus",
+    shortname = "ng",
+    category = "omninode",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount"}"#,
+    printcolumn = r#"{"name":"Quality","type":"number","jsonPath":".status.quality"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.prd) != has(self.prdFrom)").message("exactly one of spec.prd and spec.prdFrom must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct NodeGenerationSpec {
+    /// The PRD as inline Markdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1048576))]
+    pub prd: Option<String>,
+    /// The PRD from a key of a ConfigMap in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prd_from: Option<PrdSource>,
+    /// Build exactly these node types instead of the ones the analysis picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_types: Option<Vec<NodeType>>,
+    /// Domain override (e.g. `data`, `api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,39}$"))]
+    pub domain: Option<String>,
+    /// Service name override; becomes part of every generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,39}$"))]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub intelligence: IntelligenceSpec,
+    #[serde(default)]
+    pub quality: QualitySpec,
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub deploy: DeploySpec,
+    /// Stop all work on this object while true.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Where a PRD kept outside the NodeGeneration lives.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrdSource {
+    pub config_map_key_ref: ConfigMapKeyRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct ConfigMapKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// The four ONEX node types.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum NodeType {
+    Effect,
+    Compute,
+    Reducer,
+    Orchestrator,
+}
+
+impl NodeType {
+    pub const ALL: [NodeType; 4] = [
+        NodeType::Effect,
+        NodeType::Compute,
+        NodeType::Reducer,
+        NodeType::Orchestrator,
+    ];
+
+    /// Lowercase wire and file-name form (`effect`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeType::Effect => "effect",
+            NodeType::Compute => "compute",
+            NodeType::Reducer => "reducer",
+            NodeType::Orchestrator => "orchestrator",
+        }
+    }
+
+    /// Title form used in class names (`Effect`).
+    pub fn title(self) -> &'static str {
+        match self {
+            NodeType::Effect => "Effect",
+            NodeType::Compute => "Compute",
+            NodeType::Reducer => "Reducer",
+            NodeType::Orchestrator => "Orchestrator",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<NodeType> {
+        NodeType::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(word))
+    }
+}
+
+impl std::fmt::Display for NodeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.title())
+    }
+}
+
+/// How the intelligence service is consulted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum IntelligenceMode {
+    /// Ask the service, fall back to the built-in pattern library.
+    #[default]
+    Auto,
+    /// Fail the generation when the service does not answer.
+    Required,
+    /// Never ask; use the built-in pattern library.
+    Disabled,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntelligenceSpec {
+    #[serde(default)]
+    pub mode: IntelligenceMode,
+    /// How long to wait for the service before falling back.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 120))]
+    pub timeout_seconds: u32,
+}
+
+fn default_timeout_seconds() -> u32 {
+    5
+}
+
+impl Default for IntelligenceSpec {
+    fn default() -> Self {
+        IntelligenceSpec {
+            mode: IntelligenceMode::Auto,
+            timeout_seconds: default_timeout_seconds(),
+        }
+    }
+}
+
+/// The quality gate.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QualitySpec {
+    /// Minimum overall score (0–1).
+    #[serde(default = "default_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: f64,
+    /// Minimum ONEX compliance score (0–1).
+    #[serde(default = "default_onex_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub onex_threshold: f64,
+}
+
+fn default_threshold() -> f64 {
+    0.8
+}
+fn default_onex_threshold() -> f64 {
+    0.7
+}
+
+impl Default for QualitySpec {
+    fn default() -> Self {
+        QualitySpec {
+            threshold: default_threshold(),
+            onex_threshold: default_onex_threshold(),
+        }
+    }
+}
+
+/// Where generated files go: ConfigMaps (default) or a Git repository.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(validation = Rule::new("!(has(self.configMap) && has(self.git))").message("set at most one of output.configMap and output.git"))]
+#[serde(rename_all = "camelCase")]
+pub struct OutputSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapOutput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitOutput>,
+}
+
+/// ConfigMap output; one ConfigMap per node (no options yet).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+pub struct ConfigMapOutput {}
+
+/// Git output: commit the generated nodes and their GeneratedNode manifests.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitOutput {
+    /// Repository URL (https, ssh or file).
+    pub repository: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Path prefix inside the repository.
+    #[serde(default)]
+    pub path: String,
+    /// Secret with `username`/`password`, `token`, or `ssh-privatekey`/`known_hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<GitAuthor>,
+    /// Commit message template (minijinja).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_template: Option<String>,
+}
+
+fn default_branch() -> String {
+    "main".to_string()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct SecretRef {
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct GitAuthor {
+    pub name: String,
+    pub email: String,
+}
+
+/// How generated nodes are deployed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploySpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Node runtime image; the operator's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_replicas() -> i32 {
+    1
+}
+
+impl Default for DeploySpec {
+    fn default() -> Self {
+        DeploySpec {
+            enabled: true,
+            image: None,
+            replicas: default_replicas(),
+            resources: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Display-only summary of the conditions.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Analyzing,
+    Generating,
+    Validating,
+    Publishing,
+    Deploying,
+    Completed,
+    Failed,
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeGenerationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Number of generated nodes (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_count: Option<i32>,
+    /// Lowest overall quality score over the nodes (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputStatus>,
+}
+
+/// Where the analysis came from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IntelligenceSource {
+    Omniarchon,
+    Builtin,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    pub source: IntelligenceSource,
+    /// Confidence of the source (0.7 built-in, 0.9 service).
+    pub confidence: f64,
+    pub correlation_id: String,
+    pub domain: String,
+    pub service_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_systems: Vec<String>,
+    #[serde(default)]
+    pub nodes: Vec<PlannedNodeStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedNodeStatus {
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    pub service_name: String,
+    /// Confidence of the node-type classification.
+    pub confidence: f64,
+    #[serde(default)]
+    pub operations: Vec<String>,
+    #[serde(default)]
+    pub mixins: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Name of the GeneratedNode.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    pub quality: f64,
+    pub onex_score: f64,
+    pub passed: bool,
+    pub files: i32,
+    pub content_hash: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_maps: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitOutputStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct GitOutputStatus {
+    pub repository: String,
+    pub branch: String,
+    pub path: String,
+    pub commit: String,
+}

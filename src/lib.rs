@@ -1,0 +1,9 @@
+//! omninode-operator: turns PRDs in `NodeGeneration` resources into runnable ONEX nodes.
+//!
+//! The pure core (`prd`, `analysis`, `render`, `quality`, composed by `pipeline`) has no I/O and is
+//! shared by the offline `generate` command and the controller, so both produce identical files.
+
+pub mod analysis;
+pub mod api;
+pub mod naming;
+pub mod prd;

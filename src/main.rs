@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", omninode_operator::api::crds_yaml().unwrap());
+}
