@@ -5,5 +5,11 @@
 
 pub mod analysis;
 pub mod api;
+pub mod generate;
+pub mod manifest;
 pub mod naming;
+pub mod pipeline;
 pub mod prd;
+pub mod quality;
+pub mod render;
+pub mod status;

@@ -1,3 +1,114 @@
-fn main() {
-    println!("{}", omninode_operator::api::crds_yaml().unwrap());
+//! The `omninode-operator` binary: a thin command-line layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use omninode_operator::{api, generate, render::Renderer};
+
+#[derive(Parser)]
+#[command(
+    name = "omninode-operator",
+    version,
+    about = "Turns PRDs in NodeGeneration resources into runnable ONEX nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate nodes offline from NodeGeneration manifests or bare PRD Markdown files, and print
+    /// the status each NodeGeneration would get.
+    Generate {
+        /// Manifests (multi-document YAML allowed) or `.md` PRDs.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Directory to write `<generation>/<node directory>/…` into.
+        #[arg(long, short, default_value = "generated")]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+        /// Directory of custom templates replacing the embedded ones.
+        #[arg(long, env = "OMNINODE_TEMPLATES_DIR")]
+        templates: Option<PathBuf>,
+    },
+    /// Print the CustomResourceDefinitions (what `crds/` holds).
+    Crd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Crd => {
+            emit(&api::crds_yaml()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate {
+            files,
+            output,
+            format,
+            templates,
+        } => {
+            let renderer = match templates {
+                Some(dir) => Renderer::from_dir(&dir)?,
+                None => Renderer::embedded()?,
+            };
+            let printed = generate::generate(&renderer, &files, &output);
+            let mut out = String::new();
+            match format {
+                Format::Yaml => {
+                    for p in &printed {
+                        out.push_str("---\n");
+                        out.push_str(&serde_norway::to_string(p)?);
+                    }
+                }
+                Format::Json => {
+                    out = serde_json::to_string_pretty(&printed)?;
+                    out.push('\n');
+                }
+            }
+            emit(&out)?;
+            let failed = printed.iter().filter(|p| !p.ready()).count();
+            if failed > 0 {
+                eprintln!(
+                    "{failed} of {} NodeGeneration(s) failed; see their Ready condition",
+                    printed.len()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }

@@ -1,0 +1,279 @@
+//! The pure core, composed: PRD → plan → rendered nodes → quality reports → status.
+//!
+//! Shared by the offline `generate` command and the controller so that both produce
+//! byte-identical files for the same manifest. No I/O happens here.
+
+use sha2::{Digest, Sha256};
+
+use crate::analysis::{self, IntelligenceHints, Overrides, Plan, PlannedNode};
+use crate::api::{
+    AnalysisStatus, Condition, ConditionStatus, NodeGenerationSpec, NodeGenerationStatus,
+    NodeStatus, PlannedNodeStatus,
+};
+use crate::naming::dns_label;
+use crate::prd;
+use crate::quality::{self, QualityReport, Thresholds};
+use crate::render::{RenderedNode, Renderer};
+use crate::status::{self, ANALYZED, GENERATED, VALIDATED};
+
+/// One generated node with its score.
+#[derive(Debug, Clone)]
+pub struct NodeOutcome {
+    /// Name of the GeneratedNode (`<generation>-<service>-<type>`, DNS-1123).
+    pub name: String,
+    pub planned: PlannedNode,
+    pub rendered: RenderedNode,
+    pub report: QualityReport,
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub condition: &'static str,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Everything the core decided for one NodeGeneration.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub correlation_id: String,
+    pub plan: Option<Plan>,
+    pub nodes: Vec<NodeOutcome>,
+    /// Conditions `Analyzed`, `Generated`, `Validated` (in that order, as far as reached).
+    pub conditions: Vec<Condition>,
+    pub failure: Option<Failure>,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// The parts of status the core owns (analysis, nodes, quality, node count).
+    pub fn fill_status(&self, status: &mut NodeGenerationStatus) {
+        status.analysis = self.plan.as_ref().map(|p| AnalysisStatus {
+            source: p.source,
+            confidence: p.confidence,
+            correlation_id: self.correlation_id.clone(),
+            domain: p.domain.clone(),
+            service_name: p.service_name.clone(),
+            external_systems: p.external_systems.iter().map(|e| e.name.clone()).collect(),
+            nodes: p
+                .nodes
+                .iter()
+                .map(|n| PlannedNodeStatus {
+                    node_type: n.node_type,
+                    service_name: n.service.clone(),
+                    confidence: n.type_confidence,
+                    operations: n.operations.iter().map(|o| o.name.clone()).collect(),
+                    mixins: n.mixins.clone(),
+                })
+                .collect(),
+        });
+        status.nodes = self
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                name: n.name.clone(),
+                node_type: n.planned.node_type,
+                quality: n.report.overall,
+                onex_score: n.report.onex_compliance,
+                passed: n.report.passed,
+                files: n.rendered.files.len() as i32,
+                content_hash: n.rendered.content_hash.clone(),
+            })
+            .collect();
+        status.node_count = self.plan.as_ref().map(|p| p.nodes.len() as i32);
+        status.quality = self.nodes.iter().map(|n| n.report.overall).reduce(f64::min);
+    }
+}
+
+/// A deterministic correlation id for one generation of one object: a UUIDv5 over its identity
+/// and spec, so re-running the same manifest yields the same id (and the same status).
+pub fn correlation_id(
+    namespace: &str,
+    name: &str,
+    generation: i64,
+    spec: &NodeGenerationSpec,
+) -> String {
+    let spec_json = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = Sha256::digest(&spec_json);
+    let key = format!("{namespace}/{name}/{generation}/{}", hex::encode(digest));
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
+}
+
+/// Name of the GeneratedNode for a planned node.
+pub fn node_resource_name(generation: &str, node: &PlannedNode) -> String {
+    let mut name = format!(
+        "{generation}-{}-{}",
+        dns_label(&node.service),
+        node.node_type.as_str()
+    );
+    if name.len() > 63 {
+        // Keep it a valid label: cut, then make the cut unique with a short hash.
+        let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+        name.truncate(54);
+        let trimmed = name.trim_end_matches('-').to_string();
+        name = format!("{trimmed}-{hash}");
+    }
+    name
+}
+
+fn fail(outcome: &mut Outcome, condition: &'static str, reason: &str, message: String) {
+    outcome.conditions.push(Condition::new(
+        condition,
+        ConditionStatus::False,
+        reason,
+        message.clone(),
+    ));
+    for (stage, _) in status::STAGES.iter().take(3) {
+        if status::get(&outcome.conditions, stage).is_none() {
+            outcome.conditions.push(Condition::new(
+                stage,
+                ConditionStatus::Unknown,
+                "Blocked",
+                format!("waiting for {condition}"),
+            ));
+        }
+    }
+    outcome.failure = Some(Failure {
+        condition,
+        reason: reason.to_string(),
+        message,
+    });
+}
+
+/// Run the core for one NodeGeneration whose PRD text has been resolved.
+pub fn run(
+    renderer: &Renderer,
+    generation_name: &str,
+    spec: &NodeGenerationSpec,
+    prd_text: &str,
+    correlation_id: String,
+    hints: Option<&IntelligenceHints>,
+) -> Outcome {
+    let mut outcome = Outcome {
+        correlation_id,
+        plan: None,
+        nodes: Vec::new(),
+        conditions: Vec::new(),
+        failure: None,
+    };
+
+    let parsed = match prd::parse(prd_text) {
+        Ok(p) => p,
+        Err(e) => {
+            fail(&mut outcome, ANALYZED, e.reason(), e.to_string());
+            return outcome;
+        }
+    };
+    let overrides = Overrides {
+        node_types: spec.node_types.as_deref(),
+        domain: spec.domain.as_deref(),
+        service_name: spec.service_name.as_deref(),
+        fallback_name: generation_name,
+    };
+    let plan = match analysis::plan(&parsed, &overrides, hints) {
+        Ok(p) => p,
+        Err(e) => {
+            fail(&mut outcome, ANALYZED, e.reason(), e.to_string());
+            return outcome;
+        }
+    };
+    let summary = plan
+        .nodes
+        .iter()
+        .map(|n| format!("{} {} ({:.2})", n.node_type, n.service, n.type_confidence))
+        .collect::<Vec<_>>()
+        .join(", ");
+    outcome.conditions.push(Condition::new(
+        ANALYZED,
+        ConditionStatus::True,
+        match plan.source {
+            crate::api::IntelligenceSource::Omniarchon => "AnalyzedByService",
+            crate::api::IntelligenceSource::Builtin => "AnalyzedBuiltin",
+        },
+        format!("{} node(s) planned: {summary}", plan.nodes.len()),
+    ));
+
+    let thresholds = Thresholds {
+        overall: spec.quality.threshold,
+        onex: spec.quality.onex_threshold,
+    };
+    for node in &plan.nodes {
+        let rendered = match renderer.render(
+            node,
+            generation_name,
+            &plan.external_systems,
+            &plan.dependencies,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                outcome.plan = Some(plan.clone());
+                fail(
+                    &mut outcome,
+                    GENERATED,
+                    "RenderFailed",
+                    format!("rendering {} failed: {e}", node.service),
+                );
+                return outcome;
+            }
+        };
+        let report = quality::score(&rendered, thresholds);
+        outcome.nodes.push(NodeOutcome {
+            name: node_resource_name(generation_name, node),
+            planned: node.clone(),
+            rendered,
+            report,
+        });
+    }
+    outcome.plan = Some(plan);
+    let files: usize = outcome.nodes.iter().map(|n| n.rendered.files.len()).sum();
+    outcome.conditions.push(Condition::new(
+        GENERATED,
+        ConditionStatus::True,
+        "Rendered",
+        format!("{} node(s), {files} files rendered", outcome.nodes.len()),
+    ));
+
+    let failed: Vec<String> = outcome
+        .nodes
+        .iter()
+        .filter(|n| !n.report.passed)
+        .map(|n| {
+            let rules: Vec<&str> = n.report.deductions.iter().take(3).map(|d| d.rule.as_str()).collect();
+            format!(
+                "{}: overall {:.3} (threshold {:.2}), ONEX {:.3} (threshold {:.2}){}; top deductions: {}",
+                n.name,
+                n.report.overall,
+                thresholds.overall,
+                n.report.onex_compliance,
+                thresholds.onex,
+                if n.report.parses { "" } else { ", code does not parse" },
+                rules.join(", ")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        let lowest = outcome
+            .nodes
+            .iter()
+            .map(|n| n.report.overall)
+            .fold(1.0f64, f64::min);
+        outcome.conditions.push(Condition::new(
+            VALIDATED,
+            ConditionStatus::True,
+            "QualityGatePassed",
+            format!("all nodes pass the quality gate (lowest overall {lowest:.3})"),
+        ));
+    } else {
+        fail(
+            &mut outcome,
+            VALIDATED,
+            "QualityGateFailed",
+            failed.join("; "),
+        );
+    }
+    outcome
+}

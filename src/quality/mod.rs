@@ -1,0 +1,635 @@
+//! The quality gate of CONTRACTS.md §4, computed in Rust over a rendered node.
+//!
+//! Overall = 0.30 syntax + 0.40 ONEX compliance + 0.20 contract conformance + 0.10 code quality.
+//! Every deduction names the file, the line and the rule, so a score can be explained.
+
+mod python;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use python::{PythonFacts, SyntaxIssue, analyse};
+
+use crate::render::RenderedNode;
+
+/// One reason a node lost points.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deduction {
+    pub file: String,
+    pub line: usize,
+    pub rule: String,
+    pub message: String,
+}
+
+/// ONEX compliance sub-scores (each 0–1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OnexBreakdown {
+    pub naming: f64,
+    pub type_hints: f64,
+    pub no_any: f64,
+    pub error_handling: f64,
+    pub async_entry_points: f64,
+    pub imports: f64,
+}
+
+/// A score from the intelligence service, reported beside the local one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceScore {
+    pub quality_score: f64,
+    pub onex_compliance: f64,
+    pub correlation_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityReport {
+    pub overall: f64,
+    pub syntax: f64,
+    pub onex_compliance: f64,
+    pub contract_conformance: f64,
+    pub code_quality: f64,
+    pub onex: OnexBreakdown,
+    pub parses: bool,
+    pub passed: bool,
+    pub deductions: Vec<Deduction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceScore>,
+}
+
+/// The thresholds a node must meet.
+#[derive(Clone, Copy, Debug)]
+pub struct Thresholds {
+    pub overall: f64,
+    pub onex: f64,
+}
+
+fn ratio(good: usize, total: usize) -> f64 {
+    if total == 0 {
+        1.0
+    } else {
+        good as f64 / total as f64
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+struct Scorer<'a> {
+    node: &'a RenderedNode,
+    deductions: Vec<Deduction>,
+}
+
+impl Scorer<'_> {
+    fn deduct(&mut self, file: &str, line: usize, rule: &str, message: impl Into<String>) {
+        self.deductions.push(Deduction {
+            file: file.to_string(),
+            line,
+            rule: rule.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, suffix: &str) -> String {
+        format!("{}/{suffix}", self.node.context.version_dir)
+    }
+}
+
+/// Score a rendered node.
+pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
+    let mut s = Scorer {
+        node,
+        deductions: Vec::new(),
+    };
+
+    // Syntax: every Python file parses, every YAML file loads.
+    let mut facts: BTreeMap<String, PythonFacts> = BTreeMap::new();
+    let (mut ok, mut total) = (0usize, 0usize);
+    for (path, bytes) in &node.files {
+        let text = String::from_utf8_lossy(bytes);
+        if path.ends_with(".py") {
+            total += 1;
+            match analyse(&text, path) {
+                Ok(f) => {
+                    ok += 1;
+                    facts.insert(path.clone(), f);
+                }
+                Err(e) => s.deduct(path, e.line, "syntax/python", e.message),
+            }
+        } else if path.ends_with(".yaml") {
+            total += 1;
+            match serde_norway::from_str::<serde_norway::Value>(&text) {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    let line = e.location().map(|l| l.line()).unwrap_or(0);
+                    s.deduct(path, line, "syntax/yaml", e.to_string());
+                }
+            }
+        }
+    }
+    let parses = ok == total;
+    let syntax = ratio(ok, total);
+
+    let node_py = s.path("node.py");
+    let contract_path = s.path("contract.yaml");
+    let ctx = &node.context;
+    let node_class = facts
+        .get(&node_py)
+        .and_then(|f| f.classes.iter().find(|c| c.name == ctx.class_name))
+        .cloned();
+    if node_class.is_none() {
+        s.deduct(
+            &node_py,
+            0,
+            "onex/node-class",
+            format!("class {} not found", ctx.class_name),
+        );
+    }
+    let source_files: Vec<(&String, &PythonFacts)> = facts
+        .iter()
+        .filter(|(p, _)| !p.contains("/tests/"))
+        .collect();
+
+    // --- ONEX compliance ---
+    let mut naming_checks = (0usize, 0usize);
+    let mut check =
+        |s: &mut Scorer<'_>, okay: bool, file: &str, line: usize, rule: &str, msg: String| {
+            naming_checks.1 += 1;
+            if okay {
+                naming_checks.0 += 1;
+            } else {
+                s.deduct(file, line, rule, msg);
+            }
+        };
+    check(
+        &mut s,
+        node_class.is_some(),
+        &node_py,
+        0,
+        "onex/naming-node-class",
+        format!("node class must be named {}", ctx.class_name),
+    );
+    for (path, f) in &source_files {
+        let prefix = if path.contains("/models/model_") {
+            Some("Model")
+        } else if path.contains("/enums/enum_") {
+            Some("Enum")
+        } else {
+            None
+        };
+        if let Some(prefix) = prefix {
+            for c in &f.classes {
+                check(
+                    &mut s,
+                    c.name.starts_with(prefix),
+                    path,
+                    c.line,
+                    "onex/naming-class-prefix",
+                    format!("class {} should start with {prefix}", c.name),
+                );
+            }
+        }
+        for func in f
+            .functions
+            .iter()
+            .chain(f.classes.iter().flat_map(|c| c.methods.iter()))
+        {
+            // `do_GET` and friends are the names http.server dispatches to.
+            let snake = func
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                || func
+                    .name
+                    .strip_prefix("do_")
+                    .is_some_and(|m| m.chars().all(|c| c.is_ascii_uppercase()));
+            check(
+                &mut s,
+                snake,
+                path,
+                func.line,
+                "onex/naming-snake-case",
+                format!("function {} is not snake_case", func.name),
+            );
+        }
+    }
+    let naming = ratio(naming_checks.0, naming_checks.1);
+
+    let all_functions: Vec<(&str, &python::FunctionFact)> = source_files
+        .iter()
+        .flat_map(|(p, f)| {
+            f.functions
+                .iter()
+                .chain(f.classes.iter().flat_map(|c| c.methods.iter()))
+                .map(move |func| (p.as_str(), func))
+        })
+        .collect();
+    let mut annotated = 0;
+    for (path, func) in &all_functions {
+        if func.fully_annotated {
+            annotated += 1;
+        } else {
+            s.deduct(
+                path,
+                func.line,
+                "onex/type-hints",
+                format!("{} lacks parameter or return annotations", func.name),
+            );
+        }
+    }
+    let type_hints = ratio(annotated, all_functions.len());
+
+    let mut any_uses = 0usize;
+    for (path, f) in &source_files {
+        for line in &f.any_lines {
+            any_uses += 1;
+            s.deduct(
+                path,
+                *line,
+                "onex/no-bare-any",
+                "typing.Any used; use a precise type or JsonValue",
+            );
+        }
+    }
+    let no_any = (1.0 - 0.25 * any_uses as f64).max(0.0);
+
+    let method = |name: &str| {
+        node_class
+            .as_ref()
+            .and_then(|c| c.methods.iter().find(|m| m.name == name))
+    };
+    let mut eh = (0usize, 0usize);
+    let entry = method(&ctx.entry_point);
+    eh.1 += 1;
+    if entry.is_some_and(|m| m.has_try) {
+        eh.0 += 1;
+    } else {
+        s.deduct(
+            &node_py,
+            entry.map(|m| m.line).unwrap_or(0),
+            "onex/error-handling",
+            format!(
+                "{} does not catch errors into a failed output",
+                ctx.entry_point
+            ),
+        );
+    }
+    eh.1 += 1;
+    if method("validate_input").is_some_and(|m| m.has_raise) {
+        eh.0 += 1;
+    } else {
+        s.deduct(
+            &node_py,
+            method("validate_input").map(|m| m.line).unwrap_or(0),
+            "onex/error-handling",
+            "validate_input never raises on invalid input",
+        );
+    }
+    for (path, f) in &source_files {
+        for line in &f.bare_except_lines {
+            eh.1 += 1;
+            s.deduct(
+                path,
+                *line,
+                "onex/bare-except",
+                "bare except: catches SystemExit and KeyboardInterrupt",
+            );
+        }
+    }
+    let error_handling = ratio(eh.0, eh.1);
+
+    let mut ep = 0usize;
+    match entry {
+        Some(m) if m.is_async => ep += 1,
+        Some(m) => s.deduct(
+            &node_py,
+            m.line,
+            "onex/async-entry-point",
+            format!("{} must be async", ctx.entry_point),
+        ),
+        None => s.deduct(
+            &node_py,
+            0,
+            "onex/async-entry-point",
+            format!("{} is missing", ctx.entry_point),
+        ),
+    }
+    for required in ["validate_input", "get_health_status"] {
+        if method(required).is_some() {
+            ep += 1;
+        } else {
+            s.deduct(
+                &node_py,
+                0,
+                "onex/required-method",
+                format!("{required} is missing"),
+            );
+        }
+    }
+    let async_entry_points = ratio(ep, 3);
+
+    let mut imp = (0usize, 0usize);
+    for (path, f) in &source_files {
+        let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        for i in &f.imports {
+            imp.1 += 1;
+            if i.wildcard {
+                s.deduct(
+                    path,
+                    i.line,
+                    "onex/imports-wildcard",
+                    format!("wildcard import from {}", i.module),
+                );
+            } else if i.level > 0 && !relative_import_resolves(node, dir, i.level, &i.module) {
+                s.deduct(
+                    path,
+                    i.line,
+                    "onex/imports-unresolved",
+                    format!(
+                        "relative import {}{} does not resolve inside the node",
+                        ".".repeat(i.level as usize),
+                        i.module
+                    ),
+                );
+            } else {
+                imp.0 += 1;
+            }
+        }
+    }
+    let imports = ratio(imp.0, imp.1);
+
+    let onex = OnexBreakdown {
+        naming,
+        type_hints,
+        no_any,
+        error_handling,
+        async_entry_points,
+        imports,
+    };
+    let mut onex_compliance = 0.20 * naming
+        + 0.15 * type_hints
+        + 0.18 * no_any
+        + 0.15 * error_handling
+        + 0.22 * async_entry_points
+        + 0.10 * imports;
+    if no_any <= 0.3 {
+        onex_compliance = onex_compliance.min(0.5);
+    }
+
+    // --- Contract conformance ---
+    let contract_conformance = contract_score(&mut s, &contract_path, node_class.as_ref());
+
+    // --- Code quality ---
+    let mut docs = (0usize, 0usize);
+    let mut short = (0usize, 0usize);
+    let mut prints = 0usize;
+    for (path, f) in &source_files {
+        if !path.ends_with("__init__.py") || f.has_module_docstring {
+            docs.1 += 1;
+            if f.has_module_docstring {
+                docs.0 += 1;
+            } else {
+                s.deduct(path, 1, "quality/docstring", "module has no docstring");
+            }
+        }
+        for c in &f.classes {
+            docs.1 += 1;
+            if c.has_docstring {
+                docs.0 += 1;
+            } else {
+                s.deduct(
+                    path,
+                    c.line,
+                    "quality/docstring",
+                    format!("class {} has no docstring", c.name),
+                );
+            }
+        }
+        for func in f
+            .functions
+            .iter()
+            .chain(f.classes.iter().flat_map(|c| c.methods.iter()))
+        {
+            if !func.name.starts_with('_') {
+                docs.1 += 1;
+                if func.has_docstring {
+                    docs.0 += 1;
+                } else {
+                    s.deduct(
+                        path,
+                        func.line,
+                        "quality/docstring",
+                        format!("public function {} has no docstring", func.name),
+                    );
+                }
+            }
+            short.1 += 1;
+            if func.lines <= 80 {
+                short.0 += 1;
+            } else {
+                s.deduct(
+                    path,
+                    func.line,
+                    "quality/function-length",
+                    format!("{} is {} lines long (limit 80)", func.name, func.lines),
+                );
+            }
+        }
+        for line in &f.print_lines {
+            prints += 1;
+            s.deduct(path, *line, "quality/print", "print() instead of logging");
+        }
+    }
+    let code_quality =
+        (ratio(docs.0, docs.1) + ratio(short.0, short.1) + (1.0 - 0.2 * prints as f64).max(0.0))
+            / 3.0;
+
+    let overall =
+        0.30 * syntax + 0.40 * onex_compliance + 0.20 * contract_conformance + 0.10 * code_quality;
+    let passed = parses && overall >= thresholds.overall && onex_compliance >= thresholds.onex;
+    QualityReport {
+        overall: round3(overall),
+        syntax: round3(syntax),
+        onex_compliance: round3(onex_compliance),
+        contract_conformance: round3(contract_conformance),
+        code_quality: round3(code_quality),
+        onex: OnexBreakdown {
+            naming: round3(onex.naming),
+            type_hints: round3(onex.type_hints),
+            no_any: round3(onex.no_any),
+            error_handling: round3(onex.error_handling),
+            async_entry_points: round3(onex.async_entry_points),
+            imports: round3(onex.imports),
+        },
+        parses,
+        passed,
+        deductions: s.deductions,
+        service: None,
+    }
+}
+
+/// Whether `from <dots><module> import …` in directory `dir` names a file or package of the node.
+fn relative_import_resolves(node: &RenderedNode, dir: &str, level: u32, module: &str) -> bool {
+    let mut base: Vec<&str> = if dir.is_empty() {
+        Vec::new()
+    } else {
+        dir.split('/').collect()
+    };
+    for _ in 1..level {
+        if base.pop().is_none() {
+            return false;
+        }
+    }
+    let mut path = base.join("/");
+    if !module.is_empty() {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(&module.replace('.', "/"));
+    }
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    node.files.contains_key(&format!("{path}.py"))
+        || node.files.contains_key(&format!("{prefix}__init__.py"))
+}
+
+/// The subset of `contract.yaml` the conformance check reads.
+#[derive(Deserialize, Default)]
+struct ContractView {
+    #[serde(default)]
+    actions: Vec<ActionView>,
+    #[serde(default)]
+    entry_points: Vec<NamedRef>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    mixins: Vec<String>,
+}
+
+/// An entry point given as a bare name or as a mapping with a `name`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NamedRef {
+    Name(String),
+    Object { name: String },
+}
+
+impl NamedRef {
+    fn name(&self) -> &str {
+        match self {
+            NamedRef::Name(n) | NamedRef::Object { name: n } => n,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionView {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    handler: String,
+}
+
+fn contract_score(
+    s: &mut Scorer<'_>,
+    contract_path: &str,
+    class: Option<&python::ClassFact>,
+) -> f64 {
+    let Some(bytes) = s.node.files.get(contract_path) else {
+        s.deduct(
+            contract_path,
+            0,
+            "contract/missing",
+            "contract.yaml is missing",
+        );
+        return 0.0;
+    };
+    let contract: ContractView = match serde_norway::from_slice(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            s.deduct(
+                contract_path,
+                e.location().map(|l| l.line()).unwrap_or(0),
+                "contract/invalid",
+                e.to_string(),
+            );
+            return 0.0;
+        }
+    };
+    let Some(class) = class else { return 0.0 };
+    let node_py = s.path("node.py");
+
+    let named: Vec<String> = contract
+        .actions
+        .iter()
+        .map(|a| {
+            if a.handler.is_empty() {
+                a.name.clone()
+            } else {
+                a.handler.clone()
+            }
+        })
+        .chain(contract.entry_points.iter().map(|e| e.name().to_string()))
+        .collect();
+    let mut found = 0;
+    for m in &named {
+        if class.methods.iter().any(|x| &x.name == m) {
+            found += 1;
+        } else {
+            s.deduct(
+                &node_py,
+                class.line,
+                "contract/method-missing",
+                format!("contract names {m} but {} does not define it", class.name),
+            );
+        }
+    }
+    let methods = if named.is_empty() {
+        s.deduct(
+            contract_path,
+            0,
+            "contract/no-methods",
+            "contract names no actions or entry points",
+        );
+        0.0
+    } else {
+        ratio(found, named.len())
+    };
+
+    let mut caps = 0;
+    for c in &contract.capabilities {
+        if class.capabilities.contains(c) {
+            caps += 1;
+        } else {
+            s.deduct(
+                &node_py,
+                class.line,
+                "contract/capability-missing",
+                format!("capability {c} is not in {}.CAPABILITIES", class.name),
+            );
+        }
+    }
+    let capabilities = ratio(caps, contract.capabilities.len());
+
+    let mut mix = 0;
+    for m in &contract.mixins {
+        if class.bases.contains(m) {
+            mix += 1;
+        } else {
+            s.deduct(
+                &node_py,
+                class.line,
+                "contract/mixin-missing",
+                format!("mixin {m} is not a base of {}", class.name),
+            );
+        }
+    }
+    let mixins = ratio(mix, contract.mixins.len());
+    0.5 * methods + 0.3 * capabilities + 0.2 * mixins
+}

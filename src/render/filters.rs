@@ -1,0 +1,77 @@
+//! Escaping filters: the only way user text reaches generated code or YAML.
+//!
+//! `quote` makes a literal that means the same in Python and in YAML (double-quoted scalar);
+//! `doc` and `comment` make single-line text that cannot end a docstring or a comment.
+
+use crate::prd::normalize;
+
+/// Longest text `doc` and `comment` keep, in characters.
+const MAX_DOC_CHARS: usize = 200;
+
+/// A double-quoted, ASCII-only literal valid both as a Python `str` and as a YAML scalar.
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Single line, printable, at most [`MAX_DOC_CHARS`] characters.
+fn one_line(text: &str) -> String {
+    let clean = normalize(text);
+    let collapsed = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() > MAX_DOC_CHARS {
+        let mut cut: String = collapsed.chars().take(MAX_DOC_CHARS).collect();
+        cut.push_str("...");
+        cut
+    } else {
+        collapsed
+    }
+}
+
+/// Text for inside a Python `"""docstring"""`.
+pub fn doc(text: &str) -> String {
+    let line = one_line(text);
+    if line.is_empty() {
+        return "No description provided.".to_string();
+    }
+    line.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Text for after `#` in Python or YAML.
+pub fn comment(text: &str) -> String {
+    one_line(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_everything_that_matters() {
+        assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(quote("x\ny\u{0}"), "\"x\\ny\\u0000\"");
+        assert_eq!(quote("é😀"), "\"\\u00e9\\U0001f600\"");
+        assert_eq!(quote("{{ x }}"), "\"{{ x }}\"");
+    }
+
+    #[test]
+    fn doc_cannot_close_a_docstring() {
+        assert_eq!(doc("a \"\"\" b \\N{x"), "a \\\"\\\"\\\" b \\\\N{x");
+        assert_eq!(doc("  \n "), "No description provided.");
+        assert_eq!(comment("line1\nline2\u{202e}"), "line1 line2");
+        assert_eq!(doc(&"x".repeat(500)).len(), 203);
+    }
+}

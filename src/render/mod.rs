@@ -1,0 +1,235 @@
+//! Plan node → files, from the minijinja templates in `templates/` (embedded in the binary;
+//! a directory of templates with the same names can replace them).
+
+mod context;
+mod filters;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use include_dir::{Dir, include_dir};
+use minijinja::{Environment, UndefinedBehavior};
+use sha2::{Digest, Sha256};
+
+pub use context::{INTROSPECTION_TOPIC, NodeContext, dir_name};
+pub use filters::{comment, doc, quote};
+
+use crate::analysis::{ExternalSystem, PlannedNode};
+
+static TEMPLATES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/templates");
+
+/// Entry templates and the file each renders to (`{v}` is the version directory, `{…}` the
+/// module names of the context). Templates whose file name starts with `_` are partials.
+const FILES: &[(&str, &str)] = &[
+    ("node.manifest.yaml.j2", "node.manifest.yaml"),
+    ("version/__init__.py.j2", "{v}/__init__.py"),
+    ("version/node.py.j2", "{v}/node.py"),
+    ("version/mixins.py.j2", "{v}/mixins.py"),
+    ("version/contract.yaml.j2", "{v}/contract.yaml"),
+    (
+        "version/version.manifest.yaml.j2",
+        "{v}/version.manifest.yaml",
+    ),
+    ("version/start_node.py.j2", "{v}/start_node.py"),
+    ("version/models/__init__.py.j2", "{v}/models/__init__.py"),
+    ("version/models/model_input.py.j2", "{v}/models/{input}.py"),
+    (
+        "version/models/model_output.py.j2",
+        "{v}/models/{output}.py",
+    ),
+    (
+        "version/models/model_config.py.j2",
+        "{v}/models/{config}.py",
+    ),
+    ("version/enums/__init__.py.j2", "{v}/enums/__init__.py"),
+    (
+        "version/enums/enum_operation_type.py.j2",
+        "{v}/enums/{enum}.py",
+    ),
+    ("version/tests/__init__.py.j2", "{v}/tests/__init__.py"),
+    ("version/tests/test_node.py.j2", "{v}/tests/test_node.py"),
+];
+
+/// Files that must be executable.
+const EXECUTABLE: &[&str] = &["{v}/start_node.py"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {template}: {source}")]
+    Template {
+        template: String,
+        source: minijinja::Error,
+    },
+    #[error("reading templates from {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// One node's files.
+#[derive(Clone, Debug)]
+pub struct RenderedNode {
+    pub dir_name: String,
+    /// Path relative to the node directory → content.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub executable: BTreeSet<String>,
+    /// SHA-256 over paths and contents, hex.
+    pub content_hash: String,
+    pub context: NodeContext,
+}
+
+impl RenderedNode {
+    pub fn total_bytes(&self) -> usize {
+        self.files.values().map(Vec::len).sum()
+    }
+}
+
+/// A template environment, built once and reused for every node.
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+impl Renderer {
+    /// The templates embedded in the binary.
+    pub fn embedded() -> Result<Self, RenderError> {
+        let mut sources = Vec::new();
+        collect_embedded(&TEMPLATES, &mut sources);
+        Self::from_sources(sources)
+    }
+
+    /// Templates from a directory (same layout as `templates/`), for custom templates.
+    pub fn from_dir(dir: &Path) -> Result<Self, RenderError> {
+        let mut sources = Vec::new();
+        collect_dir(dir, dir, &mut sources)?;
+        Self::from_sources(sources)
+    }
+
+    fn from_sources(sources: Vec<(String, String)>) -> Result<Self, RenderError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(true);
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_filter("quote", |s: &str| quote(s));
+        env.add_filter("doc", |s: &str| doc(s));
+        env.add_filter("comment", |s: &str| comment(s));
+        for (name, source) in sources {
+            env.add_template_owned(name.clone(), source)
+                .map_err(|source| RenderError::Template {
+                    template: name,
+                    source,
+                })?;
+        }
+        for (template, _) in FILES {
+            env.get_template(template)
+                .map_err(|source| RenderError::Template {
+                    template: template.to_string(),
+                    source,
+                })?;
+        }
+        Ok(Renderer { env })
+    }
+
+    /// Render every file of one node.
+    pub fn render(
+        &self,
+        node: &PlannedNode,
+        generation_name: &str,
+        external: &[ExternalSystem],
+        dependencies: &[String],
+    ) -> Result<RenderedNode, RenderError> {
+        let ctx = NodeContext::new(node, generation_name, external, dependencies);
+        let value = minijinja::context! { node => &ctx };
+        let mut files = BTreeMap::new();
+        for (template, target) in FILES {
+            let tpl = self
+                .env
+                .get_template(template)
+                .map_err(|source| RenderError::Template {
+                    template: template.to_string(),
+                    source,
+                })?;
+            let out = tpl.render(&value).map_err(|source| RenderError::Template {
+                template: template.to_string(),
+                source,
+            })?;
+            files.insert(target_path(target, &ctx), out.into_bytes());
+        }
+        let executable = EXECUTABLE.iter().map(|p| target_path(p, &ctx)).collect();
+        Ok(RenderedNode {
+            dir_name: ctx.dir_name.clone(),
+            content_hash: content_hash(&files),
+            files,
+            executable,
+            context: ctx,
+        })
+    }
+}
+
+fn target_path(pattern: &str, ctx: &NodeContext) -> String {
+    pattern
+        .replace("{v}", &ctx.version_dir)
+        .replace("{input}", &ctx.input_module)
+        .replace("{output}", &ctx.output_module)
+        .replace("{config}", &ctx.config_module)
+        .replace("{enum}", &ctx.enum_module)
+}
+
+/// SHA-256 over every path and content, in path order; lengths are included so that no two
+/// different trees can hash the same by moving bytes between files.
+pub fn content_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut h = Sha256::new();
+    for (path, bytes) in files {
+        h.update((path.len() as u64).to_le_bytes());
+        h.update(path.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    hex::encode(h.finalize())
+}
+
+fn collect_embedded(dir: &Dir<'static>, out: &mut Vec<(String, String)>) {
+    for file in dir.files() {
+        if let Some(text) = file.contents_utf8() {
+            out.push((
+                file.path().to_string_lossy().replace('\\', "/"),
+                text.to_string(),
+            ));
+        }
+    }
+    for sub in dir.dirs() {
+        collect_embedded(sub, out);
+    }
+}
+
+fn collect_dir(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), RenderError> {
+    let io = |source, path: &Path| RenderError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io(e, dir))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| io(e, dir))?;
+    entries.sort_by_key(|e| e.path());
+    for entry in entries {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_dir(root, &path, out)?;
+        } else if path.extension().is_some_and(|e| e == "j2") {
+            let text = std::fs::read_to_string(&path).map_err(|e| io(e, &path))?;
+            let name = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push((name, text));
+        }
+    }
+    Ok(())
+}
