@@ -35,7 +35,11 @@ enum Command {
         templates: Option<PathBuf>,
     },
     /// Print the CustomResourceDefinitions (what `crds/` holds).
-    Crd,
+    Crd {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,8 +66,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crd => {
+        Command::Crd { output_dir: None } => {
             emit(&api::crds_yaml()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crd {
+            output_dir: Some(dir),
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            for (name, yaml) in api::crd_files()? {
+                std::fs::write(dir.join(name), yaml)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate {

@@ -7,6 +7,7 @@
 use crate::api::NodeType;
 use crate::naming::words;
 
+use super::keyword_hits;
 use super::library::Library;
 
 /// Text of one unit to classify, split by how much each part says about the type.
@@ -63,13 +64,21 @@ pub fn classify(text: &WeightedText<'_>, lib: &Library) -> Classification {
     }
     let mut scores = [0.0f64; 4];
     for (part, weight) in &text.parts {
-        for word in words(part) {
+        // Each line is one requirement or paragraph; its leading word is usually the verb that
+        // says what the component does, so it counts double.
+        for line in part.lines() {
+            let words = words(line);
+            let joined = format!(" {} ", words.join(" "));
             for (i, t) in NodeType::ALL.iter().enumerate() {
                 let p = lib.patterns(*t);
-                if p.strong.iter().any(|s| word.starts_with(s.as_str())) {
-                    scores[i] += 2.0 * weight;
-                } else if p.weak.iter().any(|s| word.starts_with(s.as_str())) {
-                    scores[i] += 1.0 * weight;
+                for (list, points) in [(&p.strong, 2.0), (&p.weak, 1.0)] {
+                    for indicator in list {
+                        let hits = keyword_hits(&words, &joined, indicator) as f64;
+                        let lead = words.first().is_some_and(|w| {
+                            keyword_hits(std::slice::from_ref(w), &format!(" {w} "), indicator) > 0
+                        });
+                        scores[i] += points * weight * (hits + if lead { 1.0 } else { 0.0 });
+                    }
                 }
             }
         }

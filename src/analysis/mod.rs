@@ -268,7 +268,7 @@ pub fn plan(
         let features = prd.features.join("\n");
         text.push(&features, 1.0);
         let technical = prd.technical_details.join("\n");
-        text.push(&technical, 0.5);
+        text.push(&technical, 0.25);
         let success = prd.success_criteria.join("\n");
         text.push(&success, 0.5);
         let mut class = classify(&text, lib);

@@ -30,12 +30,18 @@ pub fn crds()
     vec![NodeGeneration::crd(), GeneratedNode::crd()]
 }
 
-/// The CRDs as one multi-document YAML stream, exactly as committed in `crds/`.
+/// Each CRD as `(file name, YAML)`, exactly as committed in `crds/`.
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_norway::Error> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
+            Ok((name, format!("---\n{}", serde_norway::to_string(&crd)?)))
+        })
+        .collect()
+}
+
+/// The CRDs as one multi-document YAML stream.
 pub fn crds_yaml() -> Result<String, serde_norway::Error> {
-    let mut out = String::new();
-    for crd in crds() {
-        out.push_str("---\n");
-        out.push_str(&serde_norway::to_string(&crd)?);
-    }
-    Ok(out)
+    Ok(crd_files()?.into_iter().map(|(_, yaml)| yaml).collect())
 }
