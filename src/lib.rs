@@ -13,3 +13,4 @@ pub mod prd;
 pub mod quality;
 pub mod render;
 pub mod status;
+pub mod training;

@@ -34,6 +34,14 @@ enum Command {
         #[arg(long, env = "OMNINODE_TEMPLATES_DIR")]
         templates: Option<PathBuf>,
     },
+    /// Train the node-type model from labelled corpora (`DIR/<type>/*.md`) and write it as YAML
+    /// (what `src/analysis/classifier_model.yaml` holds).
+    TrainClassifier {
+        #[arg(required = true)]
+        corpora: Vec<PathBuf>,
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Print the CustomResourceDefinitions (what `crds/` holds).
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -66,6 +74,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::TrainClassifier { corpora, output } => {
+            let dirs: Vec<&std::path::Path> = corpora.iter().map(PathBuf::as_path).collect();
+            let names = corpora.iter().map(|p| p.display().to_string()).collect();
+            let data = omninode_operator::training::train_on(&dirs, names)?;
+            std::fs::write(&output, omninode_operator::analysis::model_yaml(&data))?;
+            eprintln!(
+                "trained on {:?} documents; {} features",
+                data.documents,
+                data.features.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd { output_dir: None } => {
             emit(&api::crds_yaml()?)?;
             Ok(ExitCode::SUCCESS)

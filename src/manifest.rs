@@ -139,7 +139,8 @@ struct ConfigMapDoc {
 fn read_manifests(path: &str, text: &str, fallback: &str) -> Vec<Entry> {
     let mut docs = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        match serde_norway::Value::deserialize(doc) {
+        // Merge keys (`<<: *anchor`) are resolved the way kubectl's YAML reader resolves them.
+        match serde_norway::Value::deserialize(doc).and_then(|mut v| v.apply_merge().map(|()| v)) {
             Ok(serde_norway::Value::Null) => {}
             Ok(v) => docs.push(v),
             Err(e) => {

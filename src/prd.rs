@@ -10,6 +10,8 @@ use pulldown_cmark::{Event, HeadingLevel, Parser, Tag, TagEnd};
 pub const MAX_PRD_BYTES: usize = 1024 * 1024;
 /// Longest list item or paragraph kept, in characters; the rest is cut.
 const MAX_TEXT_CHARS: usize = 2000;
+/// Fewest words (besides the title) a PRD must have.
+const MIN_BODY_WORDS: usize = 3;
 /// Most list items kept per section.
 const MAX_ITEMS: usize = 200;
 
@@ -63,7 +65,9 @@ pub enum PrdError {
     Empty,
     #[error("the PRD is {0} bytes; the limit is {MAX_PRD_BYTES}")]
     TooLarge(usize),
-    #[error("the PRD has no content besides its title: add an overview or requirements")]
+    #[error(
+        "the PRD has no content besides its title (at least a sentence is needed): add an overview or requirements"
+    )]
     NoContent,
 }
 
@@ -179,14 +183,16 @@ pub fn parse(raw: &str) -> Result<Prd, PrdError> {
     }
     let prd = builder.finish();
 
-    let body_words = prd.overview.split_whitespace().count()
-        + prd
-            .sections
-            .iter()
-            .map(|s| s.paragraphs.len() + s.items.len())
-            .sum::<usize>()
-        + prd.components.len();
-    if body_words == 0 {
+    // A PRD says something in words: at least a short sentence besides the title.
+    let mut body = prd.all_text();
+    if let Some(title) = &prd.title {
+        body = body.replacen(title.as_str(), "", 1);
+    }
+    let words = body
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|w| w.chars().count() >= 2)
+        .count();
+    if words < MIN_BODY_WORDS {
         return Err(PrdError::NoContent);
     }
     Ok(prd)
@@ -408,6 +414,27 @@ impl Builder {
 }
 
 impl Prd {
+    /// The PRD as plain text with its section headings, for node-type classification.
+    pub fn classification_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(t) = &self.title {
+            out.push_str(&format!("# {t}\n"));
+        }
+        out.push_str(&self.overview);
+        out.push('\n');
+        for s in &self.sections {
+            out.push_str(&format!("## {}\n", s.heading));
+            for line in s.paragraphs.iter().chain(s.items.iter()) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        for c in &self.components {
+            out.push_str(&format!("### {}\n{}\n", c.name, c.text()));
+        }
+        out
+    }
+
     /// All the prose of the PRD, for keyword analysis.
     pub fn all_text(&self) -> String {
         let mut parts: Vec<&str> = Vec::new();
@@ -461,6 +488,7 @@ mod tests {
         assert_eq!(parse(""), Err(PrdError::Empty));
         assert_eq!(parse(" \n\t\n"), Err(PrdError::Empty));
         assert_eq!(parse("# Only a title\n"), Err(PrdError::NoContent));
+        assert_eq!(parse("1.5e+309"), Err(PrdError::NoContent));
         assert!(matches!(
             parse(&"x".repeat(MAX_PRD_BYTES + 1)),
             Err(PrdError::TooLarge(_))

@@ -19,8 +19,8 @@ pub struct Library {
 
 #[derive(Debug, Deserialize)]
 pub struct TypePatterns {
-    pub strong: Vec<String>,
-    pub weak: Vec<String>,
+    /// Indicator words (CONTRACTS.md §3): the classifier's prior for short texts.
+    pub indicators: Vec<String>,
     pub default_operations: Vec<DefaultOperation>,
     pub default_mixins: Vec<String>,
     pub performance: Performance,
@@ -75,7 +75,7 @@ mod tests {
         let lib = library();
         for t in NodeType::ALL {
             let p = lib.patterns(t);
-            assert!(!p.strong.is_empty() && !p.default_operations.is_empty());
+            assert!(!p.default_operations.is_empty());
         }
         assert_eq!(lib.mixins.len(), 9);
         assert!((lib.confidence - 0.7).abs() < 1e-9);

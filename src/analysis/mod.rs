@@ -8,7 +8,10 @@ mod library;
 
 use std::collections::BTreeSet;
 
-pub use classify::{Classification, WeightedText, classify, explicit_type};
+pub use classify::{
+    Classification, Model, ModelData, embedded_model_data, explicit_type, features, model,
+    model_yaml, train,
+};
 pub use library::{Library, Performance, library};
 
 use crate::api::{IntelligenceSource, NodeType};
@@ -258,20 +261,7 @@ pub fn plan(
             nodes.push(component_node(component, &domain, lib));
         }
     } else {
-        let mut text = WeightedText::default();
-        if let Some(t) = &prd.title {
-            text.push(t, 3.0);
-        }
-        text.push(&prd.overview, 2.0);
-        let reqs = prd.functional_requirements.join("\n");
-        text.push(&reqs, 1.5);
-        let features = prd.features.join("\n");
-        text.push(&features, 1.0);
-        let technical = prd.technical_details.join("\n");
-        text.push(&technical, 0.25);
-        let success = prd.success_criteria.join("\n");
-        text.push(&success, 0.5);
-        let mut class = classify(&text, lib);
+        let mut class = model().classify(&prd.classification_text());
         if !class.explicit
             && let Some(t) = hints.and_then(|h| h.node_type_hints.first())
         {
@@ -441,13 +431,7 @@ fn build_node(
 }
 
 fn component_node(component: &Component, domain: &str, lib: &Library) -> PlannedNode {
-    let mut text = WeightedText::default();
-    text.push(&component.name, 3.0);
-    let paragraphs = component.paragraphs.join("\n");
-    text.push(&paragraphs, 2.0);
-    let items = component.items.join("\n");
-    text.push(&items, 1.5);
-    let class = classify(&text, lib);
+    let class = model().classify(&component.text());
     let service = identifier_from(&component.name, &lib.stopwords, 3)
         .unwrap_or_else(|| "component".to_string());
     let full = component.text();
@@ -527,7 +511,7 @@ mod tests {
     #[test]
     fn components_make_several_nodes() {
         let p = plan_of(
-            "# Shop\n## Overview\nA shop.\n## Nodes\n### Order Ingest\nStores incoming orders in PostgreSQL.\n### Price Scorer\nCalculates a price score.\n### Sales Rollup\nAggregates daily sales totals.\n### Checkout Flow\nCoordinates the checkout workflow.\n",
+            "# Shop\n## Overview\nA shop.\n## Nodes\n### Order Ingest\nWrites each incoming order to PostgreSQL and sends a confirmation email to the customer.\n### Price Scorer\nCalculates a price score.\n### Sales Rollup\nAggregates daily sales totals.\n### Checkout Flow\nCoordinates the checkout workflow.\n",
         );
         let types: Vec<_> = p.nodes.iter().map(|n| n.node_type).collect();
         assert_eq!(
@@ -544,7 +528,7 @@ mod tests {
 
     #[test]
     fn overrides_win_and_are_checked() {
-        let prd = parse("# X\nSends emails.").unwrap();
+        let prd = parse("# X\nSends emails to customers.").unwrap();
         let types = [NodeType::Compute, NodeType::Reducer];
         let o = Overrides {
             node_types: Some(&types),
@@ -570,7 +554,7 @@ mod tests {
 
     #[test]
     fn hints_from_the_service_refine_the_plan() {
-        let prd = parse("# Ledger\nKeeps totals.").unwrap();
+        let prd = parse("# Ledger\nKeeps running totals per account.").unwrap();
         let hints = IntelligenceHints {
             node_type_hints: vec![NodeType::Reducer],
             recommended_mixins: vec!["MixinCaching".into(), "NotAMixin".into()],

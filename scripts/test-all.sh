@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: Rust (fmt, clippy, unit and integration tests) and
+# the generated-node checks with real Python tooling (ruff, mypy --strict, pytest) and a real
+# Kafka broker (tansu). What it installs is cached outside the repository, in $OMNINODE_CACHE
+# (default ~/.cache/omninode-operator), and reused on the next run.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${OMNINODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/omninode-operator}
+TANSU_VERSION=0.6.0
+mkdir -p "$CACHE"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python tooling (venv in $CACHE/venv)"
+VENV=$CACHE/venv
+REQUIREMENTS=$ROOT/tests/python/requirements.txt
+want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq python3-venv
+  fi
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS"
+  echo "$want" >"$VENV/.requirements.sha256"
+fi
+
+step "Kafka broker (tansu $TANSU_VERSION in $CACHE)"
+TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
+if [ ! -x "$TANSU" ]; then
+  echo "building tansu once (about 15 minutes on two cores); later runs reuse it"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
+    --root "$CACHE/tansu-$TANSU_VERSION" --quiet
+fi
+
+cd "$ROOT"
+step "cargo fmt / clippy"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --locked
+
+step "generated nodes: ruff, mypy --strict, pytest, start, probes, SIGTERM, broker"
+OMNINODE_BIN=$ROOT/target/debug/omninode-operator TANSU_BIN=$TANSU \
+OMNINODE_MYPY_CACHE=$CACHE/mypy PYTHONDONTWRITEBYTECODE=1 \
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
+
+step "end-to-end tests against a real Kubernetes control plane"
+echo "no e2e suite yet (the controller comes next); it will run when KUBEBUILDER_ASSETS or"
+echo "OMNINODE_E2E_KUBECONFIG is set (see docs/testing.md)"

@@ -1,0 +1,151 @@
+"""Checks every generated node must pass: it parses, lints, type-checks, imports, passes its own
+tests, starts, answers its health probes and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+MYPY_CACHE = Path(os.environ.get("OMNINODE_MYPY_CACHE", Path.home() / ".cache" / "omninode-operator" / "mypy"))
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
+    assert result.returncode == 0, f"{what} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+
+
+def version_dir(node_dir: Path) -> str:
+    dirs = sorted(p.name for p in node_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
+    assert dirs, f"{node_dir} has no version directory"
+    return dirs[-1]
+
+
+def check_static(node_dir: Path) -> None:
+    """py_compile, ruff, mypy --strict, import and the node's own tests."""
+    v = version_dir(node_dir)
+    sources = sorted(str(p.relative_to(node_dir)) for p in node_dir.rglob("*.py"))
+    assert len(sources) >= 10, f"{node_dir}: only {len(sources)} Python files"
+    assert_ok(run([sys.executable, "-m", "py_compile", *sources], node_dir), "py_compile")
+    assert_ok(run([str(BIN / "ruff"), "check", "--no-cache", "."], node_dir), "ruff check")
+    assert_ok(
+        run([str(BIN / "mypy"), "--strict", "--cache-dir", str(MYPY_CACHE), v], node_dir),
+        "mypy --strict",
+    )
+    imp = run([sys.executable, "-c", f"import {v}.node, {v}.start_node"], node_dir)
+    assert_ok(imp, "import")
+    tests = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{v}/tests"], node_dir)
+    assert_ok(tests, "the node's own tests")
+    assert " passed" in tests.stdout, tests.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Response:
+    status: int
+    body: str
+
+    def json(self) -> dict[str, object]:
+        value = json.loads(self.body)
+        assert isinstance(value, dict)
+        return value
+
+
+def get(url: str, timeout: float = 2.0) -> Response:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+            return Response(r.status, r.read().decode())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, e.read().decode())
+
+
+def wait_for(url: str, deadline_s: float, status: int = 200) -> Response:
+    end = time.monotonic() + deadline_s
+    last: Exception | Response | None = None
+    while time.monotonic() < end:
+        try:
+            last = get(url)
+            if last.status == status:
+                return last
+        except (OSError, urllib.error.URLError) as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer {status} within {deadline_s}s (last: {last})")
+
+
+class RunningNode:
+    """A node started through its start_node.py on a free loopback port."""
+
+    def __init__(self, node_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        v = version_dir(node_dir)
+        script = node_dir / v / "start_node.py"
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+        environ = {k: val for k, val in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+        environ.update(env or {})
+        environ["PATH"] = f"{BIN}{os.pathsep}{environ.get('PATH', '')}"
+        self.proc = subprocess.Popen(
+            [str(script), "--host", "127.0.0.1", "--port", str(self.port), *(extra or [])],
+            cwd=node_dir,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def stop(self, deadline_s: float = 5.0) -> tuple[int, float, str]:
+        """SIGTERM; returns the exit code, the seconds it took and the output."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=deadline_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            raise AssertionError(f"node did not exit within {deadline_s}s of SIGTERM:\n{out}") from None
+        return self.proc.returncode, time.monotonic() - start, out
+
+    def __enter__(self) -> RunningNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def check_runs(node_dir: Path, extra: list[str] | None = None) -> dict[str, object]:
+    """Start the node, probe live/ready/metrics within 5 s, SIGTERM, exit 0 within 5 s.
+    Returns the readiness body."""
+    with RunningNode(node_dir, extra) as node:
+        started = time.monotonic()
+        live = wait_for(node.base + "/health/live", 5.0)
+        ready = wait_for(node.base + "/health/ready", 5.0 - (time.monotonic() - started) + 0.5)
+        assert time.monotonic() - started <= 5.5, "health probes took longer than 5 s"
+        live.json()
+        body = ready.json()
+        metrics = get(node.base + "/metrics")
+        assert metrics.status == 200 and "# TYPE" in metrics.body
+        assert get(node.base + "/no-such-path").status == 404
+        code, took, out = node.stop()
+        assert code == 0, f"exit code {code} after SIGTERM:\n{out}"
+        assert took <= 5.0
+        return body
