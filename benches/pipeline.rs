@@ -85,7 +85,8 @@ fn main() {
         onex: 0.7,
     };
 
-    let (mut t_render, mut t_score, mut t_write) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut t_render, mut t_score, mut t_write, mut t_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut per_node = Vec::new();
     let mut per_prd = Vec::new();
     let mut nodes = 0usize;
@@ -124,6 +125,7 @@ fn main() {
             t_render.push(t2 - t1);
             t_score.push(t3 - t2);
             t_write.push(t4 - t3);
+            t_cpu.push(t3 - t1);
             assert!(report.parses);
             nodes += 1;
         }
@@ -134,6 +136,7 @@ fn main() {
     summary("    of which render", t_render);
     summary("    of which validate (quality)", t_score);
     summary("    of which write", t_write);
+    summary("  render+validate (CPU only) per node", t_cpu);
     summary("  whole pipeline per PRD", per_prd);
     println!(
         "  peak RSS of the benchmark process: {} KiB",

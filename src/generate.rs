@@ -2,7 +2,6 @@
 //! NodeGeneration would get out. No cluster, no broker.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -255,19 +254,23 @@ pub fn write_atomically(target: &Path, nodes: &[&RenderedNode]) -> std::io::Resu
     result
 }
 
-/// Write one node's files below `dir`.
+/// Write one node's files below `dir` (each directory created once).
 pub fn write_node(dir: &Path, node: &RenderedNode) -> std::io::Result<()> {
+    let parents: BTreeSet<PathBuf> = node
+        .files
+        .keys()
+        .filter_map(|p| dir.join(p).parent().map(Path::to_path_buf))
+        .collect();
+    for p in &parents {
+        std::fs::create_dir_all(p)?;
+    }
     for (path, bytes) in &node.files {
         let file = dir.join(path);
-        if let Some(p) = file.parent() {
-            std::fs::create_dir_all(p)?;
-        }
-        let mut f = std::fs::File::create(&file)?;
-        f.write_all(bytes)?;
+        std::fs::write(&file, bytes)?;
         #[cfg(unix)]
         if node.executable.contains(path) {
             use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
         }
     }
     Ok(())

@@ -108,26 +108,15 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
     // Syntax: every Python file parses, every YAML file loads.
     let mut facts: BTreeMap<String, PythonFacts> = BTreeMap::new();
     let (mut ok, mut total) = (0usize, 0usize);
-    for (path, bytes) in &node.files {
-        let text = String::from_utf8_lossy(bytes);
-        if path.ends_with(".py") {
-            total += 1;
-            match analyse(&text, path) {
-                Ok(f) => {
-                    ok += 1;
-                    facts.insert(path.clone(), f);
-                }
-                Err(e) => s.deduct(path, e.line, "syntax/python", e.message),
+    for (path, result) in check_syntax(node) {
+        total += 1;
+        match result {
+            Ok(Some(f)) => {
+                ok += 1;
+                facts.insert(path.to_string(), f);
             }
-        } else if path.ends_with(".yaml") {
-            total += 1;
-            match serde_norway::from_str::<serde_norway::Value>(&text) {
-                Ok(_) => ok += 1,
-                Err(e) => {
-                    let line = e.location().map(|l| l.line()).unwrap_or(0);
-                    s.deduct(path, line, "syntax/yaml", e.to_string());
-                }
-            }
+            Ok(None) => ok += 1,
+            Err(e) => s.deduct(path, e.line, e.rule, e.message),
         }
     }
     let parses = ok == total;
@@ -468,6 +457,78 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
         passed,
         deductions: s.deductions,
         service: None,
+    }
+}
+
+/// A file that does not parse: where and why.
+struct ParseFailure {
+    line: usize,
+    rule: &'static str,
+    message: String,
+}
+
+type Checked<'a> = (&'a str, Result<Option<PythonFacts>, ParseFailure>);
+/// Files (path, bytes) given to one worker, with their total size.
+type Bucket<'a> = (usize, Vec<(&'a str, &'a [u8])>);
+
+/// Parse every Python and YAML file of the node (Python files yield their facts). The files
+/// are independent, so they are spread over the available cores, largest first.
+fn check_syntax(node: &RenderedNode) -> Vec<Checked<'_>> {
+    let mut files: Vec<(&str, &[u8])> = node
+        .files
+        .iter()
+        .filter(|(p, _)| p.ends_with(".py") || p.ends_with(".yaml"))
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    files.sort_by_key(|(_, b)| std::cmp::Reverse(b.len()));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let mut buckets: Vec<Bucket<'_>> = vec![(0, Vec::new()); workers];
+    for f in files {
+        if let Some(b) = buckets.iter_mut().min_by_key(|(size, _)| *size) {
+            b.0 += f.1.len();
+            b.1.push(f);
+        }
+    }
+    let mut out: Vec<Checked<'_>> = std::thread::scope(|scope| {
+        let mut rest = buckets
+            .iter()
+            .skip(1)
+            .map(|(_, b)| scope.spawn(|| check_bucket(b)))
+            .collect::<Vec<_>>();
+        let mut out = check_bucket(&buckets[0].1);
+        for handle in rest.drain(..) {
+            // A panicking parser thread is a bug in the parser; report it as a syntax failure
+            // of nothing rather than taking the operator down.
+            out.extend(handle.join().unwrap_or_default());
+        }
+        out
+    });
+    out.sort_by(|a, b| a.0.cmp(b.0));
+    out
+}
+
+fn check_bucket<'a>(bucket: &[(&'a str, &'a [u8])]) -> Vec<Checked<'a>> {
+    bucket.iter().map(|(p, b)| (*p, check_file(p, b))).collect()
+}
+
+fn check_file(path: &str, bytes: &[u8]) -> Result<Option<PythonFacts>, ParseFailure> {
+    let text = String::from_utf8_lossy(bytes);
+    if path.ends_with(".py") {
+        analyse(&text, path).map(Some).map_err(|e| ParseFailure {
+            line: e.line,
+            rule: "syntax/python",
+            message: e.message,
+        })
+    } else {
+        serde_norway::from_str::<serde_norway::Value>(&text)
+            .map(|_| None)
+            .map_err(|e| ParseFailure {
+                line: e.location().map(|l| l.line()).unwrap_or(0),
+                rule: "syntax/yaml",
+                message: e.to_string(),
+            })
     }
 }
 

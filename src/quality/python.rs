@@ -1,11 +1,12 @@
-//! Facts about one Python file, read with a real Python parser (`rustpython-parser`).
+//! Facts about one Python file, read with a real Python parser (Ruff's, `ruff_python_parser`).
 //!
-//! The file is lexed once; the tokens answer the lexical questions (uses of `Any`, `print`
-//! calls) and are then parsed into the AST that answers the structural ones.
+//! One parse gives both the tokens, which answer the lexical questions (uses of `Any`,
+//! `print` calls), and the AST, which answers the structural ones.
 
-use rustpython_parser::ast::{self, Constant, ExceptHandler, Expr, Stmt};
-use rustpython_parser::lexer::lex;
-use rustpython_parser::{Mode, Tok, parse_tokens};
+use ruff_python_ast::token::TokenKind;
+use ruff_python_ast::{self as ast, ExceptHandler, Expr, Stmt};
+use ruff_python_parser::parse_module;
+use ruff_text_size::{Ranged, TextRange};
 
 /// A syntax error with its line.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,42 +80,30 @@ impl Lines {
 }
 
 /// Parse `src` and collect its facts.
-pub fn analyse(src: &str, path: &str) -> Result<PythonFacts, SyntaxIssue> {
+pub fn analyse(src: &str, _path: &str) -> Result<PythonFacts, SyntaxIssue> {
     let lines = Lines::new(src);
-    // The lexer keeps yielding errors at the end of a broken file: stop at the first one
-    // (the parser reports it).
-    let mut tokens = Vec::new();
-    for result in lex(src, Mode::Module) {
-        let failed = result.is_err();
-        tokens.push(result);
-        if failed {
-            break;
-        }
-    }
+    let parsed = parse_module(src).map_err(|e| SyntaxIssue {
+        line: lines.line(e.location.start().to_usize()),
+        message: e.error.to_string(),
+    })?;
     let mut facts = PythonFacts::default();
     let mut prev_was_print: Option<usize> = None;
-    for (tok, range) in tokens.iter().flatten() {
-        let line = lines.line(range.start().to_usize());
+    for token in parsed.tokens().iter() {
+        let line = lines.line(token.start().to_usize());
         if let Some(l) = prev_was_print.take()
-            && matches!(tok, Tok::Lpar)
+            && token.kind() == TokenKind::Lpar
         {
             facts.print_lines.push(l);
         }
-        if let Tok::Name { name } = tok {
-            match name.as_str() {
+        if token.kind() == TokenKind::Name {
+            match &src[token.range()] {
                 "Any" => facts.any_lines.push(line),
                 "print" => prev_was_print = Some(line),
                 _ => {}
             }
         }
     }
-    let module = parse_tokens(tokens, Mode::Module, path).map_err(|e| SyntaxIssue {
-        line: lines.line(e.offset.to_usize()),
-        message: e.error.to_string(),
-    })?;
-    let ast::Mod::Module(module) = module else {
-        return Ok(facts);
-    };
+    let module = parsed.syntax();
     facts.has_module_docstring = starts_with_docstring(&module.body);
     let mut walker = Walker {
         lines: &lines,
@@ -125,7 +114,7 @@ pub fn analyse(src: &str, path: &str) -> Result<PythonFacts, SyntaxIssue> {
 }
 
 fn starts_with_docstring(body: &[Stmt]) -> bool {
-    matches!(body.first(), Some(Stmt::Expr(e)) if matches!(&*e.value, Expr::Constant(c) if matches!(c.value, Constant::Str(_))))
+    matches!(body.first(), Some(Stmt::Expr(e)) if e.value.is_string_literal_expr())
 }
 
 struct Walker<'a> {
@@ -134,17 +123,16 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn line_of(&self, range: ast::text_size::TextRange) -> usize {
+    fn line_of(&self, range: TextRange) -> usize {
         self.lines.line(range.start().to_usize())
     }
 
     fn module(&mut self, body: &[Stmt]) {
         for stmt in body {
             match stmt {
-                Stmt::FunctionDef(_) | Stmt::AsyncFunctionDef(_) => {
-                    if let Some(f) = self.function(stmt) {
-                        self.facts.functions.push(f);
-                    }
+                Stmt::FunctionDef(f) => {
+                    let f = self.function(f);
+                    self.facts.functions.push(f);
                 }
                 Stmt::ClassDef(c) => {
                     let class = self.class(c);
@@ -159,16 +147,15 @@ impl Walker<'_> {
         let mut fact = ClassFact {
             name: c.name.to_string(),
             line: self.line_of(c.range),
-            bases: c.bases.iter().filter_map(expr_name).collect(),
+            bases: c.bases().iter().filter_map(expr_name).collect(),
             has_docstring: starts_with_docstring(&c.body),
             ..Default::default()
         };
         for stmt in &c.body {
             match stmt {
-                Stmt::FunctionDef(_) | Stmt::AsyncFunctionDef(_) => {
-                    if let Some(f) = self.function(stmt) {
-                        fact.methods.push(f);
-                    }
+                Stmt::FunctionDef(f) => {
+                    let f = self.function(f);
+                    fact.methods.push(f);
                 }
                 Stmt::Assign(a)
                     if a.targets
@@ -188,27 +175,24 @@ impl Walker<'_> {
         fact
     }
 
-    fn function(&mut self, stmt: &Stmt) -> Option<FunctionFact> {
-        let (name, args, body, returns, range, is_async) = match stmt {
-            Stmt::FunctionDef(f) => (&f.name, &f.args, &f.body, &f.returns, f.range, false),
-            Stmt::AsyncFunctionDef(f) => (&f.name, &f.args, &f.body, &f.returns, f.range, true),
-            _ => return None,
-        };
+    fn function(&mut self, f: &ast::StmtFunctionDef) -> FunctionFact {
+        let args = &f.parameters;
         let params = args
             .posonlyargs
             .iter()
             .chain(args.args.iter())
             .chain(args.kwonlyargs.iter())
-            .map(|a| &a.def)
+            .map(|a| &a.parameter)
             .chain(args.vararg.as_deref())
             .chain(args.kwarg.as_deref());
-        let mut annotated = returns.is_some();
+        let mut annotated = f.returns.is_some();
         for (i, p) in params.enumerate() {
-            let receiver = i == 0 && (p.arg.as_str() == "self" || p.arg.as_str() == "cls");
+            let receiver = i == 0 && (p.name.as_str() == "self" || p.name.as_str() == "cls");
             if !receiver && p.annotation.is_none() {
                 annotated = false;
             }
         }
+        let (name, body, range, is_async) = (&f.name, &f.body, f.range, f.is_async);
         let start = self.line_of(range);
         let end = self.lines.line(range.end().to_usize());
         let mut fact = FunctionFact {
@@ -221,7 +205,7 @@ impl Walker<'_> {
             ..Default::default()
         };
         self.body(body, &mut fact);
-        Some(fact)
+        fact
     }
 
     /// Walk statements inside a function, noting try/raise and nested defs.
@@ -242,13 +226,11 @@ impl Walker<'_> {
                 Stmt::Raise(_) => fact.has_raise = true,
                 Stmt::If(s) => {
                     self.body(&s.body, fact);
-                    self.body(&s.orelse, fact);
+                    for clause in &s.elif_else_clauses {
+                        self.body(&clause.body, fact);
+                    }
                 }
                 Stmt::For(s) => {
-                    self.body(&s.body, fact);
-                    self.body(&s.orelse, fact);
-                }
-                Stmt::AsyncFor(s) => {
                     self.body(&s.body, fact);
                     self.body(&s.orelse, fact);
                 }
@@ -257,16 +239,14 @@ impl Walker<'_> {
                     self.body(&s.orelse, fact);
                 }
                 Stmt::With(s) => self.body(&s.body, fact),
-                Stmt::AsyncWith(s) => self.body(&s.body, fact),
                 Stmt::Match(m) => {
                     for case in &m.cases {
                         self.body(&case.body, fact);
                     }
                 }
-                Stmt::FunctionDef(_) | Stmt::AsyncFunctionDef(_) => {
-                    if let Some(inner) = self.function(stmt) {
-                        self.facts.functions.push(inner);
-                    }
+                Stmt::FunctionDef(f) => {
+                    let inner = self.function(f);
+                    self.facts.functions.push(inner);
                 }
                 Stmt::ClassDef(c) => {
                     let class = self.class(c);
@@ -305,7 +285,7 @@ impl Walker<'_> {
                 let line = self.line_of(i.range);
                 self.facts.imports.push(ImportFact {
                     line,
-                    level: i.level.map(|l| l.to_u32()).unwrap_or(0),
+                    level: i.level,
                     module: i.module.as_ref().map(|m| m.to_string()).unwrap_or_default(),
                     wildcard: i.names.iter().any(|a| a.name.as_str() == "*"),
                 });
@@ -317,7 +297,11 @@ impl Walker<'_> {
                 }
             }
             Stmt::If(s) => {
-                for s in s.body.iter().chain(&s.orelse) {
+                for s in s
+                    .body
+                    .iter()
+                    .chain(s.elif_else_clauses.iter().flat_map(|c| c.body.iter()))
+                {
                     self.statement(s);
                 }
             }
@@ -328,7 +312,7 @@ impl Walker<'_> {
 
 fn expr_name(e: &Expr) -> Option<String> {
     match e {
-        Expr::Name(n) => Some(n.id.to_string()),
+        Expr::Name(n) => Some(n.id.as_str().to_string()),
         Expr::Attribute(a) => Some(a.attr.to_string()),
         Expr::Subscript(s) => expr_name(&s.value),
         _ => None,
@@ -340,16 +324,20 @@ fn string_constants(e: &Expr) -> Vec<String> {
         Expr::Tuple(t) => &t.elts,
         Expr::List(l) => &l.elts,
         Expr::Set(s) => &s.elts,
-        Expr::Call(c) => return c.args.first().map(string_constants).unwrap_or_default(),
+        Expr::Call(c) => {
+            return c
+                .arguments
+                .args
+                .first()
+                .map(string_constants)
+                .unwrap_or_default();
+        }
         _ => return Vec::new(),
     };
     elts.iter()
-        .filter_map(|e| match e {
-            Expr::Constant(c) => match &c.value {
-                Constant::Str(s) => Some(s.clone()),
-                _ => None,
-            },
-            _ => None,
+        .filter_map(|e| {
+            e.as_string_literal_expr()
+                .map(|s| s.value.to_str().to_string())
         })
         .collect()
 }

@@ -55,6 +55,30 @@ pub fn comment(text: &str) -> String {
     one_line(text)
 }
 
+/// Greedy word wrap of a `quote`d literal without its outer quotes: lines of at most `width`
+/// characters joined with `\n` (a longer word gets a line of its own). The literal is ASCII
+/// and its escapes hold no spaces, so wrapping never splits an escape.
+pub fn wrap_quoted(quoted: &str, width: usize) -> String {
+    let inner = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or("");
+    let mut out = String::with_capacity(inner.len() + 8);
+    let mut line_len = 0usize;
+    for word in inner.split(' ').filter(|w| !w.is_empty()) {
+        if line_len == 0 {
+            out.push_str(word);
+            line_len = word.len();
+        } else if line_len + 1 + word.len() <= width {
+            out.push(' ');
+            out.push_str(word);
+            line_len += 1 + word.len();
+        } else {
+            out.push('\n');
+            out.push_str(word);
+            line_len = word.len();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +89,12 @@ mod tests {
         assert_eq!(quote("x\ny\u{0}"), "\"x\\ny\\u0000\"");
         assert_eq!(quote("é😀"), "\"\\u00e9\\U0001f600\"");
         assert_eq!(quote("{{ x }}"), "\"{{ x }}\"");
+    }
+
+    #[test]
+    fn wrap_quoted_wraps_inside_the_quotes() {
+        assert_eq!(wrap_quoted("\"aa bb  cc dddddd\"", 5), "aa bb\ncc\ndddddd");
+        assert_eq!(wrap_quoted("\"\"", 5), "");
     }
 
     #[test]

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use include_dir::{Dir, include_dir};
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use sha2::{Digest, Sha256};
 
 pub use context::{INTROSPECTION_TOPIC, NodeContext, dir_name};
-pub use filters::{comment, doc, quote};
+pub use filters::{comment, doc, quote, wrap_quoted};
 
 use crate::analysis::{ExternalSystem, PlannedNode};
 
@@ -111,9 +111,13 @@ impl Renderer {
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(true);
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Escaping is the filters' job, per target language; never minijinja's HTML/JSON guess
+        // from the file name.
+        env.set_auto_escape_callback(|_| AutoEscape::None);
         env.add_filter("quote", |s: &str| quote(s));
         env.add_filter("doc", |s: &str| doc(s));
         env.add_filter("comment", |s: &str| comment(s));
+        env.add_filter("wrap_quoted", |s: &str, width: usize| wrap_quoted(s, width));
         for (name, source) in sources {
             env.add_template_owned(name.clone(), source)
                 .map_err(|source| RenderError::Template {
