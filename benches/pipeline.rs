@@ -1,7 +1,8 @@
 //! Pipeline benchmark (issue 2, check 8). Prints medians and tails; figures go to
 //! docs/benchmarks.md.
 //!
-//! `cargo bench --bench pipeline`
+//! `cargo bench --bench pipeline` (`OMNINODE_BENCH_DIR=/dev/shm cargo bench --bench pipeline`
+//! writes to memory instead of the disk)
 //! 1. In process: 1,000 PRDs (the corpora and examples, each made unique) through parse → plan →
 //!    render → quality → write; time per node of render + validate + write, and per PRD overall.
 //! 2. Whole command: `omninode-operator generate one.md` spawned repeatedly.
@@ -79,7 +80,13 @@ fn main() {
     let base = corpus(&root);
     assert!(!base.is_empty());
     let renderer = Renderer::embedded().unwrap();
-    let out = tempfile::tempdir().unwrap();
+    // Where files are written: the system temp dir, or OMNINODE_BENCH_DIR (e.g. /dev/shm, to
+    // take a throttled virtual disk out of the measurement).
+    let out = match std::env::var_os("OMNINODE_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    println!("writing under {}", out.path().display());
     let thresholds = Thresholds {
         overall: 0.8,
         onex: 0.7,
