@@ -8,6 +8,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${OMNINODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/omninode-operator}
 TANSU_VERSION=0.6.0
+TANSU_FEATURES=dynostore,libsql
 mkdir -p "$CACHE"
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -24,13 +25,16 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/n
   echo "$want" >"$VENV/.requirements.sha256"
 fi
 
-step "Kafka broker (tansu $TANSU_VERSION in $CACHE)"
-TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
+step "Kafka broker (tansu $TANSU_VERSION, features $TANSU_FEATURES, in $CACHE)"
+# In-memory storage for most tests; SQLite storage (libsql) for the broker-restart test.
+TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}
+TANSU=$TANSU_ROOT/bin/tansu
 if [ ! -x "$TANSU" ]; then
   echo "building tansu once (about 15 minutes on two cores); later runs reuse it"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
-    --root "$CACHE/tansu-$TANSU_VERSION" --quiet
+  cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
+    --root "$TANSU_ROOT" --quiet
 fi
+export TANSU_BIN=$TANSU
 
 cd "$ROOT"
 step "cargo fmt / clippy"
@@ -41,7 +45,7 @@ step "cargo test"
 cargo test --locked
 
 step "generated nodes: ruff, mypy --strict, pytest, start, probes, SIGTERM, broker"
-OMNINODE_BIN=$ROOT/target/debug/omninode-operator TANSU_BIN=$TANSU \
+OMNINODE_BIN=$ROOT/target/debug/omninode-operator \
 OMNINODE_MYPY_CACHE=$CACHE/mypy PYTHONDONTWRITEBYTECODE=1 \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
 

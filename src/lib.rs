@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod api;
 pub mod generate;
+pub mod intelligence;
 pub mod manifest;
 pub mod naming;
 pub mod pipeline;

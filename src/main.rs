@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use omninode_operator::intelligence::{IntelligenceClient, IntelligenceConfig, Metrics};
 use omninode_operator::{api, generate, render::Renderer};
 
 #[derive(Parser)]
@@ -33,6 +34,8 @@ enum Command {
         /// Directory of custom templates replacing the embedded ones.
         #[arg(long, env = "OMNINODE_TEMPLATES_DIR")]
         templates: Option<PathBuf>,
+        #[command(flatten)]
+        intelligence: Box<IntelligenceConfig>,
     },
     /// Train the node-type model from labelled corpora (`DIR/<type>/*.md`) and write it as YAML
     /// (what `src/analysis/classifier_model.yaml` holds).
@@ -104,12 +107,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             format,
             templates,
+            intelligence,
         } => {
             let renderer = match templates {
                 Some(dir) => Renderer::from_dir(&dir)?,
                 None => Renderer::embedded()?,
             };
-            let printed = generate::generate(&renderer, &files, &output);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let printed = runtime.block_on(async {
+                let client = match intelligence.kafka_bootstrap_servers {
+                    Some(_) => Some(IntelligenceClient::connect(
+                        *intelligence,
+                        Metrics::default(),
+                    )?),
+                    None => None,
+                };
+                anyhow::Ok(generate::generate(&renderer, &files, &output, client.as_ref()).await)
+            })?;
+            // The consumer task and any unsent status event end with the runtime.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
             let mut out = String::new();
             match format {
                 Format::Yaml => {

@@ -50,6 +50,20 @@ impl Outcome {
         self.failure.is_none()
     }
 
+    /// Say in the `Analyzed` condition why the built-in library was used although a service
+    /// is configured.
+    pub fn note_fallback(&mut self, why: &str) {
+        if let Some(c) = self
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == ANALYZED && c.is_true())
+        {
+            c.message.push_str(&format!(
+                "; intelligence service unavailable ({why}), built-in pattern library used"
+            ));
+        }
+    }
+
     /// The parts of status the core owns (analysis, nodes, quality, node count).
     pub fn fill_status(&self, status: &mut NodeGenerationStatus) {
         status.analysis = self.plan.as_ref().map(|p| AnalysisStatus {
@@ -82,6 +96,7 @@ impl Outcome {
                 passed: n.report.passed,
                 files: n.rendered.files.len() as i32,
                 content_hash: n.rendered.content_hash.clone(),
+                service_quality: n.report.service.as_ref().map(|s| s.quality_score),
             })
             .collect();
         status.node_count = self.plan.as_ref().map(|p| p.nodes.len() as i32);
@@ -144,6 +159,16 @@ fn fail(outcome: &mut Outcome, condition: &'static str, reason: &str, message: S
     });
 }
 
+/// The analysis overrides a spec carries.
+pub fn overrides<'a>(spec: &'a NodeGenerationSpec, generation_name: &'a str) -> Overrides<'a> {
+    Overrides {
+        node_types: spec.node_types.as_deref(),
+        domain: spec.domain.as_deref(),
+        service_name: spec.service_name.as_deref(),
+        fallback_name: generation_name,
+    }
+}
+
 /// Run the core for one NodeGeneration whose PRD text has been resolved.
 pub fn run(
     renderer: &Renderer,
@@ -168,12 +193,7 @@ pub fn run(
             return outcome;
         }
     };
-    let overrides = Overrides {
-        node_types: spec.node_types.as_deref(),
-        domain: spec.domain.as_deref(),
-        service_name: spec.service_name.as_deref(),
-        fallback_name: generation_name,
-    };
+    let overrides = overrides(spec, generation_name);
     let plan = match analysis::plan(&parsed, &overrides, hints) {
         Ok(p) => p,
         Err(e) => {

@@ -363,6 +363,9 @@ pub struct NodeStatus {
     pub passed: bool,
     pub files: i32,
     pub content_hash: String,
+    /// Quality score from the intelligence service, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_quality: Option<f64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]

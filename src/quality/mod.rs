@@ -55,8 +55,20 @@ pub struct QualityReport {
     pub parses: bool,
     pub passed: bool,
     pub deductions: Vec<Deduction>,
+    /// The intelligence service's score of the node's main module, when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceScore>,
+    /// Mean of the local overall score and the service's, when both exist. The gate stays on
+    /// the local score: it is deterministic and every point of it is explained by deductions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<f64>,
+}
+
+impl QualityReport {
+    pub fn merge_service(&mut self, score: ServiceScore) {
+        self.merged = Some(round3((self.overall + score.quality_score) / 2.0));
+        self.service = Some(score);
+    }
 }
 
 /// The thresholds a node must meet.
@@ -457,6 +469,7 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
         passed,
         deductions: s.deductions,
         service: None,
+        merged: None,
     }
 }
 

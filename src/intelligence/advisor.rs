@@ -1,0 +1,85 @@
+//! What the operator asks the intelligence service, and how the answers become plan hints and
+//! service quality scores. Every failure here is a fallback, never an error of the generation
+//! (unless the NodeGeneration says `intelligence.mode: Required`).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::client::{IntelligenceClient, IntelligenceError};
+use super::wire::{CodeAnalysisOperation, CodegenOperation};
+use crate::analysis::IntelligenceHints;
+use crate::api::NodeType;
+use crate::prd::Prd;
+use crate::quality::ServiceScore;
+
+/// Ask for analysis (node types, mixins, domain, operations) and mixin recommendations for the
+/// node type the built-in analysis picked, concurrently, and merge them into hints.
+pub async fn advise(
+    client: &IntelligenceClient,
+    session_id: &str,
+    prd_text: &str,
+    prd: &Prd,
+    builtin_type: NodeType,
+    timeout: Duration,
+) -> Result<IntelligenceHints, IntelligenceError> {
+    let mut analyze = Map::new();
+    analyze.insert("prd_content".into(), prd_text.into());
+    analyze.insert("analysis_type".into(), "full".into());
+    // The handler reads `context`, the bridge schema calls it `workspace_context`: send both.
+    analyze.insert("workspace_context".into(), json!({}));
+    analyze.insert("context".into(), json!({}));
+    analyze.insert("min_confidence".into(), json!(0.5));
+
+    let mut mixin = Map::new();
+    let requirements: Vec<Value> = prd
+        .functional_requirements
+        .iter()
+        .take(20)
+        .map(|r| Value::from(r.as_str()))
+        .collect();
+    mixin.insert("requirements".into(), Value::Array(requirements));
+    mixin.insert("node_type".into(), builtin_type.as_str().into());
+    mixin.insert("existing_mixins".into(), json!([]));
+
+    let (analysis, mixins) = tokio::join!(
+        client.codegen_within(CodegenOperation::Analyze, session_id, analyze, timeout),
+        client.codegen_within(CodegenOperation::Mixin, session_id, mixin, timeout),
+    );
+    let analysis = analysis?;
+    let result = analysis.analysis();
+    let mut recommended = result.recommended_mixins.clone();
+    // Mixin recommendations refine the plan when they come; their absence is not a failure.
+    if let Ok(m) = mixins {
+        recommended.extend(m.mixin_names());
+    }
+    recommended.sort();
+    recommended.dedup();
+    Ok(IntelligenceHints {
+        node_type_hints: result
+            .node_type_hints
+            .iter()
+            .filter_map(|t| NodeType::parse(t))
+            .collect(),
+        recommended_mixins: recommended,
+        domain: result.domain.clone(),
+        operations: result.operations.clone(),
+        correlation_id: analysis.correlation_id.clone().unwrap_or_default(),
+    })
+}
+
+/// The service's quality assessment of a node's main module.
+pub async fn assess(
+    client: &IntelligenceClient,
+    source_path: &str,
+    code: &str,
+) -> Result<ServiceScore, IntelligenceError> {
+    let reply = client
+        .code_analysis(source_path, code, CodeAnalysisOperation::QualityAssessment)
+        .await?;
+    Ok(ServiceScore {
+        quality_score: reply.quality_score.unwrap_or(0.0).clamp(0.0, 1.0),
+        onex_compliance: reply.onex_compliance.unwrap_or(0.0).clamp(0.0, 1.0),
+        correlation_id: reply.correlation_id.unwrap_or_default(),
+    })
+}

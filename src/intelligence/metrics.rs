@@ -1,0 +1,80 @@
+//! Prometheus metrics of the intelligence client, registered into the process's registry (the
+//! controller serves them on `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: String,
+    /// success, timeout, error, fallback, circuit_open
+    pub outcome: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency_seconds: Histogram,
+    pub mismatched_dropped: Counter,
+    pub dead_lettered: Counter,
+    pub circuit_state: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let buckets = [
+            0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Metrics {
+            requests: Family::default(),
+            latency_seconds: Histogram::new(buckets),
+            mismatched_dropped: Counter::default(),
+            dead_lettered: Counter::default(),
+            circuit_state: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("omninode_intelligence");
+        r.register(
+            "requests",
+            "Intelligence requests by operation and outcome",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_latency_seconds",
+            "Round trip of answered requests",
+            self.latency_seconds.clone(),
+        );
+        r.register(
+            "replies_dropped",
+            "Replies no pending request was waiting for (late, duplicate or foreign)",
+            self.mismatched_dropped.clone(),
+        );
+        r.register(
+            "replies_dead_lettered",
+            "Undecodable replies sent to a dead-letter topic",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "circuit_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            self.circuit_state.clone(),
+        );
+    }
+
+    pub fn count(&self, operation: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                operation: operation.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}

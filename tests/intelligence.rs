@@ -1,0 +1,570 @@
+//! The intelligence client against a real Kafka broker (tansu) and the stand-in responder
+//! (issue 3): both contract families, fallback and the circuit breaker, broker outages,
+//! correctness under load with hostile replies, and retries.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use omninode_operator::intelligence::wire::{CodeAnalysisOperation, CodegenOperation};
+use omninode_operator::intelligence::{
+    CircuitState, IntelligenceClient, IntelligenceError, Metrics,
+};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Map, Value, json};
+use support::kafka::{Broker, Responder, config, free_port, tansu_bin};
+
+fn fields(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+async fn ready_client(
+    cfg: omninode_operator::intelligence::IntelligenceConfig,
+) -> IntelligenceClient {
+    let client = IntelligenceClient::connect(cfg, Metrics::default()).unwrap();
+    assert!(
+        client.wait_ready(Duration::from_secs(30)).await,
+        "client did not get ready"
+    );
+    client
+}
+
+/// Every message currently on a topic (partition 0, from the beginning).
+fn read_topic(servers: &str, topic: &str) -> Vec<(Option<String>, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(5))
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (out.len() as i64) < high && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            out.push((
+                key,
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_both_contract_families() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let cfg = config(&broker.servers(), "happy.");
+    let client = ready_client(cfg.clone()).await;
+    let _responder = Responder::start(
+        &broker.servers(),
+        "happy.",
+        &["--hint-node-type", "reducer"],
+    );
+
+    let ca = client
+        .code_analysis(
+            "svc/node.py",
+            "x = 1\n",
+            CodeAnalysisOperation::QualityAssessment,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ca.quality_score, Some(0.92));
+    assert_eq!(ca.source_path.as_deref(), Some("svc/node.py"));
+    assert_eq!(ca.operation_type.as_deref(), Some("quality_assessment"));
+
+    let analyze = client
+        .codegen(
+            CodegenOperation::Analyze,
+            "session-1",
+            fields(json!({"prd_content": "# X\nKeeps totals.", "analysis_type": "full"})),
+        )
+        .await
+        .unwrap();
+    let a = analyze.analysis();
+    assert_eq!(a.node_type_hints, ["reducer"]);
+    assert_eq!(a.recommended_mixins, ["MixinCaching", "MixinMetrics"]);
+    assert_eq!(analyze.confidence, Some(0.9));
+
+    let validate = client
+        .codegen(
+            CodegenOperation::Validate,
+            "session-1",
+            fields(json!({"code_content": "x = 1", "node_type": "effect", "contracts": []})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (validate.quality_score, validate.is_valid),
+        (Some(0.92), Some(true))
+    );
+    let pattern = client
+        .codegen(
+            CodegenOperation::Pattern,
+            "session-1",
+            fields(json!({"node_description": "writer", "node_type": "effect", "limit": 5})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pattern.total_matches, Some(1));
+    let mixin = client
+        .codegen(
+            CodegenOperation::Mixin,
+            "session-1",
+            fields(json!({"requirements": ["retry"], "node_type": "effect"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mixin.mixin_names(), ["MixinCaching", "MixinMetrics"]);
+
+    // What went over the wire is exactly the contract.
+    let requests = read_topic(&broker.servers(), &cfg.code_analysis_request());
+    let (key, value) = &requests[0];
+    let v: Value = serde_json::from_str(value).unwrap();
+    assert_eq!(
+        key.as_deref(),
+        v["correlation_id"].as_str(),
+        "key = correlation id"
+    );
+    assert!(
+        v.get("payload").is_none(),
+        "code-analysis requests are flat"
+    );
+    assert_eq!(v["operation_type"], "quality_assessment");
+    let analyze_req: Value = serde_json::from_str(
+        &read_topic(
+            &broker.servers(),
+            &cfg.codegen_request(CodegenOperation::Analyze),
+        )[0]
+        .1,
+    )
+    .unwrap();
+    for field in [
+        "event_id",
+        "event_type",
+        "correlation_id",
+        "timestamp",
+        "source_service",
+        "payload",
+    ] {
+        assert!(analyze_req.get(field).is_some(), "{field}");
+    }
+    for field in [
+        "correlation_id",
+        "session_id",
+        "timestamp",
+        "schema_version",
+        "prd_content",
+    ] {
+        assert!(
+            analyze_req["payload"].get(field).is_some(),
+            "payload.{field}"
+        );
+    }
+    assert_eq!(analyze_req["event_type"], "codegen.request.analyze");
+
+    client
+        .publish_status(
+            "session-1",
+            omninode_operator::intelligence::wire::SessionStatus::Completed,
+            100.0,
+            "done",
+        )
+        .await;
+    let status = read_topic(&broker.servers(), &cfg.codegen_status());
+    assert_eq!(status.last().unwrap().0.as_deref(), Some("session-1"));
+    let s: Value = serde_json::from_str(&status.last().unwrap().1).unwrap();
+    assert_eq!(
+        (s["status"].as_str(), s["progress_percentage"].as_f64()),
+        (Some("completed"), Some(100.0))
+    );
+}
+
+fn generate(servers: &str, prefix: &str, out: &std::path::Path) -> Value {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/effect-postgres-writer.yaml"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_omninode-operator"))
+        .args(["generate", example, "--output"])
+        .arg(out)
+        .args([
+            "--kafka-bootstrap-servers",
+            servers,
+            "--kafka-topic-prefix",
+            prefix,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let doc: serde_norway::Value = serde_norway::from_slice(&output.stdout).unwrap();
+    serde_json::to_value(doc).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_uses_the_service_and_falls_back_without_it() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let _topics = ready_client(config(&broker.servers(), "gen.")).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    let responder = Responder::start(&broker.servers(), "gen.", &[]);
+    let with = generate(&broker.servers(), "gen.", tmp.path());
+    let analysis = &with["status"]["analysis"];
+    assert_eq!(analysis["source"], "omniarchon");
+    assert_eq!(analysis["confidence"], 0.9);
+    let mixins: Vec<&str> = analysis["nodes"][0]["mixins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        mixins.contains(&"MixinMetrics"),
+        "the service's recommendation is in the plan: {mixins:?}"
+    );
+    let quality = &with["report"]["nodes"][0]["quality"];
+    assert_eq!(quality["service"]["qualityScore"], 0.92);
+    assert!(quality["merged"].as_f64().is_some());
+    assert_eq!(with["status"]["nodes"][0]["serviceQuality"], 0.92);
+    assert!(
+        tmp.path()
+            .join("postgres-writer")
+            .join("node_data_postgres_writer_effect/v1_0_0/mixins.py")
+            .exists()
+    );
+    drop(responder);
+
+    let without = generate(&broker.servers(), "gen.", tmp.path());
+    let analysis = &without["status"]["analysis"];
+    assert_eq!(analysis["source"], "builtin");
+    assert_eq!(analysis["confidence"], 0.7);
+    let analyzed = without["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Analyzed")
+        .unwrap();
+    assert!(
+        analyzed["message"]
+            .as_str()
+            .unwrap()
+            .contains("built-in pattern library used"),
+        "{analyzed}"
+    );
+    let ready = without["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_after_five_failures_and_a_probe_closes_it() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let mut cfg = config(&broker.servers(), "breaker.");
+    cfg.intelligence_code_analysis_timeout_ms = 300;
+    cfg.intelligence_breaker_recovery_ms = 1500;
+    let client = ready_client(cfg.clone()).await;
+
+    for i in 0..5 {
+        let t = Instant::now();
+        let err = client
+            .code_analysis("a.py", "x = 1", CodeAnalysisOperation::QualityAssessment)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            IntelligenceError::Timeout(Duration::from_millis(300)),
+            "request {i}"
+        );
+        assert!(t.elapsed() >= Duration::from_millis(290));
+    }
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+    let sent = read_topic(&broker.servers(), &cfg.code_analysis_request()).len();
+    let mut fast = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let err = client
+            .code_analysis("a.py", "x = 1", CodeAnalysisOperation::QualityAssessment)
+            .await
+            .unwrap_err();
+        fast.push(t.elapsed());
+        assert_eq!(err, IntelligenceError::CircuitOpen);
+    }
+    fast.sort();
+    println!("open-circuit fallback: max {:?}", fast.last().unwrap());
+    assert!(
+        *fast.last().unwrap() < Duration::from_millis(5),
+        "open circuit must fail in < 5 ms"
+    );
+    assert_eq!(
+        read_topic(&broker.servers(), &cfg.code_analysis_request()).len(),
+        sent,
+        "an open circuit sends nothing"
+    );
+
+    let _responder = Responder::start(&broker.servers(), "breaker.", &[]);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(client.circuit_state(), CircuitState::HalfOpen);
+    let ok = client
+        .code_analysis("a.py", "x = 1", CodeAnalysisOperation::QualityAssessment)
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(client.circuit_state(), CircuitState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_broker_down_at_start_and_killed_mid_run() {
+    let Some(bin) = tansu_bin() else { return };
+    let port = free_port();
+    let servers = format!("127.0.0.1:{port}");
+    let mut cfg = config(&servers, "outage.");
+    cfg.intelligence_code_analysis_timeout_ms = 800;
+    cfg.intelligence_breaker_recovery_ms = 500;
+    let client = IntelligenceClient::connect(cfg, Metrics::default()).unwrap();
+
+    // No broker: a bounded failure, no hang, no panic.
+    let t = Instant::now();
+    let err = client
+        .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IntelligenceError::Timeout(_)), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // The broker comes: the client sets itself up and is answered.
+    let data = tempfile::tempdir().unwrap();
+    let broker = Broker::start_persistent(&bin, port, data.path());
+    assert!(client.wait_ready(Duration::from_secs(30)).await);
+    let responder = Responder::start(&servers, "outage.", &[]);
+    assert!(
+        eventually_ok(&client, Duration::from_secs(20)).await,
+        "no answer after the broker came up"
+    );
+
+    // Killed mid-run: requests fail within their timeout.
+    broker.kill();
+    drop(responder);
+    let t = Instant::now();
+    let err = client
+        .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+        .await
+        .unwrap_err();
+    println!("with the broker gone: {err} after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    // It returns, with its log: the client resumes on its own.
+    let _broker = Broker::start_persistent(&bin, port, data.path());
+    let _responder = Responder::start(&servers, "outage.", &[]);
+    assert!(
+        eventually_ok(&client, Duration::from_secs(40)).await,
+        "no answer after the broker returned"
+    );
+}
+
+async fn eventually_ok(client: &IntelligenceClient, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if client
+            .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_each_get_their_own_reply() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let mut cfg = config(&broker.servers(), "load.");
+    cfg.intelligence_code_analysis_timeout_ms = 10_000;
+    cfg.intelligence_breaker_threshold = 10_000;
+    let client = ready_client(cfg.clone()).await;
+    let s = broker.servers();
+    // Every responder sees every request: replies come shuffled (jitter), late (past the
+    // timeout of some), twice, after a foreign reply, and after malformed ones.
+    let _shuffled = Responder::start(&s, "load.", &["--jitter-ms", "300", "--mode", "duplicate"]);
+    let _late = Responder::start(&s, "load.", &["--delay-ms", "12000"]);
+    let _foreign = Responder::start(&s, "load.", &["--mode", "foreign", "--jitter-ms", "200"]);
+    let _malformed = Responder::start(&s, "load.", &["--mode", "malformed", "--jitter-ms", "200"]);
+
+    let started = Instant::now();
+    let results = futures::future::join_all((0..1000).map(|i| {
+        let client = client.clone();
+        async move {
+            let path = format!("req-{i}.py");
+            (
+                path.clone(),
+                client
+                    .code_analysis(&path, "x = 1", CodeAnalysisOperation::QualityAssessment)
+                    .await,
+            )
+        }
+    }))
+    .await;
+    println!(
+        "1,000 concurrent requests answered in {:?}",
+        started.elapsed()
+    );
+    let mut mismatches = 0;
+    let mut answered = 0;
+    for (path, r) in &results {
+        match r {
+            Ok(reply) => {
+                answered += 1;
+                if reply.source_path.as_deref() != Some(path.as_str()) {
+                    mismatches += 1;
+                }
+            }
+            Err(e) => assert!(matches!(e, IntelligenceError::Timeout(_)), "{path}: {e}"),
+        }
+    }
+    println!("answered {answered}, mismatched {mismatches}");
+    assert_eq!(mismatches, 0, "a reply was matched to the wrong request");
+    assert_eq!(answered, 1000);
+    assert_eq!(client.pending(), 0);
+
+    // Malformed replies are dead-lettered (two per request), foreign and duplicates dropped.
+    let dlq = cfg.dlq(&cfg.code_analysis_completed());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut letters = Vec::new();
+    while Instant::now() < deadline {
+        letters = read_topic(&s, &dlq);
+        if letters.len() >= 2000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(letters.len(), 2000, "dead letters");
+    let kinds: HashSet<String> = letters
+        .iter()
+        .map(|(_, v)| {
+            serde_json::from_str::<Value>(v).unwrap()["error_type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        HashSet::from([
+            "InvalidJson".to_string(),
+            "MissingCorrelationId".to_string()
+        ])
+    );
+    let letter: Value = serde_json::from_str(&letters[0].1).unwrap();
+    for field in [
+        "original_topic",
+        "original_offset",
+        "original_value",
+        "error",
+        "error_type",
+    ] {
+        assert!(letter.get(field).is_some(), "{field}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_replies_are_retried_only_when_allowed() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let mut cfg = config(&broker.servers(), "retry.");
+    cfg.intelligence_max_retries = 2;
+    cfg.intelligence_retry_backoff_ms = 50;
+    let client = ready_client(cfg.clone()).await;
+
+    {
+        let _r = Responder::start(
+            &broker.servers(),
+            "retry.",
+            &["--fail-first", "2", "--retry-allowed"],
+        );
+        let t = Instant::now();
+        let ok = client
+            .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+            .await;
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "backoff 50 + 100 ms"
+        );
+        assert_eq!(
+            read_topic(&broker.servers(), &cfg.code_analysis_request()).len(),
+            3
+        );
+    }
+    {
+        let _r = Responder::start(
+            &broker.servers(),
+            "retry.",
+            &["--mode", "fail", "--retry-allowed"],
+        );
+        let err = client
+            .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IntelligenceError::Failed {
+                    retryable: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            read_topic(&broker.servers(), &cfg.code_analysis_request()).len(),
+            3 + 3,
+            "1 + 2 retries, then give up"
+        );
+    }
+    {
+        let _r = Responder::start(&broker.servers(), "retry.", &["--mode", "fail"]);
+        let err = client
+            .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IntelligenceError::Failed {
+                    retryable: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            read_topic(&broker.servers(), &cfg.code_analysis_request()).len(),
+            6 + 1,
+            "retry_allowed: false is not retried"
+        );
+    }
+}
