@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use omninode_operator::intelligence::IntelligenceConfig;
 use omninode_operator::intelligence::wire::{CodeAnalysisRequest, CodegenEvent, CodegenOperation};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -97,6 +99,21 @@ async fn main() -> anyhow::Result<()> {
         .set("fetch.wait.max.ms", "5")
         .create()?;
 
+    if args.kafka.kafka_ensure_topics {
+        // Create the topics too, so that the responder can be started before the operator.
+        let admin: AdminClient<DefaultClientContext> = base.create()?;
+        let names = args.kafka.all_topics();
+        let topics: Vec<NewTopic<'_>> = names.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+        loop {
+            match admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)))).await {
+                Ok(_) => break,
+                Err(e) => {
+                    eprintln!("waiting for the broker: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
     let mut requests = vec![args.kafka.code_analysis_request()];
     requests.extend(
         CodegenOperation::ALL
