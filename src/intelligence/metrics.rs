@@ -78,3 +78,31 @@ impl Metrics {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_encode_with_their_names() {
+        let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        m.count("code_analysis", "success");
+        m.count("code_analysis", "timeout");
+        m.latency_seconds.observe(0.004);
+        m.mismatched_dropped.inc();
+        m.circuit_state.set(2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for needle in [
+            "omninode_intelligence_requests_total{operation=\"code_analysis\",outcome=\"success\"} 1",
+            "omninode_intelligence_requests_total{operation=\"code_analysis\",outcome=\"timeout\"} 1",
+            "omninode_intelligence_request_latency_seconds_bucket{le=\"0.005\"} 1",
+            "omninode_intelligence_replies_dropped_total 1",
+            "omninode_intelligence_circuit_state 2",
+        ] {
+            assert!(text.contains(needle), "{needle} not in:\n{text}");
+        }
+    }
+}
