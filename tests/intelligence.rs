@@ -385,16 +385,23 @@ async fn survives_broker_down_at_start_and_killed_mid_run() {
 
 async fn eventually_ok(client: &IntelligenceClient, limit: Duration) -> bool {
     let end = Instant::now() + limit;
+    let mut last = None;
     while Instant::now() < end {
-        if client
+        match client
             .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
             .await
-            .is_ok()
         {
-            return true;
+            Ok(_) => return true,
+            Err(e) => {
+                if last.as_ref() != Some(&e) {
+                    println!("  error: {e:?}");
+                }
+                last = Some(e)
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!("last error: {last:?}; ready: {}", client.is_ready());
     false
 }
 
@@ -461,7 +468,17 @@ async fn a_thousand_concurrent_requests_each_get_their_own_reply() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(letters.len(), 2000, "dead letters");
+    println!(
+        "dead-lettered (client's count): {}",
+        client.metrics().dead_lettered.get()
+    );
+    assert_eq!(
+        client.metrics().dead_lettered.get(),
+        2000,
+        "malformed replies seen"
+    );
+    println!("dead letters on the topic: {}", letters.len());
+    assert_eq!(letters.len(), 2000, "dead letters on the DLQ topic");
     let kinds: HashSet<String> = letters
         .iter()
         .map(|(_, v)| {

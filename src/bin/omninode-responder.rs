@@ -103,9 +103,18 @@ async fn main() -> anyhow::Result<()> {
         // Create the topics too, so that the responder can be started before the operator.
         let admin: AdminClient<DefaultClientContext> = base.create()?;
         let names = args.kafka.all_topics();
-        let topics: Vec<NewTopic<'_>> = names.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .collect();
         loop {
-            match admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)))).await {
+            match admin
+                .create_topics(
+                    &topics,
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))),
+                )
+                .await
+            {
                 Ok(_) => break,
                 Err(e) => {
                     eprintln!("waiting for the broker: {e}");

@@ -68,7 +68,9 @@ struct Reply {
 
 struct Inner {
     config: IntelligenceConfig,
-    producer: FutureProducer,
+    /// Replaced when the broker stops accepting its writes for good (see `heal_producer`).
+    producer: std::sync::RwLock<Arc<FutureProducer>>,
+    last_heal: Mutex<Option<Instant>>,
     pending: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
     breaker: Mutex<Breaker>,
     ready: watch::Receiver<bool>,
@@ -82,6 +84,58 @@ impl Drop for Inner {
             && let Some(task) = task.take()
         {
             task.abort();
+        }
+    }
+}
+
+fn make_producer(config: &IntelligenceConfig, servers: &str) -> Result<FutureProducer, KafkaError> {
+    let mut pc = client_config(config, servers);
+    pc.set("enable.idempotence", "true");
+    pc.set("linger.ms", "0");
+    pc.set(
+        "message.timeout.ms",
+        config
+            .intelligence_code_analysis_timeout_ms
+            .max(1000)
+            .to_string(),
+    );
+    pc.create()
+}
+
+impl Inner {
+    fn producer(&self) -> Arc<FutureProducer> {
+        match self.producer.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replace the producer after a failed write. An idempotent producer's session (producer
+    /// id, epoch, sequence numbers) can become unacceptable to a broker that restarted or failed
+    /// over, or stuck after messages timed out in flight, and librdkafka then fails every later
+    /// write; a fresh producer starts a new session. At most once every two seconds, so an
+    /// absent broker is not answered with a stream of new sessions.
+    fn heal_producer(&self) {
+        let Ok(mut last) = self.last_heal.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let servers = self
+            .config
+            .kafka_bootstrap_servers
+            .clone()
+            .unwrap_or_default();
+        match make_producer(&self.config, &servers) {
+            Ok(fresh) => {
+                if let Ok(mut slot) = self.producer.write() {
+                    *slot = Arc::new(fresh);
+                }
+                tracing::info!("intelligence producer replaced after a refused write");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not replace the intelligence producer"),
         }
     }
 }
@@ -115,17 +169,7 @@ impl IntelligenceClient {
     /// requests wait for it within their own timeout.
     pub fn connect(config: IntelligenceConfig, metrics: Metrics) -> Result<Self, KafkaError> {
         let servers = config.kafka_bootstrap_servers.clone().unwrap_or_default();
-        let mut pc = client_config(&config, &servers);
-        pc.set("enable.idempotence", "true");
-        pc.set("linger.ms", "0");
-        pc.set(
-            "message.timeout.ms",
-            config
-                .intelligence_code_analysis_timeout_ms
-                .max(1000)
-                .to_string(),
-        );
-        let producer: FutureProducer = pc.create()?;
+        let producer = make_producer(&config, &servers)?;
 
         let mut cc = client_config(&config, &servers);
         cc.set(
@@ -147,7 +191,8 @@ impl IntelligenceClient {
                 Duration::from_millis(config.intelligence_breaker_recovery_ms),
             )),
             config,
-            producer,
+            producer: std::sync::RwLock::new(Arc::new(producer)),
+            last_heal: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             ready: ready_rx,
             metrics,
@@ -312,7 +357,7 @@ impl IntelligenceClient {
         let record = FutureRecord::to(&topic).key(session_id).payload(&bytes);
         if let Err((e, _)) = self
             .inner
-            .producer
+            .producer()
             .send(record, Timeout::After(Duration::from_secs(2)))
             .await
         {
@@ -428,7 +473,11 @@ impl IntelligenceClient {
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let record = FutureRecord::to(topic).key(&cid).payload(&bytes);
-            match inner.producer.send(record, Timeout::After(remaining)).await {
+            match inner
+                .producer()
+                .send(record, Timeout::After(remaining))
+                .await
+            {
                 Ok(_) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if sends < inner.config.intelligence_max_retries && remaining > backoff =>
@@ -439,6 +488,7 @@ impl IntelligenceClient {
                 }
                 Err((e, _)) => {
                     forget();
+                    inner.heal_producer();
                     return Err(IntelligenceError::Send(e.to_string()));
                 }
             }
@@ -585,7 +635,7 @@ async fn assign(
 }
 
 async fn route(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     topic: &str,
     offset: i64,
     key: Option<&[u8]>,
@@ -630,8 +680,10 @@ async fn route(
     }
 }
 
+/// Send a dead letter without holding up the routing of other replies; retried, because a
+/// dead letter is the only trace of what the service sent.
 async fn dead_letter(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     topic: &str,
     offset: i64,
     payload: Option<&[u8]>,
@@ -651,12 +703,26 @@ async fn dead_letter(
     let dlq = inner.config.dlq(topic);
     let bytes = serde_json::to_vec(&letter).unwrap_or_else(|_| json!({}).to_string().into_bytes());
     let key = format!("{topic}:{offset}");
-    let record = FutureRecord::to(&dlq).key(&key).payload(&bytes);
-    if let Err((e, _)) = inner
-        .producer
-        .send(record, Timeout::After(Duration::from_secs(2)))
-        .await
-    {
-        tracing::warn!(error = %e, dlq, "could not dead-letter an undecodable reply");
-    }
+    let inner = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        for attempt in 0..4u32 {
+            let Some(producer) = inner.upgrade().map(|i| i.producer()) else {
+                return;
+            };
+            let record = FutureRecord::to(&dlq).key(&key).payload(&bytes);
+            match producer
+                .send(record, Timeout::After(Duration::from_secs(10)))
+                .await
+            {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, dlq, attempt, "could not dead-letter an undecodable reply");
+                    if let Some(i) = inner.upgrade() {
+                        i.heal_producer();
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+    });
 }
