@@ -85,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:9092".into());
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", &servers);
+    base.set("socket.nagle.disable", "true");
     for (k, v) in args.kafka.properties() {
         base.set(k, v);
     }
@@ -96,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             format!("omninode-responder-{}", uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", "1")
         .create()?;
 
     if args.kafka.kafka_ensure_topics {
