@@ -585,3 +585,53 @@ async fn failed_replies_are_retried_only_when_allowed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_later_than_the_timeout_are_dropped_never_misrouted() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let mut cfg = config(&broker.servers(), "late.");
+    cfg.intelligence_code_analysis_timeout_ms = 200;
+    cfg.intelligence_breaker_threshold = 10_000;
+    let client = ready_client(cfg).await;
+    let _r = Responder::start(&broker.servers(), "late.", &["--jitter-ms", "400"]);
+
+    let results = futures::future::join_all((0..300).map(|i| {
+        let client = client.clone();
+        async move {
+            let path = format!("late-{i}.py");
+            (
+                path.clone(),
+                client
+                    .code_analysis(&path, "x", CodeAnalysisOperation::QualityAssessment)
+                    .await,
+            )
+        }
+    }))
+    .await;
+    let mut timeouts = 0u64;
+    for (path, r) in &results {
+        match r {
+            Ok(reply) => assert_eq!(
+                reply.source_path.as_deref(),
+                Some(path.as_str()),
+                "misrouted reply"
+            ),
+            Err(IntelligenceError::Timeout(_)) => timeouts += 1,
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+    println!("{timeouts} of 300 timed out");
+    assert!(
+        timeouts > 0 && timeouts < 300,
+        "the jitter should make some, not all, late"
+    );
+    assert_eq!(client.pending(), 0, "timed-out requests are forgotten");
+    // Every late reply arrives and is dropped: exactly one per timed-out request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.metrics().mismatched_dropped.get() < timeouts && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.metrics().mismatched_dropped.get(), timeouts);
+}

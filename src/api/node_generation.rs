@@ -289,6 +289,12 @@ pub enum Phase {
     Failed,
 }
 
+/// The phase as a plain string enum: schemars would add `null` to the enum of an `Option`,
+/// which a structural schema does not need (the field is simply optional).
+fn phase_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<Phase>()
+}
+
 /// What the operator observed and did.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -299,6 +305,7 @@ pub struct NodeGenerationStatus {
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "phase_schema")]
     pub phase: Option<Phase>,
     /// Number of generated nodes (printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -671,10 +671,17 @@ async fn route(
     });
     match waiting {
         Some(tx) => {
-            let _ = tx.send(Reply {
-                topic: topic.to_string(),
-                body: reply.body,
-            });
+            // The request may have timed out between the lookup and now: then the reply is as
+            // late as one that found nobody waiting, and counts the same.
+            if tx
+                .send(Reply {
+                    topic: topic.to_string(),
+                    body: reply.body,
+                })
+                .is_err()
+            {
+                inner.metrics.mismatched_dropped.inc();
+            }
         }
         None => {
             inner.metrics.mismatched_dropped.inc();
