@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     for (k, v) in args.kafka.properties() {
         base.set(k, v);
     }
-    let producer: FutureProducer = base.clone().set("linger.ms", "0").create()?;
+    let producer: FutureProducer = base.clone().set("linger.ms", "1").create()?;
     let consumer: StreamConsumer = base
         .clone()
         .set(
