@@ -57,6 +57,21 @@ pub struct PrintedNode {
 }
 
 impl Printed {
+    fn new(
+        name: String,
+        namespace: Option<String>,
+        status: NodeGenerationStatus,
+        report: PrintedReport,
+    ) -> Self {
+        Printed {
+            api_version: "codegen.omninode.ai/v1alpha1",
+            kind: "NodeGeneration",
+            metadata: PrintedMeta { name, namespace },
+            status,
+            report,
+        }
+    }
+
     pub fn ready(&self) -> bool {
         status::get(&self.status.conditions, READY).is_some_and(Condition::is_true)
     }
@@ -233,17 +248,16 @@ fn rejected_doc(source: &str, name: String, namespace: Option<String>, r: Reject
         None,
     );
     status.phase = Some(status::phase(&status.conditions));
-    Printed {
-        api_version: "codegen.omninode.ai/v1alpha1",
-        kind: "NodeGeneration",
-        metadata: PrintedMeta { name, namespace },
+    Printed::new(
+        name,
+        namespace,
         status,
-        report: PrintedReport {
+        PrintedReport {
             source: source.to_string(),
             output_dir: None,
             nodes: Vec::new(),
         },
-    }
+    )
 }
 
 fn finish(
@@ -323,17 +337,16 @@ fn finish(
             quality: n.report.clone(),
         })
         .collect();
-    Printed {
-        api_version: "codegen.omninode.ai/v1alpha1",
-        kind: "NodeGeneration",
-        metadata: PrintedMeta { name, namespace },
+    Printed::new(
+        name,
+        namespace,
         status,
-        report: PrintedReport {
+        PrintedReport {
             source: source.to_string(),
             output_dir,
             nodes,
         },
-    }
+    )
 }
 
 /// Write all nodes of one generation into `target`, replacing it whole: files go to a sibling

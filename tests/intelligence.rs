@@ -383,6 +383,29 @@ async fn survives_broker_down_at_start_and_killed_mid_run() {
     );
 }
 
+/// `n` concurrent code-analysis requests, each with its own source path (which the responder
+/// echoes, so a misrouted reply shows).
+async fn concurrently(
+    client: &IntelligenceClient,
+    n: usize,
+    prefix: &str,
+) -> Vec<(
+    String,
+    Result<omninode_operator::intelligence::wire::CodeAnalysisCompleted, IntelligenceError>,
+)> {
+    futures::future::join_all((0..n).map(|i| {
+        let client = client.clone();
+        let path = format!("{prefix}-{i}.py");
+        async move {
+            let r = client
+                .code_analysis(&path, "x = 1", CodeAnalysisOperation::QualityAssessment)
+                .await;
+            (path, r)
+        }
+    }))
+    .await
+}
+
 async fn eventually_ok(client: &IntelligenceClient, limit: Duration) -> bool {
     let end = Instant::now() + limit;
     let mut last = None;
@@ -422,19 +445,7 @@ async fn a_thousand_concurrent_requests_each_get_their_own_reply() {
     let _malformed = Responder::start(&s, "load.", &["--mode", "malformed", "--jitter-ms", "200"]);
 
     let started = Instant::now();
-    let results = futures::future::join_all((0..1000).map(|i| {
-        let client = client.clone();
-        async move {
-            let path = format!("req-{i}.py");
-            (
-                path.clone(),
-                client
-                    .code_analysis(&path, "x = 1", CodeAnalysisOperation::QualityAssessment)
-                    .await,
-            )
-        }
-    }))
-    .await;
+    let results = concurrently(&client, 1000, "req").await;
     println!(
         "1,000 concurrent requests answered in {:?}",
         started.elapsed()
@@ -596,19 +607,7 @@ async fn replies_later_than_the_timeout_are_dropped_never_misrouted() {
     let client = ready_client(cfg).await;
     let _r = Responder::start(&broker.servers(), "late.", &["--jitter-ms", "400"]);
 
-    let results = futures::future::join_all((0..300).map(|i| {
-        let client = client.clone();
-        async move {
-            let path = format!("late-{i}.py");
-            (
-                path.clone(),
-                client
-                    .code_analysis(&path, "x", CodeAnalysisOperation::QualityAssessment)
-                    .await,
-            )
-        }
-    }))
-    .await;
+    let results = concurrently(&client, 300, "late").await;
     let mut timeouts = 0u64;
     for (path, r) in &results {
         match r {
