@@ -5,12 +5,14 @@
 
 pub mod analysis;
 pub mod api;
+pub mod deploy;
 pub mod generate;
 pub mod intelligence;
 pub mod manifest;
 pub mod naming;
 pub mod pipeline;
 pub mod prd;
+pub mod publish;
 pub mod quality;
 pub mod render;
 pub mod status;

@@ -9,7 +9,8 @@ mod node_generation;
 
 pub use conditions::{Condition, ConditionStatus, conditions_schema};
 pub use generated_node::{
-    GeneratedNode, GeneratedNodeDeploy, GeneratedNodeSpec, GeneratedNodeStatus, NodeSource,
+    ConfigMapSource, GeneratedNode, GeneratedNodeDeploy, GeneratedNodeSpec, GeneratedNodeStatus,
+    GitSource, NodeSource,
 };
 pub use node_generation::*;
 

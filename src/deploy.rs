@@ -1,0 +1,443 @@
+//! GeneratedNode → Deployment (+ Service): the node's code mounted from its ConfigMap, its
+//! start-up script as the entry point, probes on its own health server, and the restricted
+//! Pod Security profile. The pod template carries the content hash so new code rolls the pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{GeneratedNode, LABEL_MANAGED_BY, LABEL_NODE};
+use crate::publish::configmap::{CONTENT_HASH_ANNOTATION, path_for};
+
+/// Where the node directory is mounted in the container.
+pub const CODE_DIR: &str = "/opt/node";
+/// The unprivileged user the node runs as.
+const RUN_AS: i64 = 10001;
+
+/// Settings of the operator that apply to every node it deploys.
+#[derive(Clone, Debug)]
+pub struct DeployDefaults {
+    pub image: String,
+    pub kafka_bootstrap_servers: Option<String>,
+}
+
+/// Labels that select a node's pods.
+fn selector(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), name.to_string()),
+        (
+            LABEL_MANAGED_BY.to_string(),
+            "omninode-operator".to_string(),
+        ),
+    ])
+}
+
+/// The volume items of a node's ConfigMap: every key back to its path; the start-up script
+/// executable.
+pub fn items_from_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Vec<KeyToPath> {
+    keys.into_iter()
+        .map(|key| {
+            let path = path_for(key);
+            let mode = path.ends_with("start_node.py").then_some(0o755);
+            KeyToPath {
+                key: key.clone(),
+                path,
+                mode,
+            }
+        })
+        .collect()
+}
+
+fn probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn restricted_container_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Deployment of a GeneratedNode whose code is in ConfigMap `config_map` with `items`.
+pub fn deployment(
+    gn: &GeneratedNode,
+    config_map: &str,
+    items: Vec<KeyToPath>,
+    labels: BTreeMap<String, String>,
+    defaults: &DeployDefaults,
+) -> Deployment {
+    let name = gn.metadata.name.clone().unwrap_or_default();
+    let spec = &gn.spec;
+    let port = spec.deploy.port;
+    let version_dir = format!("v{}", spec.version.replace('.', "_"));
+    let mut env = vec![
+        EnvVar {
+            name: "PYTHONDONTWRITEBYTECODE".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "PYTHONUNBUFFERED".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        },
+    ];
+    if let Some(servers) = &defaults.kafka_bootstrap_servers {
+        env.push(EnvVar {
+            name: "KAFKA_BOOTSTRAP_SERVERS".into(),
+            value: Some(servers.clone()),
+            ..Default::default()
+        });
+    }
+    env.extend(spec.deploy.env.iter().cloned());
+    let resources = spec
+        .deploy
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("50m".into())),
+                ("memory".to_string(), Quantity("64Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("256Mi".into()),
+            )])),
+            ..Default::default()
+        });
+    let mut pod_labels = labels.clone();
+    pod_labels.extend(selector(&name));
+    let container = Container {
+        name: "node".into(),
+        image: Some(
+            spec.deploy
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.image.clone()),
+        ),
+        command: Some(vec![
+            "python".into(),
+            format!("{CODE_DIR}/{version_dir}/start_node.py"),
+            "--host".into(),
+            "0.0.0.0".into(),
+            "--port".into(),
+            port.to_string(),
+        ]),
+        working_dir: Some(CODE_DIR.into()),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            ..Default::default()
+        }]),
+        startup_probe: Some(probe("/health/live", port, 2, 30)),
+        liveness_probe: Some(probe("/health/live", port, 10, 3)),
+        readiness_probe: Some(probe("/health/ready", port, 5, 3)),
+        resources: Some(resources),
+        security_context: Some(restricted_container_context()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "code".into(),
+                mount_path: CODE_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: gn.metadata.namespace.clone(),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.deploy.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(&name)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONTENT_HASH_ANNOTATION.to_string(),
+                        spec.content_hash.clone(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    termination_grace_period_seconds: Some(15),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "code".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: config_map.to_string(),
+                                items: Some(items),
+                                default_mode: Some(0o644),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service in front of a node's health and metrics port.
+pub fn service(gn: &GeneratedNode, labels: BTreeMap<String, String>) -> Service {
+    let name = gn.metadata.name.clone().unwrap_or_default();
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: gn.metadata.namespace.clone(),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: gn.spec.deploy.port,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The labels of a node's children (never copying Argo CD tracking labels).
+pub fn child_labels(gn: &GeneratedNode) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (
+            LABEL_MANAGED_BY.to_string(),
+            "omninode-operator".to_string(),
+        ),
+        (
+            LABEL_NODE.to_string(),
+            gn.spec.service_name.replace('_', "-"),
+        ),
+    ]);
+    if let Some(generation) = gn
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::api::LABEL_GENERATION))
+    {
+        labels.insert(crate::api::LABEL_GENERATION.to_string(), generation.clone());
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        ConfigMapSource, GeneratedNodeDeploy, GeneratedNodeSpec, NodeSource, NodeType,
+    };
+
+    fn gn() -> GeneratedNode {
+        let mut gn = GeneratedNode::new(
+            "orders-writer-effect",
+            GeneratedNodeSpec {
+                node_type: NodeType::Effect,
+                domain: "data".into(),
+                service_name: "order_writer".into(),
+                version: "1.0.0".into(),
+                source: NodeSource {
+                    config_map: Some(ConfigMapSource {
+                        name: "orders-writer-effect-code".into(),
+                    }),
+                    git: None,
+                },
+                content_hash: "abc123".into(),
+                deploy: GeneratedNodeDeploy::default(),
+            },
+        );
+        gn.metadata.namespace = Some("ns".into());
+        gn.metadata.labels = Some(BTreeMap::from([
+            (
+                crate::api::LABEL_GENERATION.to_string(),
+                "orders".to_string(),
+            ),
+            ("argocd.argoproj.io/instance".to_string(), "app".to_string()),
+            ("app.kubernetes.io/instance".to_string(), "app".to_string()),
+        ]));
+        gn
+    }
+
+    #[test]
+    fn deployment_runs_the_start_script_restricted_with_probes() {
+        let gn = gn();
+        let keys = vec![
+            "v1_0_0-start_node.py".to_string(),
+            "v1_0_0-node.py".to_string(),
+        ];
+        let defaults = DeployDefaults {
+            image: "runtime:1".into(),
+            kafka_bootstrap_servers: Some("kafka:9092".into()),
+        };
+        let d = deployment(
+            &gn,
+            "orders-writer-effect-code",
+            items_from_keys(&keys),
+            child_labels(&gn),
+            &defaults,
+        );
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.command.as_ref().unwrap()[1],
+            "/opt/node/v1_0_0/start_node.py"
+        );
+        assert_eq!(c.image.as_deref(), Some("runtime:1"));
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/health/ready")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/health/live")
+        );
+        assert!(c.startup_probe.is_some());
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            (
+                sc.run_as_non_root,
+                sc.allow_privilege_escalation,
+                sc.read_only_root_filesystem
+            ),
+            (Some(true), Some(false), Some(true))
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.name == "KAFKA_BOOTSTRAP_SERVERS")
+        );
+        let annotations = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(annotations[CONTENT_HASH_ANNOTATION], "abc123");
+        let items = pod.volumes.as_ref().unwrap()[0]
+            .config_map
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap();
+        assert_eq!(items[0].path, "v1_0_0/start_node.py");
+        assert_eq!(items[0].mode, Some(0o755));
+        let labels = d.metadata.labels.as_ref().unwrap();
+        assert!(
+            labels
+                .keys()
+                .all(|k| !k.starts_with("argocd.argoproj.io") && k != "app.kubernetes.io/instance")
+        );
+        assert_eq!(labels[crate::api::LABEL_GENERATION], "orders");
+        assert_eq!(labels[LABEL_NODE], "order-writer");
+    }
+
+    #[test]
+    fn service_targets_the_named_port() {
+        let gn = gn();
+        let s = service(&gn, child_labels(&gn));
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.ports.unwrap()[0].port, 8080);
+        assert_eq!(
+            spec.selector.unwrap()["app.kubernetes.io/name"],
+            "orders-writer-effect"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! A rendered node as a ConfigMap. ConfigMap keys cannot hold `/`, so every path gets a key
+//! (`/` → `-`, reversible because generated paths never contain `-`) and the Deployment's
+//! volume `items` map the keys back to the paths.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::render::RenderedNode;
+
+/// Kubernetes rejects objects over 1 MiB; keep a margin for metadata.
+pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024 - 16 * 1024;
+/// Annotation holding the node's content hash.
+pub const CONTENT_HASH_ANNOTATION: &str = "codegen.omninode.ai/content-hash";
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigMapError {
+    #[error(
+        "node {node} has {bytes} bytes of files; a ConfigMap holds at most {MAX_CONFIGMAP_BYTES}"
+    )]
+    TooLarge { node: String, bytes: usize },
+    #[error("files {a} and {b} of node {node} map to the same ConfigMap key")]
+    KeyCollision { node: String, a: String, b: String },
+    #[error(
+        "file {path} of node {node} has a name a ConfigMap key cannot carry back (only letters, digits, `_`, `.` and `/`)"
+    )]
+    UnsupportedPath { node: String, path: String },
+}
+
+impl ConfigMapError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConfigMapError::TooLarge { .. } => "NodeTooLarge",
+            ConfigMapError::KeyCollision { .. } => "ConfigMapKeyCollision",
+            ConfigMapError::UnsupportedPath { .. } => "UnsupportedFileName",
+        }
+    }
+}
+
+/// The ConfigMap key of a file path.
+pub fn key_for(path: &str) -> String {
+    path.replace('/', "-")
+}
+
+/// The file path of a ConfigMap key (the inverse of [`key_for`]).
+pub fn path_for(key: &str) -> String {
+    key.replace('-', "/")
+}
+
+fn supported(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/'))
+}
+
+/// The ConfigMap of one node (without owner references: the caller adds them) and the volume
+/// items that restore its paths. Executable files get mode 0755.
+pub fn config_map(
+    name: &str,
+    namespace: Option<&str>,
+    labels: BTreeMap<String, String>,
+    node: &RenderedNode,
+) -> Result<(ConfigMap, Vec<KeyToPath>), ConfigMapError> {
+    let bytes = node.total_bytes();
+    if bytes > MAX_CONFIGMAP_BYTES {
+        return Err(ConfigMapError::TooLarge {
+            node: node.dir_name.clone(),
+            bytes,
+        });
+    }
+    let mut data = BTreeMap::new();
+    let mut owners: BTreeMap<String, &str> = BTreeMap::new();
+    let mut items = Vec::new();
+    for (path, content) in &node.files {
+        if !supported(path) {
+            return Err(ConfigMapError::UnsupportedPath {
+                node: node.dir_name.clone(),
+                path: path.clone(),
+            });
+        }
+        let key = key_for(path);
+        if let Some(other) = owners.insert(key.clone(), path) {
+            return Err(ConfigMapError::KeyCollision {
+                node: node.dir_name.clone(),
+                a: other.to_string(),
+                b: path.clone(),
+            });
+        }
+        data.insert(key.clone(), String::from_utf8_lossy(content).into_owned());
+        items.push(KeyToPath {
+            key,
+            path: path.clone(),
+            mode: node.executable.contains(path).then_some(0o755),
+        });
+    }
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                CONTENT_HASH_ANNOTATION.to_string(),
+                node.content_hash.clone(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    Ok((cm, items))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{Overrides, plan};
+    use crate::prd::parse;
+    use crate::render::Renderer;
+
+    fn rendered() -> RenderedNode {
+        let prd = parse("# Order Writer\n## Requirements\n- Write order records to PostgreSQL\n")
+            .unwrap();
+        let p = plan(
+            &prd,
+            &Overrides {
+                fallback_name: "orders",
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        Renderer::embedded()
+            .unwrap()
+            .render(&p.nodes[0], "orders", &p.external_systems, &p.dependencies)
+            .unwrap()
+    }
+
+    #[test]
+    fn every_file_has_a_key_and_an_item_back_to_its_path() {
+        let node = rendered();
+        let (cm, items) = config_map("orders-code", Some("ns"), BTreeMap::new(), &node).unwrap();
+        let data = cm.data.unwrap();
+        assert_eq!(data.len(), node.files.len());
+        assert_eq!(items.len(), node.files.len());
+        for item in &items {
+            assert!(!item.key.contains('/'));
+            assert_eq!(path_for(&item.key), item.path);
+            assert_eq!(
+                data[&item.key].as_bytes(),
+                node.files[&item.path].as_slice()
+            );
+        }
+        let start = items
+            .iter()
+            .find(|i| i.path.ends_with("start_node.py"))
+            .unwrap();
+        assert_eq!(start.mode, Some(0o755));
+        assert_eq!(
+            cm.metadata.annotations.unwrap()[CONTENT_HASH_ANNOTATION],
+            node.content_hash
+        );
+    }
+
+    #[test]
+    fn oversized_nodes_fail_with_a_reason() {
+        let mut node = rendered();
+        node.files
+            .insert("big.txt".into(), vec![b'x'; MAX_CONFIGMAP_BYTES]);
+        let err = config_map("x", None, BTreeMap::new(), &node).unwrap_err();
+        assert_eq!(err.reason(), "NodeTooLarge");
+    }
+}

@@ -1,0 +1,3 @@
+//! Where rendered nodes go: ConfigMaps (default) or Git (later).
+
+pub mod configmap;
