@@ -73,6 +73,7 @@ impl Outcome {
             domain: p.domain.clone(),
             service_name: p.service_name.clone(),
             external_systems: p.external_systems.iter().map(|e| e.name.clone()).collect(),
+            patterns: p.patterns.clone(),
             nodes: p
                 .nodes
                 .iter()

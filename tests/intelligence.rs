@@ -240,6 +240,11 @@ async fn generate_uses_the_service_and_falls_back_without_it() {
         mixins.contains(&"MixinMetrics"),
         "the service's recommendation is in the plan: {mixins:?}"
     );
+    assert_eq!(
+        analysis["patterns"],
+        json!(["idempotent_writer"]),
+        "matched patterns are recorded"
+    );
     let quality = &with["report"]["nodes"][0]["quality"];
     assert_eq!(quality["service"]["qualityScore"], 0.92);
     assert!(quality["merged"].as_f64().is_some());

@@ -45,6 +45,8 @@ pub struct IntelligenceHints {
     pub recommended_mixins: Vec<String>,
     pub domain: Option<String>,
     pub operations: Vec<String>,
+    /// Names of the service's code patterns that match the PRD.
+    pub patterns: Vec<String>,
     pub correlation_id: String,
 }
 
@@ -58,6 +60,8 @@ pub struct Plan {
     pub confidence: f64,
     pub external_systems: Vec<ExternalSystem>,
     pub dependencies: Vec<String>,
+    /// Code patterns the intelligence service matched (empty for the built-in library).
+    pub patterns: Vec<String>,
     pub nodes: Vec<PlannedNode>,
 }
 
@@ -303,6 +307,7 @@ pub fn plan(
             .map(|d| clip(d, MAX_DESCRIPTION_CHARS))
             .take(50)
             .collect(),
+        patterns: hints.map(|h| h.patterns.clone()).unwrap_or_default(),
         nodes,
     })
 }

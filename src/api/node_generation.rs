@@ -340,6 +340,9 @@ pub struct AnalysisStatus {
     pub service_name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_systems: Vec<String>,
+    /// Code patterns the intelligence service matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
     #[serde(default)]
     pub nodes: Vec<PlannedNodeStatus>,
 }

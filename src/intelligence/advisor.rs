@@ -13,8 +13,9 @@ use crate::api::NodeType;
 use crate::prd::Prd;
 use crate::quality::ServiceScore;
 
-/// Ask for analysis (node types, mixins, domain, operations) and mixin recommendations for the
-/// node type the built-in analysis picked, concurrently, and merge them into hints.
+/// Ask for analysis (node types, mixins, domain, operations), mixin recommendations and matching
+/// code patterns for the node type the built-in analysis picked, concurrently, and merge them
+/// into hints. Only the analysis is required; the others refine it when they come.
 pub async fn advise(
     client: &IntelligenceClient,
     session_id: &str,
@@ -42,9 +43,21 @@ pub async fn advise(
     mixin.insert("node_type".into(), builtin_type.as_str().into());
     mixin.insert("existing_mixins".into(), json!([]));
 
-    let (analysis, mixins) = tokio::join!(
+    let mut pattern = Map::new();
+    let description = format!(
+        "{}\n{}",
+        prd.title.as_deref().unwrap_or_default(),
+        prd.overview
+    );
+    pattern.insert("node_description".into(), description.into());
+    pattern.insert("node_type".into(), builtin_type.as_str().into());
+    pattern.insert("limit".into(), json!(5));
+    pattern.insert("score_threshold".into(), json!(0.5));
+
+    let (analysis, mixins, patterns) = tokio::join!(
         client.codegen_within(CodegenOperation::Analyze, session_id, analyze, timeout),
         client.codegen_within(CodegenOperation::Mixin, session_id, mixin, timeout),
+        client.codegen_within(CodegenOperation::Pattern, session_id, pattern, timeout),
     );
     let analysis = analysis?;
     let result = analysis.analysis();
@@ -64,6 +77,7 @@ pub async fn advise(
         recommended_mixins: recommended,
         domain: result.domain.clone(),
         operations: result.operations.clone(),
+        patterns: patterns.map(|p| p.pattern_names()).unwrap_or_default(),
         correlation_id: analysis.correlation_id.clone().unwrap_or_default(),
     })
 }

@@ -197,22 +197,30 @@ impl CodegenResponse {
             .unwrap_or_default()
     }
 
+    /// Pattern names from `pattern_result` (objects with `pattern_name`/`name`, or strings).
+    pub fn pattern_names(&self) -> Vec<String> {
+        names(self.pattern_result.iter().flatten(), "pattern_name")
+    }
+
     /// Mixin names from `mixin_recommendations` (objects with `mixin_name`/`name`, or strings).
     pub fn mixin_names(&self) -> Vec<String> {
-        self.mixin_recommendations
-            .iter()
-            .flatten()
-            .filter_map(|m| match m {
-                Value::String(s) => Some(s.clone()),
-                Value::Object(o) => o
-                    .get("mixin_name")
-                    .or_else(|| o.get("name"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                _ => None,
-            })
-            .collect()
+        names(self.mixin_recommendations.iter().flatten(), "mixin_name")
     }
+}
+
+/// Names out of a list of strings or objects carrying `field` (or `name`).
+fn names<'a>(values: impl Iterator<Item = &'a Value>, field: &str) -> Vec<String> {
+    values
+        .filter_map(|m| match m {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o
+                .get(field)
+                .or_else(|| o.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Session status event on `omninode.codegen.status.v1`, keyed by `session_id`.
