@@ -14,13 +14,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 BIN = Path(sys.executable).parent
 MYPY_CACHE = Path(os.environ.get("OMNINODE_MYPY_CACHE", Path.home() / ".cache" / "omninode-operator" / "mypy"))
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
@@ -70,7 +71,7 @@ class Response:
 
 def get(url: str, timeout: float = 2.0) -> Response:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return Response(r.status, r.read().decode())
     except urllib.error.HTTPError as e:
         return Response(e.code, e.read().decode())
@@ -88,6 +89,18 @@ def wait_for(url: str, deadline_s: float, status: int = 200) -> Response:
             last = e
         time.sleep(0.05)
     raise AssertionError(f"{url} did not answer {status} within {deadline_s}s (last: {last})")
+
+
+def wait_for_event_bus(base: str, state: str, deadline_s: float) -> dict[str, object]:
+    """Poll readiness until its body reports the event bus in `state`; return the last body."""
+    end = time.monotonic() + deadline_s
+    body: dict[str, object] = {}
+    while time.monotonic() < end:
+        body = wait_for(base + "/health/ready", 2.0).json()
+        if body["event_bus"] == state:
+            break
+        time.sleep(0.1)
+    return body
 
 
 class RunningNode:
@@ -123,7 +136,7 @@ class RunningNode:
             raise AssertionError(f"node did not exit within {deadline_s}s of SIGTERM:\n{out}") from None
         return self.proc.returncode, time.monotonic() - start, out
 
-    def __enter__(self) -> RunningNode:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

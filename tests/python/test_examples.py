@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import INTROSPECTION_TOPIC, ROOT, examples_output, generate
-from nodecheck import RunningNode, check_runs, check_static, free_port, wait_for
+from nodecheck import (
+    RunningNode,
+    check_runs,
+    check_static,
+    free_port,
+    wait_for,
+    wait_for_event_bus,
+)
 
 
 def node_type(node_dir: Path) -> str:
@@ -36,13 +44,7 @@ def test_unreachable_broker_degrades_but_serves(example_node: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"
     with RunningNode(example_node, ["--kafka-servers", dead]) as node:
         wait_for(node.base + "/health/ready", 5.0)
-        deadline = time.monotonic() + 15
-        body: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            body = wait_for(node.base + "/health/ready", 2.0).json()
-            if body["event_bus"] == "degraded":
-                break
-            time.sleep(0.2)
+        body = wait_for_event_bus(node.base, "degraded", 15)
         assert body["event_bus"] == "degraded", body
         code, _, out = node.stop()
         assert code == 0, out
@@ -56,7 +58,7 @@ def test_publishes_introspection_to_a_real_broker(example_node: Path, broker: st
     consumer = Consumer(
         {"bootstrap.servers": broker, "group.id": f"test-{uuid.uuid4()}", "enable.auto.commit": False, "fetch.wait.max.ms": 10}
     )
-    low, high = consumer.get_watermark_offsets(TopicPartition(INTROSPECTION_TOPIC, 0), timeout=10)
+    _low, high = consumer.get_watermark_offsets(TopicPartition(INTROSPECTION_TOPIC, 0), timeout=10)
     consumer.assign([TopicPartition(INTROSPECTION_TOPIC, 0, high)])
     with RunningNode(example_node, ["--kafka-servers", broker]) as node:
         wait_for(node.base + "/health/ready", 5.0)
@@ -74,12 +76,7 @@ def test_publishes_introspection_to_a_real_broker(example_node: Path, broker: st
         for field in ("node_id", "node_name", "node_type", "version", "capabilities", "health_endpoint", "timestamp"):
             assert field in event, field
         assert event["node_type"].lower() == node_type(example_node)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ready = wait_for(node.base + "/health/ready", 2.0).json()
-            if ready["event_bus"] == "connected":
-                break
-            time.sleep(0.1)
+        ready = wait_for_event_bus(node.base, "connected", 10)
         assert ready["event_bus"] == "connected", ready
         code, _, out = node.stop()
         assert code == 0, out

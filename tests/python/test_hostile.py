@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import ROOT, generate
 from nodecheck import check_runs, check_static
 
