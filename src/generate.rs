@@ -6,16 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::analysis;
-use crate::api::{
-    Condition, ConditionStatus, IntelligenceMode, NodeGenerationSpec, NodeGenerationStatus,
-    NodeType,
-};
-use crate::intelligence::wire::SessionStatus;
-use crate::intelligence::{IntelligenceClient, advisor};
+use crate::api::{Condition, ConditionStatus, NodeGenerationStatus};
+use crate::codegen::{self, Identity};
+use crate::intelligence::IntelligenceClient;
 use crate::manifest::{self, Entry, Rejected};
-use crate::pipeline::{self, Outcome};
-use crate::prd;
+use crate::pipeline::Outcome;
 use crate::quality::QualityReport;
 use crate::render::{RenderedNode, Renderer};
 use crate::status::{self, ANALYZED, PUBLISHED, READY};
@@ -118,7 +113,15 @@ pub async fn generate(
                             Err(r) => rejected_doc(&source, name, namespace, r),
                             Ok(prd) => {
                                 let ns = namespace.clone().unwrap_or_default();
-                                match run_one(renderer, &ns, &name, &spec, &prd, client).await {
+                                match codegen::run(
+                                    renderer,
+                                    &Identity::offline(&ns, &name),
+                                    &spec,
+                                    &prd,
+                                    client,
+                                )
+                                .await
+                                {
                                     Ok(outcome) => {
                                         finish(&source, name, namespace, outcome, output)
                                     }
@@ -133,101 +136,6 @@ pub async fn generate(
         }
     }
     printed
-}
-
-/// One generation: ask the intelligence service when one is configured (falling back to the
-/// built-in library unless `intelligence.mode: Required`), run the core, and add the service's
-/// quality scores.
-async fn run_one(
-    renderer: &Renderer,
-    namespace: &str,
-    name: &str,
-    spec: &NodeGenerationSpec,
-    prd_text: &str,
-    client: Option<&IntelligenceClient>,
-) -> Result<Outcome, Rejected> {
-    let id = pipeline::correlation_id(namespace, name, 0, spec);
-    let mode = spec.intelligence.mode;
-    let client = client.filter(|_| mode != IntelligenceMode::Disabled);
-    if client.is_none() && mode == IntelligenceMode::Required {
-        return Err(Rejected {
-            reason: "IntelligenceUnavailable".into(),
-            message:
-                "spec.intelligence.mode is Required but no Kafka bootstrap servers are configured"
-                    .into(),
-        });
-    }
-    // Offline there is no UID: the session id is derived from the object's identity.
-    let session = uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_URL,
-        format!("{namespace}/{name}").as_bytes(),
-    )
-    .to_string();
-    let timeout = std::time::Duration::from_secs(spec.intelligence.timeout_seconds.into());
-    let mut hints = None;
-    let mut fallback = None;
-    if let (Some(c), Ok(parsed)) = (client, prd::parse(prd_text)) {
-        c.publish_status(
-            &session,
-            SessionStatus::Processing,
-            10.0,
-            "analyzing the PRD",
-        )
-        .await;
-        let builtin = analysis::plan(&parsed, &pipeline::overrides(spec, name), None)
-            .ok()
-            .and_then(|p| p.nodes.first().map(|n| n.node_type))
-            .unwrap_or(NodeType::Effect);
-        match advisor::advise(c, &session, prd_text, &parsed, builtin, timeout).await {
-            Ok(h) => hints = Some(h),
-            Err(e) if mode == IntelligenceMode::Required => {
-                c.publish_status(&session, SessionStatus::Failed, 100.0, &e.to_string())
-                    .await;
-                return Err(Rejected {
-                    reason: "IntelligenceUnavailable".into(),
-                    message: format!("spec.intelligence.mode is Required: {e}"),
-                });
-            }
-            Err(e) => fallback = Some(e.to_string()),
-        }
-    }
-    let mut outcome = pipeline::run(renderer, name, spec, prd_text, id, hints.as_ref());
-    if let Some(why) = &fallback {
-        outcome.note_fallback(why);
-    }
-    if let Some(c) = client {
-        if hints.is_some() && outcome.succeeded() {
-            let scores = futures::future::join_all(outcome.nodes.iter().map(|n| {
-                let path = format!(
-                    "{}/{}/node.py",
-                    n.rendered.dir_name, n.rendered.context.version_dir
-                );
-                let code = n
-                    .rendered
-                    .files
-                    .get(&format!("{}/node.py", n.rendered.context.version_dir));
-                let code = code
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                async move { advisor::assess(c, &path, &code).await }
-            }))
-            .await;
-            for (node, score) in outcome.nodes.iter_mut().zip(scores) {
-                if let Ok(score) = score {
-                    node.report.merge_service(score);
-                }
-            }
-        }
-        let (status, message) = match &outcome.failure {
-            None => (
-                SessionStatus::Completed,
-                format!("{} node(s) generated", outcome.nodes.len()),
-            ),
-            Some(f) => (SessionStatus::Failed, f.message.clone()),
-        };
-        c.publish_status(&session, status, 100.0, &message).await;
-    }
-    Ok(outcome)
 }
 
 fn rejected_doc(source: &str, name: String, namespace: Option<String>, r: Rejected) -> Printed {

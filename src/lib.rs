@@ -5,6 +5,8 @@
 
 pub mod analysis;
 pub mod api;
+pub mod codegen;
+pub mod controller;
 pub mod deploy;
 pub mod generate;
 pub mod intelligence;
@@ -16,4 +18,5 @@ pub mod publish;
 pub mod quality;
 pub mod render;
 pub mod status;
+pub mod telemetry;
 pub mod training;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use omninode_operator::intelligence::{IntelligenceClient, IntelligenceConfig, Metrics};
+use omninode_operator::telemetry::{LogFormat, init_logging};
 use omninode_operator::{api, generate, render::Renderer};
 
 #[derive(Parser)]
@@ -45,6 +46,11 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Run the controllers against the cluster of the current kubeconfig (or in-cluster config).
+    Run {
+        #[command(flatten)]
+        config: Box<omninode_operator::controller::RunConfig>,
+    },
     /// Print the CustomResourceDefinitions (what `crds/` holds).
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -60,13 +66,12 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Run { config } => init_logging(config.log_format, &config.log_level),
+        _ => init_logging(LogFormat::Text, "warn"),
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -77,6 +82,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(omninode_operator::controller::run(*config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::TrainClassifier { corpora, output } => {
             let dirs: Vec<&std::path::Path> = corpora.iter().map(PathBuf::as_path).collect();
             let names = corpora.iter().map(|p| p.display().to_string()).collect();

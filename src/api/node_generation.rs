@@ -319,6 +319,10 @@ pub struct NodeGenerationStatus {
     pub nodes: Vec<NodeStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputStatus>,
+    /// SHA-256 over the spec, the resolved PRD and the operator's templates when this status was
+    /// computed: the controller regenerates only when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_hash: Option<String>,
 }
 
 /// Where the analysis came from.

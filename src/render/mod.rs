@@ -88,6 +88,7 @@ impl RenderedNode {
 /// A template environment, built once and reused for every node.
 pub struct Renderer {
     env: Environment<'static>,
+    fingerprint: String,
 }
 
 impl Renderer {
@@ -105,7 +106,16 @@ impl Renderer {
         Self::from_sources(sources)
     }
 
-    fn from_sources(sources: Vec<(String, String)>) -> Result<Self, RenderError> {
+    fn from_sources(mut sources: Vec<(String, String)>) -> Result<Self, RenderError> {
+        sources.sort();
+        let mut h = Sha256::new();
+        for (name, source) in &sources {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((source.len() as u64).to_le_bytes());
+            h.update(source.as_bytes());
+        }
+        let fingerprint = hex::encode(h.finalize());
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -132,7 +142,13 @@ impl Renderer {
                     source,
                 })?;
         }
-        Ok(Renderer { env })
+        Ok(Renderer { env, fingerprint })
+    }
+
+    /// SHA-256 over the template set: output changes only when this or the input does, so the
+    /// controller regenerates after a template change (an operator upgrade) and not otherwise.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Render every file of one node.

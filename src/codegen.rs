@@ -1,0 +1,136 @@
+//! One NodeGeneration through the intelligence service (when configured) and the core.
+//!
+//! Shared by the offline `generate` command and the controller: the intelligence exchange, the
+//! fallback to the built-in library, and the service's quality scores happen here, the same way
+//! for both.
+
+use crate::analysis;
+use crate::api::{IntelligenceMode, NodeGenerationSpec, NodeType};
+use crate::intelligence::wire::SessionStatus;
+use crate::intelligence::{IntelligenceClient, advisor};
+use crate::manifest::Rejected;
+use crate::pipeline::{self, Outcome};
+use crate::prd;
+use crate::render::Renderer;
+
+/// Who is being generated: the object's identity and the session id used on the wire.
+#[derive(Debug, Clone)]
+pub struct Identity<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// `metadata.generation` (0 offline), part of the correlation id.
+    pub generation: i64,
+    /// Session id of the codegen status events (the object's UID in a cluster).
+    pub session: String,
+}
+
+impl<'a> Identity<'a> {
+    /// Offline there is no UID: the session id is derived from the object's identity.
+    pub fn offline(namespace: &'a str, name: &'a str) -> Self {
+        let session = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("{namespace}/{name}").as_bytes(),
+        )
+        .to_string();
+        Identity {
+            namespace,
+            name,
+            generation: 0,
+            session,
+        }
+    }
+}
+
+/// One generation: ask the intelligence service when one is configured (falling back to the
+/// built-in library unless `intelligence.mode: Required`), run the core, and add the service's
+/// quality scores.
+pub async fn run(
+    renderer: &Renderer,
+    identity: &Identity<'_>,
+    spec: &NodeGenerationSpec,
+    prd_text: &str,
+    client: Option<&IntelligenceClient>,
+) -> Result<Outcome, Rejected> {
+    let Identity {
+        namespace,
+        name,
+        generation,
+        ref session,
+    } = *identity;
+    let id = pipeline::correlation_id(namespace, name, generation, spec);
+    let mode = spec.intelligence.mode;
+    let client = client.filter(|_| mode != IntelligenceMode::Disabled);
+    if client.is_none() && mode == IntelligenceMode::Required {
+        return Err(Rejected {
+            reason: "IntelligenceUnavailable".into(),
+            message:
+                "spec.intelligence.mode is Required but no Kafka bootstrap servers are configured"
+                    .into(),
+        });
+    }
+    let timeout = std::time::Duration::from_secs(spec.intelligence.timeout_seconds.into());
+    let mut hints = None;
+    let mut fallback = None;
+    if let (Some(c), Ok(parsed)) = (client, prd::parse(prd_text)) {
+        c.publish_status(
+            session,
+            SessionStatus::Processing,
+            10.0,
+            "analyzing the PRD",
+        )
+        .await;
+        let builtin = analysis::plan(&parsed, &pipeline::overrides(spec, name), None)
+            .ok()
+            .and_then(|p| p.nodes.first().map(|n| n.node_type))
+            .unwrap_or(NodeType::Effect);
+        match advisor::advise(c, session, prd_text, &parsed, builtin, timeout).await {
+            Ok(h) => hints = Some(h),
+            Err(e) if mode == IntelligenceMode::Required => {
+                c.publish_status(session, SessionStatus::Failed, 100.0, &e.to_string())
+                    .await;
+                return Err(Rejected {
+                    reason: "IntelligenceUnavailable".into(),
+                    message: format!("spec.intelligence.mode is Required: {e}"),
+                });
+            }
+            Err(e) => fallback = Some(e.to_string()),
+        }
+    }
+    let mut outcome = pipeline::run(renderer, name, spec, prd_text, id, hints.as_ref());
+    if let Some(why) = &fallback {
+        outcome.note_fallback(why);
+    }
+    if let Some(c) = client {
+        if hints.is_some() && outcome.succeeded() {
+            let scores = futures::future::join_all(outcome.nodes.iter().map(|n| {
+                let path = format!(
+                    "{}/{}/node.py",
+                    n.rendered.dir_name, n.rendered.context.version_dir
+                );
+                let code = n
+                    .rendered
+                    .files
+                    .get(&format!("{}/node.py", n.rendered.context.version_dir));
+                let code = code
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                async move { advisor::assess(c, &path, &code).await }
+            }))
+            .await;
+            for (node, score) in outcome.nodes.iter_mut().zip(scores) {
+                if let Ok(score) = score {
+                    node.report.merge_service(score);
+                }
+            }
+        }
+        let (status, message) = match &outcome.failure {
+            None => (
+                SessionStatus::Completed,
+                format!("{} node(s) generated", outcome.nodes.len()),
+            ),
+            Some(f) => (SessionStatus::Failed, f.message.clone()),
+        };
+        c.publish_status(session, status, 100.0, &message).await;
+    }
+    Ok(outcome)
+}

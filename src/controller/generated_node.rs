@@ -1,0 +1,499 @@
+//! GeneratedNode reconcile: a Deployment that mounts the node's code and runs its start-up
+//! script, a Service for its health/metrics port, and a status (`Available`, `Progressing`,
+//! `Ready`) summarising the Deployment — Argo CD does not inherit health from children.
+//!
+//! It needs nothing from a NodeGeneration: a GeneratedNode written by hand, or synced from Git,
+//! works the same.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use super::node_generation::{APPLIED_HASH_ANNOTATION, FILES_ANNOTATION};
+use super::{Context, Error, delete_ignoring_missing, ready_event};
+use crate::api::{Condition, ConditionStatus, FIELD_MANAGER, GeneratedNode, GeneratedNodeStatus};
+use crate::deploy::{self, child_labels, items_from_keys};
+use crate::publish::configmap::key_for;
+use crate::status;
+
+pub const CONTROLLER: &str = "generatednode";
+const AVAILABLE: &str = "Available";
+const PROGRESSING: &str = "Progressing";
+const READY: &str = "Ready";
+
+pub async fn reconcile(gn: Arc<GeneratedNode>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "reconcile",
+        controller = CONTROLLER,
+        namespace = gn.namespace().unwrap_or_default(),
+        name = %gn.name_any(),
+    );
+    let result = reconcile_inner(&gn, &ctx).instrument(span).await;
+    ctx.finish(CONTROLLER, gn.as_ref(), started, result.is_ok());
+    result
+}
+
+/// The code source resolved to a ConfigMap name and volume items, or why it cannot be.
+enum Source {
+    Ready {
+        config_map: String,
+        items: Vec<KeyToPath>,
+    },
+    Missing {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Error> {
+    let ns = gn
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = gn.name_any();
+    if gn.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = ObjectRef::new(&name).within(&ns);
+    let service_key = ObjectRef::new(&name).within(&ns);
+
+    if !gn.spec.deploy.enabled {
+        if ctx.caches.deployments.get(&key).is_some() {
+            delete_ignoring_missing(&deployments, &name).await?;
+        }
+        if ctx.caches.services.get(&service_key).is_some() {
+            delete_ignoring_missing(&services, &name).await?;
+        }
+        let conditions = vec![
+            Condition::new(
+                AVAILABLE,
+                ConditionStatus::False,
+                "DeployDisabled",
+                "spec.deploy.enabled is false",
+            ),
+            Condition::new(
+                PROGRESSING,
+                ConditionStatus::False,
+                "DeployDisabled",
+                "spec.deploy.enabled is false",
+            ),
+            Condition::new(
+                READY,
+                ConditionStatus::True,
+                "DeployDisabled",
+                "nothing to run: spec.deploy.enabled is false",
+            ),
+        ];
+        write_status(gn, ctx, conditions, None).await?;
+        return Ok(Action::await_change());
+    }
+
+    let (config_map, items) = match source(gn, ctx, &ns).await? {
+        Source::Ready { config_map, items } => (config_map, items),
+        Source::Missing { reason, message } => {
+            let conditions = vec![
+                Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
+                Condition::new(PROGRESSING, ConditionStatus::False, reason, message.clone()),
+                Condition::new(READY, ConditionStatus::False, reason, message),
+            ];
+            write_status(gn, ctx, conditions, None).await?;
+            // The code may still be on its way (published just after this node was created).
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+    };
+
+    let owner = gn
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    let labels = child_labels(gn);
+    let mut deployment = deploy::deployment(gn, &config_map, items, labels.clone(), &ctx.defaults);
+    let mut service = deploy::service(gn, labels);
+    deployment.metadata.owner_references = Some(vec![owner.clone()]);
+    service.metadata.owner_references = Some(vec![owner]);
+    let hash = hash_of(&deployment)?;
+    stamp(&mut deployment.metadata, hash);
+    let hash = hash_of(&service)?;
+    stamp(&mut service.metadata, hash);
+
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let cached = ctx.caches.deployments.get(&key);
+    let current = match cached {
+        Some(d) if applied_hash(&d.metadata) == applied_hash(&deployment.metadata) => (*d).clone(),
+        _ => {
+            deployments
+                .patch(&name, &params, &Patch::Apply(&deployment))
+                .await?
+        }
+    };
+    let service_current = ctx
+        .caches
+        .services
+        .get(&service_key)
+        .is_some_and(|s| applied_hash(&s.metadata) == applied_hash(&service.metadata));
+    if !service_current {
+        services
+            .patch(&name, &params, &Patch::Apply(&service))
+            .await?;
+    }
+
+    let (conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
+    write_status(gn, ctx, conditions, Some(ready_replicas)).await?;
+    Ok(Action::requeue(ctx.resync))
+}
+
+fn stamp(meta: &mut ObjectMeta, hash: String) {
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH_ANNOTATION.to_string(), hash);
+}
+
+fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()?
+        .get(APPLIED_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+fn hash_of<T: serde::Serialize>(obj: &T) -> Result<String, Error> {
+    Ok(hex::encode(Sha256::digest(serde_json::to_vec(obj)?)))
+}
+
+/// Where the code is: a ConfigMap the operator published (its file list is in an annotation the
+/// cache holds) or one written by hand (read once to map its keys back to paths).
+async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, Error> {
+    let Some(cm) = &gn.spec.source.config_map else {
+        return Ok(Source::Missing {
+            reason: "GitSourceNotSupported",
+            message:
+                "spec.source.git is not supported by this operator version; use source.configMap"
+                    .into(),
+        });
+    };
+    let cached = ctx
+        .caches
+        .config_maps
+        .get(&ObjectRef::new(&cm.name).within(ns));
+    if let Some(files) = cached.as_ref().and_then(|c| {
+        c.metadata
+            .annotations
+            .as_ref()?
+            .get(FILES_ANNOTATION)
+            .cloned()
+    }) {
+        let keys: Vec<String> = files
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(key_for)
+            .collect();
+        return Ok(Source::Ready {
+            config_map: cm.name.clone(),
+            items: items_from_keys(&keys),
+        });
+    }
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    match api.get_opt(&cm.name).await? {
+        None => Ok(Source::Missing {
+            reason: "SourceNotFound",
+            message: format!(
+                "ConfigMap {} (spec.source.configMap) does not exist",
+                cm.name
+            ),
+        }),
+        Some(found) => {
+            let keys: Vec<String> = found
+                .data
+                .iter()
+                .flat_map(|d| d.keys().cloned())
+                .chain(found.binary_data.iter().flat_map(|d| d.keys().cloned()))
+                .collect();
+            if !keys.iter().any(|k| k.ends_with("start_node.py")) {
+                return Ok(Source::Missing {
+                    reason: "StartScriptMissing",
+                    message: format!("ConfigMap {} has no start_node.py", cm.name),
+                });
+            }
+            Ok(Source::Ready {
+                config_map: cm.name.clone(),
+                items: items_from_keys(&keys),
+            })
+        }
+    }
+}
+
+/// Conditions from the Deployment, with reasons of our own so the status only changes when the
+/// picture does (not on every intermediate Deployment update).
+pub fn summarise(d: &Deployment, want: i32) -> (Vec<Condition>, i32) {
+    let st = d.status.clone().unwrap_or_default();
+    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && st.observed_generation.is_some();
+    let ready = st.ready_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let deployment_condition = |t: &str| {
+        st.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t)
+            .cloned()
+    };
+    let stalled = deployment_condition("Progressing").is_some_and(|c| {
+        c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let mut out = Vec::new();
+    let counts = format!("{available}/{want} replicas available");
+    let is_available = want == 0 || (available >= want && want > 0);
+    out.push(if is_available {
+        Condition::new(
+            AVAILABLE,
+            ConditionStatus::True,
+            "MinimumReplicasAvailable",
+            counts.clone(),
+        )
+    } else {
+        Condition::new(
+            AVAILABLE,
+            ConditionStatus::False,
+            "ReplicasUnavailable",
+            counts.clone(),
+        )
+    });
+    let rolled_out = observed && updated >= want && ready >= want;
+    out.push(if stalled {
+        Condition::new(
+            PROGRESSING,
+            ConditionStatus::False,
+            "ProgressDeadlineExceeded",
+            "the rollout made no progress within its deadline",
+        )
+    } else if rolled_out {
+        Condition::new(
+            PROGRESSING,
+            ConditionStatus::False,
+            "RolloutComplete",
+            format!("{updated}/{want} replicas updated"),
+        )
+    } else {
+        Condition::new(
+            PROGRESSING,
+            ConditionStatus::True,
+            "RollingOut",
+            format!("rolling out the node's code: {counts}"),
+        )
+    });
+    out.push(if rolled_out && is_available {
+        Condition::new(READY, ConditionStatus::True, "DeploymentReady", counts)
+    } else if stalled {
+        Condition::new(
+            READY,
+            ConditionStatus::False,
+            "ProgressDeadlineExceeded",
+            counts,
+        )
+    } else {
+        Condition::new(READY, ConditionStatus::False, "RollingOut", counts)
+    });
+    (out, ready)
+}
+
+async fn write_status(
+    gn: &GeneratedNode,
+    ctx: &Context,
+    conditions: Vec<Condition>,
+    ready_replicas: Option<i32>,
+) -> Result<(), Error> {
+    let current = gn.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut next = current.clone();
+    for mut c in conditions {
+        c.observed_generation = gn.metadata.generation;
+        status::set_condition(&mut next.conditions, c, Some(&now));
+    }
+    next.conditions.sort_by_key(|c| match c.type_.as_str() {
+        AVAILABLE => 0,
+        PROGRESSING => 1,
+        _ => 2,
+    });
+    next.ready_replicas = ready_replicas;
+    next.observed_generation = gn.metadata.generation;
+    if next == current {
+        return Ok(());
+    }
+    let api: Api<GeneratedNode> =
+        Api::namespaced(ctx.client.clone(), &gn.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": GeneratedNode::api_version(&()),
+        "kind": GeneratedNode::kind(&()),
+        "status": GeneratedNodeStatus { ..next.clone() },
+    });
+    api.patch_status(
+        &gn.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    // Events on the transitions users care about: ready, and failures other than a rollout.
+    ready_event(
+        ctx,
+        &gn.object_ref(&()),
+        status::get(&current.conditions, READY),
+        status::get(&next.conditions, READY),
+        |ready| ready.is_true() || ready.reason != "RollingOut",
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+
+    fn gn() -> GeneratedNode {
+        let mut gn: GeneratedNode = serde_json::from_value(serde_json::json!({
+            "apiVersion": "codegen.omninode.ai/v1alpha1", "kind": "GeneratedNode",
+            "metadata": {"name": "hello-effect", "namespace": "ns", "uid": "uid-gn", "generation": 1},
+            "spec": {"nodeType": "Effect", "domain": "api", "serviceName": "hello",
+                     "source": {"configMap": {"name": "hello-code"}}, "contentHash": "h1"}
+        }))
+        .unwrap();
+        gn.metadata.labels = Some(BTreeMap::from([(
+            "app.kubernetes.io/instance".to_string(),
+            "argo-app".to_string(),
+        )]));
+        gn
+    }
+
+    fn hand_written_code(fake: &FakeApi) {
+        fake.put(
+            "/api/v1/namespaces/ns/configmaps/hello-code",
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "hello-code", "namespace": "ns"},
+                "data": {"v1_0_0-start_node.py": "print()", "v1_0_0-node.py": "x = 1"}}),
+        );
+        fake.put(
+            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
+            serde_json::to_value(gn()).unwrap(),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hand_written_node_gets_a_deployment_a_service_and_a_status() {
+        let fake = FakeApi::default();
+        hand_written_code(&fake);
+        let (ctx, mut caches) = context(&fake);
+        let mut gn = gn();
+        reconcile(Arc::new(gn.clone()), ctx.clone()).await.unwrap();
+        let writes: Vec<String> = fake
+            .writes()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path()))
+            .collect();
+        assert_eq!(
+            writes,
+            vec![
+                "PATCH /apis/apps/v1/namespaces/ns/deployments/hello-effect",
+                "PATCH /api/v1/namespaces/ns/services/hello-effect",
+                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect/status",
+            ]
+        );
+        let d: Deployment = serde_json::from_value(fake.writes()[0].body.clone()).unwrap();
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let items = pod.volumes.as_ref().unwrap()[0]
+            .config_map
+            .as_ref()
+            .unwrap()
+            .items
+            .clone()
+            .unwrap();
+        assert!(items.iter().any(|i| i.path == "v1_0_0/start_node.py"));
+        assert_eq!(
+            d.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-gn"
+        );
+        assert!(
+            !d.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .contains_key("app.kubernetes.io/instance")
+        );
+        let status: GeneratedNodeStatus =
+            serde_json::from_value(fake.writes()[2].body["status"].clone()).unwrap();
+        let ready = status::get(&status.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (ConditionStatus::False, "RollingOut")
+        );
+
+        // The Deployment becomes available: Ready flips, with an Event; then nothing more.
+        let mut applied = d.clone();
+        applied.metadata.generation = Some(1);
+        applied.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(1),
+            ready_replicas: Some(1),
+            available_replicas: Some(1),
+            updated_replicas: Some(1),
+            ..Default::default()
+        });
+        CacheWriters::apply(&mut caches.deployments, applied);
+        let svc: Service = serde_json::from_value(fake.writes()[1].body.clone()).unwrap();
+        CacheWriters::apply(&mut caches.services, metadata_of(&svc));
+        gn.status = Some(status);
+        fake.clear();
+        reconcile(Arc::new(gn.clone()), ctx.clone()).await.unwrap();
+        let writes = fake.writes();
+        assert_eq!(writes.len(), 2, "{writes:#?}");
+        assert!(writes[0].path().ends_with("/status"));
+        assert_eq!(writes[1].body["reason"], "DeploymentReady");
+        gn.status = serde_json::from_value(writes[0].body["status"].clone()).unwrap();
+        fake.clear();
+        reconcile(Arc::new(gn), ctx).await.unwrap();
+        assert!(fake.writes().is_empty(), "{:#?}", fake.writes());
+    }
+
+    #[tokio::test]
+    async fn missing_code_is_a_reason_and_disabled_deploys_remove_the_deployment() {
+        let fake = FakeApi::default();
+        let (ctx, mut caches) = context(&fake);
+        fake.put(
+            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
+            serde_json::to_value(gn()).unwrap(),
+        );
+        reconcile(Arc::new(gn()), ctx.clone()).await.unwrap();
+        let status: GeneratedNodeStatus =
+            serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
+        assert_eq!(
+            status::get(&status.conditions, READY).unwrap().reason,
+            "SourceNotFound"
+        );
+
+        let mut disabled = gn();
+        disabled.spec.deploy.enabled = false;
+        let mut d = Deployment::default();
+        d.metadata.name = Some("hello-effect".into());
+        d.metadata.namespace = Some("ns".into());
+        CacheWriters::apply(&mut caches.deployments, d);
+        fake.clear();
+        reconcile(Arc::new(disabled), ctx).await.unwrap();
+        assert_eq!(fake.writes()[0].method, "DELETE");
+        assert!(
+            fake.writes()[0]
+                .path()
+                .ends_with("deployments/hello-effect")
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics of the controllers, and the count of every request the operator sends to
+//! the API server (by verb and resource) — how "writes per NodeGeneration" is measured.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: String,
+    /// `success` or `error`
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// get, list, watch, create, update, patch, delete
+    pub verb: String,
+    /// Plural resource, with the subresource after a slash (`nodegenerations/status`).
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: String,
+}
+
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_seconds: Family<ControllerLabel, Histogram>,
+    pub api_requests: Family<ApiLabels, Counter>,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        ControllerMetrics {
+            reconciles: Family::default(),
+            reconcile_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+            api_requests: Family::default(),
+        }
+    }
+}
+
+impl ControllerMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("omninode");
+        r.register(
+            "reconciles",
+            "Reconciles by controller and result",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciles by controller",
+            self.reconcile_seconds.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server by verb and resource",
+            self.api_requests.clone(),
+        );
+    }
+
+    pub fn observe(&self, controller: &str, ok: bool, took: Duration) {
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                controller: controller.to_string(),
+                result: if ok { "success" } else { "error" }.to_string(),
+            })
+            .inc();
+        self.reconcile_seconds
+            .get_or_create(&ControllerLabel {
+                controller: controller.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A tower layer for the kube client that counts each request.
+    pub fn api_layer<B>(
+        &self,
+    ) -> tower::util::MapRequestLayer<
+        impl FnMut(http::Request<B>) -> http::Request<B> + Clone + use<B>,
+    > {
+        let requests = self.api_requests.clone();
+        tower::util::MapRequestLayer::new(move |req: http::Request<B>| {
+            requests.get_or_create(&api_labels(&req)).inc();
+            req
+        })
+    }
+
+    /// Sum of write requests (create, update, patch, delete) so far.
+    pub fn writes(&self) -> u64 {
+        let mut total = 0;
+        for verb in ["create", "update", "patch", "delete"] {
+            for resource in WRITE_RESOURCES {
+                total += self
+                    .api_requests
+                    .get(&ApiLabels {
+                        verb: verb.to_string(),
+                        resource: resource.to_string(),
+                    })
+                    .map(|c| c.get())
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+}
+
+/// Resources the operator writes.
+const WRITE_RESOURCES: [&str; 10] = [
+    "nodegenerations",
+    "nodegenerations/status",
+    "generatednodes",
+    "generatednodes/status",
+    "configmaps",
+    "deployments",
+    "services",
+    "events",
+    "leases",
+    "customresourcedefinitions",
+];
+
+/// Verb and resource of an API request, from its method, path and query.
+pub fn api_labels<B>(req: &http::Request<B>) -> ApiLabels {
+    let path = req.uri().path();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // /api/v1/… or /apis/<group>/<version>/…
+    let rest: &[&str] = match segments.first() {
+        Some(&"api") => segments.get(2..).unwrap_or(&[]),
+        Some(&"apis") => segments.get(3..).unwrap_or(&[]),
+        _ => &[],
+    };
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    let resource = match rest {
+        [] => "other".to_string(),
+        [plural] | [plural, _] => plural.to_string(),
+        [plural, _, sub, ..] => format!("{plural}/{sub}"),
+    };
+    let named = matches!(rest, [_, _, ..]);
+    let watch = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let verb = match *req.method() {
+        http::Method::GET if watch => "watch",
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    };
+    ApiLabels {
+        verb: verb.to_string(),
+        resource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(method: &str, uri: &str) -> (String, String) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap();
+        let l = api_labels(&req);
+        (l.verb, l.resource)
+    }
+
+    #[test]
+    fn requests_are_labelled_by_verb_and_resource() {
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            labels(
+                "PATCH",
+                "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/x/status?fieldManager=o"
+            ),
+            s("patch", "nodegenerations/status")
+        );
+        assert_eq!(
+            labels(
+                "GET",
+                "/api/v1/namespaces/ns/configmaps?watch=true&labelSelector=a"
+            ),
+            s("watch", "configmaps")
+        );
+        assert_eq!(labels("GET", "/api/v1/configmaps"), s("list", "configmaps"));
+        assert_eq!(
+            labels("GET", "/api/v1/namespaces/ns/configmaps/prd"),
+            s("get", "configmaps")
+        );
+        assert_eq!(
+            labels("POST", "/apis/events.k8s.io/v1/namespaces/ns/events"),
+            s("create", "events")
+        );
+        assert_eq!(
+            labels("GET", "/api/v1/namespaces/ns"),
+            s("get", "namespaces")
+        );
+        assert_eq!(labels("GET", "/version"), s("list", "other"));
+    }
+}

@@ -1,0 +1,389 @@
+//! The controllers behind `omninode-operator run`: one for NodeGeneration (PRD → published code
+//! and GeneratedNodes), one for GeneratedNode (→ Deployment + Service). They share one client,
+//! one intelligence client, one metrics registry and the caches below.
+
+mod backoff;
+pub mod config;
+#[cfg(test)]
+mod fixtures;
+pub mod generated_node;
+mod leader;
+pub mod metrics;
+pub mod node_generation;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
+use kube::{Client, Resource, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Condition, FIELD_MANAGER, GeneratedNode, NodeGeneration};
+use crate::deploy::DeployDefaults;
+use crate::intelligence::{self, IntelligenceClient};
+use crate::render::Renderer;
+use crate::telemetry::{self, Health};
+
+pub use backoff::Backoff;
+pub use config::RunConfig;
+pub use metrics::ControllerMetrics;
+
+/// Label selector of everything the operator creates.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=omninode-operator";
+
+/// What a reconcile can fail with; every variant is retried with per-object backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serialising {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+/// Caches the reconcilers read instead of asking the API server.
+#[derive(Clone)]
+pub struct Caches {
+    pub generated_nodes: Store<GeneratedNode>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<PartialObjectMeta<Service>>,
+}
+
+/// Shared state of both controllers.
+pub struct Context {
+    pub client: Client,
+    pub renderer: Renderer,
+    pub intelligence: Option<IntelligenceClient>,
+    pub recorder: Recorder,
+    pub defaults: DeployDefaults,
+    pub metrics: ControllerMetrics,
+    pub backoff: Backoff,
+    pub caches: Caches,
+    /// Periodic re-check of a settled object (drift the watches cannot see).
+    pub resync: Duration,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        renderer: Renderer,
+        intelligence: Option<IntelligenceClient>,
+        defaults: DeployDefaults,
+        metrics: ControllerMetrics,
+        caches: Caches,
+        resync: Duration,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            renderer,
+            intelligence,
+            defaults,
+            metrics,
+            backoff: Backoff::default(),
+            caches,
+            resync,
+        }
+    }
+
+    /// Record a reconcile's duration and result, and reset or grow the object's backoff.
+    fn finish<K: Resource<DynamicType = ()>>(
+        &self,
+        controller: &str,
+        obj: &K,
+        started: Instant,
+        ok: bool,
+    ) {
+        self.metrics.observe(controller, ok, started.elapsed());
+        if ok {
+            self.backoff.reset(&ObjectRef::from_obj(obj).erase());
+        }
+    }
+}
+
+/// Error policy of both controllers: exponential per-object backoff (reset on success).
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> kube::runtime::controller::Action {
+    let key = ObjectRef::from_obj(obj.as_ref()).erase();
+    let delay = ctx.backoff.next(&key);
+    tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    kube::runtime::controller::Action::requeue(delay)
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Strip what the caches do not need (managed fields are most of an object's metadata).
+fn slim<K: ResourceExt>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Delete a child; one already gone is fine.
+async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Record an Event when `Ready` changed (status or reason) and `worth` says so. Events are
+/// best-effort: a failure to record one is logged, never a reconcile error.
+async fn ready_event(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    before: Option<&Condition>,
+    after: Option<&Condition>,
+    worth: impl Fn(&Condition) -> bool,
+) {
+    let Some(ready) = after else { return };
+    let changed = before.is_none_or(|b| b.status != ready.status || b.reason != ready.reason);
+    if !changed || !worth(ready) {
+        return;
+    }
+    let event = Event {
+        type_: if ready.is_true() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: ready.reason.clone(),
+        note: Some(truncate(&ready.message, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
+        tracing::warn!(error = %e, "could not record an event");
+    }
+}
+
+/// Cut `s` to at most `max` bytes on a character boundary (Event notes are limited to 1 kB).
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Run the operator until a signal (or a lost lease) stops it.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    let mut registry = Registry::default();
+    let metrics = ControllerMetrics::default();
+    metrics.register(&mut registry);
+    let intelligence_metrics = intelligence::Metrics::default();
+    intelligence_metrics.register(&mut registry);
+
+    let kube_config = kube::Config::infer().await?;
+    let client = kube::client::ClientBuilder::try_from(kube_config)?
+        .with_layer(&metrics.api_layer())
+        .build();
+
+    let health = Health::new(registry);
+    let server = telemetry::serve(config.metrics_addr, health.clone(), shutdown.clone()).await?;
+    let server = tokio::spawn(server);
+
+    if config.leader_elect {
+        leader::acquire(&client, &config, shutdown.clone(), &health).await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
+
+    let intelligence = match config.intelligence.kafka_bootstrap_servers {
+        Some(_) => Some(IntelligenceClient::connect(
+            config.intelligence.clone(),
+            intelligence_metrics,
+        )?),
+        None => None,
+    };
+    let renderer = match &config.templates {
+        Some(dir) => Renderer::from_dir(dir)?,
+        None => Renderer::embedded()?,
+    };
+    let defaults = DeployDefaults {
+        image: config.node_image.clone(),
+        kafka_bootstrap_servers: config
+            .node_kafka_bootstrap_servers
+            .clone()
+            .or_else(|| config.intelligence.kafka_bootstrap_servers.clone()),
+    };
+    let ns = config.namespace.as_deref();
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+
+    // Caches of the children, each fed by the watch that also triggers the owner's reconcile.
+    let (cm_reader, cm_writer) = reflector::store();
+    let config_maps = reflector::reflector(
+        cm_writer,
+        watcher(
+            api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+            managed.clone(),
+        )
+        .default_backoff()
+        .modify(slim),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::resource_version, Default::default());
+    let (dep_reader, dep_writer) = reflector::store();
+    let deployments = reflector::reflector(
+        dep_writer,
+        watcher(api::<Deployment>(&client, ns), managed.clone())
+            .default_backoff()
+            .modify(slim),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::resource_version, Default::default());
+    let (svc_reader, svc_writer) = reflector::store();
+    let services = reflector::reflector(
+        svc_writer,
+        watcher(
+            api::<PartialObjectMeta<Service>>(&client, ns),
+            managed.clone(),
+        )
+        .default_backoff()
+        .modify(slim),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::resource_version, Default::default());
+    // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
+    let user_config_maps = watcher(
+        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by!=omninode-operator"),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::resource_version, Default::default());
+
+    let controller_config = kube::runtime::Config::default().concurrency(config.concurrency.max(1));
+    let gn_controller = Controller::new(
+        api::<GeneratedNode>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(controller_config.clone())
+    .owns_stream(deployments)
+    .owns_stream(services);
+    let ng_controller = Controller::new(
+        api::<NodeGeneration>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(controller_config)
+    .owns(api::<GeneratedNode>(&client, ns), managed.clone())
+    .owns_stream(config_maps);
+    let ng_store = ng_controller.store();
+    let ng_controller = ng_controller.watches_stream(user_config_maps, move |cm| {
+        node_generation::referencing(&ng_store, &cm)
+    });
+
+    let caches = Caches {
+        generated_nodes: gn_controller.store(),
+        config_maps: cm_reader,
+        deployments: dep_reader,
+        services: svc_reader,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        renderer,
+        intelligence,
+        defaults,
+        metrics,
+        caches.clone(),
+        Duration::from_secs(config.resync_seconds.max(60)),
+    ));
+
+    // Ready once every cache has its first full list.
+    {
+        let health = health.clone();
+        let caches = caches.clone();
+        tokio::spawn(async move {
+            let synced = tokio::join!(
+                caches.generated_nodes.wait_until_ready(),
+                caches.config_maps.wait_until_ready(),
+                caches.deployments.wait_until_ready(),
+                caches.services.wait_until_ready(),
+            );
+            if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() && synced.3.is_ok() {
+                tracing::info!("caches synced");
+                health.set_ready(true);
+            }
+        });
+    }
+
+    let ng = ng_controller
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(node_generation::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let gn = gn_controller
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(generated_node::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    tracing::info!(namespace = ns.unwrap_or("<all>"), "controllers started");
+    tokio::join!(ng, gn);
+    health.set_ready(false);
+    shutdown.cancel();
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Cancel `token` on SIGTERM or Ctrl-C.
+fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}

@@ -1,0 +1,931 @@
+//! NodeGeneration reconcile: resolve the PRD, run the core (the same code `generate` uses),
+//! publish one ConfigMap per node, create or update one GeneratedNode per node, delete the ones
+//! no longer planned, and record the codegen state machine in status.
+//!
+//! Writes happen only when something differs from the caches: an unchanged, settled object is
+//! recognised by `status.inputHash` and intact children, and costs zero write requests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use super::{Context, Error, delete_ignoring_missing, ready_event};
+use crate::api::Condition;
+use crate::api::{
+    ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, GeneratedNodeDeploy,
+    GeneratedNodeSpec, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NODE, NodeGeneration,
+    NodeGenerationStatus, NodeSource, OutputStatus,
+};
+use crate::codegen::{self, Identity};
+use crate::manifest::Rejected;
+use crate::pipeline::{self, Outcome};
+use crate::publish::configmap::{self, CONTENT_HASH_ANNOTATION};
+use crate::status::{self, ANALYZED, DEPLOYED, GENERATED, PUBLISHED, READY, VALIDATED};
+
+pub const CONTROLLER: &str = "nodegeneration";
+/// Hash of the spec the operator last applied to a child; a child whose own spec no longer
+/// hashes to it was edited by someone else and is re-applied.
+pub const APPLIED_HASH_ANNOTATION: &str = "codegen.omninode.ai/applied-hash";
+/// The file paths a code ConfigMap holds (its keys are the paths with `/` → `-`).
+pub const FILES_ANNOTATION: &str = "codegen.omninode.ai/files";
+
+/// Ready reasons that only a change of the spec (or of the PRD) can clear: retrying them would
+/// give the same answer, so the controller waits for a change instead.
+const TERMINAL_REASONS: [&str; 13] = [
+    "PrdEmpty",
+    "PrdTooLarge",
+    "PrdNoContent",
+    "PrdSourceNotFound",
+    "PrdKeyNotFound",
+    "InvalidSpec",
+    "QualityGateFailed",
+    "RenderFailed",
+    "NodeTooLarge",
+    "ConfigMapKeyCollision",
+    "UnsupportedFileName",
+    "GitOutputNotSupported",
+    "AnalysisFailed",
+];
+
+/// Name of the ConfigMap holding a node's code.
+pub fn code_config_map_name(node: &str) -> String {
+    format!("{node}-code")
+}
+
+/// NodeGenerations whose `prdFrom` names this ConfigMap (the watch mapper).
+pub fn referencing(
+    store: &Store<NodeGeneration>,
+    cm: &PartialObjectMeta<ConfigMap>,
+) -> Vec<ObjectRef<NodeGeneration>> {
+    let ns = cm.namespace();
+    let name = cm.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|ng| ng.namespace() == ns)
+        .filter(|ng| {
+            ng.spec
+                .prd_from
+                .as_ref()
+                .is_some_and(|f| f.config_map_key_ref.name == name)
+        })
+        .map(|ng| ObjectRef::from_obj(ng.as_ref()))
+        .collect()
+}
+
+pub async fn reconcile(ng: Arc<NodeGeneration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let generation = ng.metadata.generation.unwrap_or(0);
+    let correlation_id = pipeline::correlation_id(
+        ng.namespace().as_deref().unwrap_or_default(),
+        &ng.name_any(),
+        generation,
+        &ng.spec,
+    );
+    let span = tracing::info_span!(
+        "reconcile",
+        controller = CONTROLLER,
+        namespace = ng.namespace().unwrap_or_default(),
+        name = %ng.name_any(),
+        generation,
+        correlation_id = %correlation_id,
+    );
+    let result = reconcile_inner(&ng, &ctx).instrument(span).await;
+    ctx.finish(CONTROLLER, ng.as_ref(), started, result.is_ok());
+    result
+}
+
+/// What the reconcile wants the status to say beyond the core's conditions.
+struct Settled {
+    conditions: Vec<Condition>,
+    outcome: Option<Outcome>,
+    config_maps: Vec<String>,
+    requeue: Action,
+}
+
+impl Settled {
+    /// A generation stopped by a reason only a spec change can clear.
+    fn stopped(conditions: Vec<Condition>, outcome: Outcome) -> Self {
+        Settled {
+            conditions,
+            outcome: Some(outcome),
+            config_maps: Vec::new(),
+            requeue: Action::await_change(),
+        }
+    }
+}
+
+async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, Error> {
+    let ns = ng
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = ng.name_any();
+    if ng.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if ng.spec.suspend {
+        tracing::debug!("suspended; nothing to do");
+        return Ok(Action::await_change());
+    }
+    let generation = ng.metadata.generation.unwrap_or(0);
+    let current = ng.status.clone().unwrap_or_default();
+
+    let prd = resolve_prd(ng, ctx, &ns).await?;
+    let input_hash = input_hash(ng, prd.as_ref().ok(), ctx.renderer.fingerprint());
+    if current.observed_generation == Some(generation)
+        && current.input_hash.as_deref() == Some(input_hash.as_str())
+    {
+        match status::get(&current.conditions, READY) {
+            Some(c) if c.is_true() && children_intact(ng, &current, ctx) => {
+                return Ok(Action::requeue(ctx.resync));
+            }
+            Some(c) if !c.is_true() && TERMINAL_REASONS.contains(&c.reason.as_str()) => {
+                return Ok(Action::await_change());
+            }
+            _ => {}
+        }
+    }
+
+    let settled = match prd {
+        Err(rejected) => Settled {
+            conditions: failure(ANALYZED, &rejected),
+            outcome: None,
+            config_maps: Vec::new(),
+            requeue: Action::await_change(),
+        },
+        Ok(prd) => generate_and_publish(ng, ctx, &ns, &name, generation, &prd).await?,
+    };
+    write_status(
+        ng,
+        ctx,
+        &current,
+        settled.conditions,
+        settled.outcome,
+        settled.config_maps,
+        input_hash,
+    )
+    .await?;
+    Ok(settled.requeue)
+}
+
+/// Run the core and, when it succeeds, publish the nodes.
+async fn generate_and_publish(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    generation: i64,
+    prd: &str,
+) -> Result<Settled, Error> {
+    let identity = Identity {
+        namespace: ns,
+        name,
+        generation,
+        session: ng.uid().unwrap_or_else(|| name.to_string()),
+    };
+    let outcome = match codegen::run(
+        &ctx.renderer,
+        &identity,
+        &ng.spec,
+        prd,
+        ctx.intelligence.as_ref(),
+    )
+    .await
+    {
+        Ok(o) => o,
+        // `intelligence.mode: Required` and the service did not answer: try again later.
+        Err(rejected) => {
+            return Ok(Settled {
+                conditions: failure(ANALYZED, &rejected),
+                outcome: None,
+                config_maps: Vec::new(),
+                requeue: Action::requeue(Duration::from_secs(30)),
+            });
+        }
+    };
+    let mut conditions = outcome.conditions.clone();
+    if let Some(f) = &outcome.failure {
+        let rejected = Rejected {
+            reason: f.reason.clone(),
+            message: f.message.clone(),
+        };
+        conditions.extend(blocked_after(f.condition, &rejected));
+        return Ok(Settled::stopped(conditions, outcome));
+    }
+    if ng.spec.output.git.is_some() {
+        let rejected = Rejected {
+            reason: "GitOutputNotSupported".into(),
+            message:
+                "spec.output.git is not supported by this operator version; use output.configMap"
+                    .into(),
+        };
+        conditions.extend(failure(PUBLISHED, &rejected));
+        return Ok(Settled::stopped(conditions, outcome));
+    }
+
+    // Build every child first: a node that cannot be published stops the whole generation
+    // before anything is written.
+    let owner = ng
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    let mut children = Vec::new();
+    for node in &outcome.nodes {
+        match children_of(ng, ns, name, &owner, node) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                let rejected = Rejected {
+                    reason: e.reason().to_string(),
+                    message: e.to_string(),
+                };
+                conditions.extend(failure(PUBLISHED, &rejected));
+                return Ok(Settled::stopped(conditions, outcome));
+            }
+        }
+    }
+
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let gns: Api<GeneratedNode> = Api::namespaced(ctx.client.clone(), ns);
+    for (cm, gn) in &children {
+        let cm_name = cm.metadata.name.clone().unwrap_or_default();
+        if !config_map_current(ctx, ns, cm) {
+            cms.patch(&cm_name, &params, &Patch::Apply(cm)).await?;
+        }
+        let gn_name = gn.name_any();
+        if !generated_node_current(ctx, ns, gn)? {
+            gns.patch(&gn_name, &params, &Patch::Apply(gn)).await?;
+        }
+    }
+    delete_unplanned(ng, ctx, ns, name, &children).await?;
+
+    let cm_names: Vec<String> = children
+        .iter()
+        .filter_map(|(cm, _)| cm.metadata.name.clone())
+        .collect();
+    let gn_names: Vec<String> = children.iter().map(|(_, gn)| gn.name_any()).collect();
+    conditions.push(Condition::new(
+        PUBLISHED,
+        ConditionStatus::True,
+        "ConfigMapsApplied",
+        format!("code published in ConfigMap(s) {}", cm_names.join(", ")),
+    ));
+    let deployed = if ng.spec.deploy.enabled {
+        format!(
+            "GeneratedNode(s) {} applied; each reports its Deployment in its own status",
+            gn_names.join(", ")
+        )
+    } else {
+        format!(
+            "GeneratedNode(s) {} applied with deploy.enabled=false (no Deployments)",
+            gn_names.join(", ")
+        )
+    };
+    conditions.push(Condition::new(
+        DEPLOYED,
+        ConditionStatus::True,
+        "GeneratedNodesApplied",
+        deployed,
+    ));
+    let lowest = outcome
+        .nodes
+        .iter()
+        .map(|n| n.report.overall)
+        .fold(1.0f64, f64::min);
+    conditions.push(Condition::new(
+        READY,
+        ConditionStatus::True,
+        "GenerationSucceeded",
+        format!(
+            "{} node(s) generated and published; lowest quality {lowest:.3}",
+            outcome.nodes.len()
+        ),
+    ));
+    Ok(Settled {
+        conditions,
+        outcome: Some(outcome),
+        config_maps: cm_names,
+        requeue: Action::requeue(ctx.resync),
+    })
+}
+
+/// The PRD text, or why there is none (a terminal, user-facing reason).
+async fn resolve_prd(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<String, Rejected>, Error> {
+    let rejected = |reason: &str, message: String| {
+        Ok(Err(Rejected {
+            reason: reason.to_string(),
+            message,
+        }))
+    };
+    match (&ng.spec.prd, &ng.spec.prd_from) {
+        (Some(prd), None) => Ok(Ok(prd.clone())),
+        (None, Some(from)) => {
+            let key = &from.config_map_key_ref;
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+            match api.get_opt(&key.name).await? {
+                None => rejected(
+                    "PrdSourceNotFound",
+                    format!("ConfigMap {} (spec.prdFrom) does not exist", key.name),
+                ),
+                Some(cm) => match cm.data.as_ref().and_then(|d| d.get(&key.key)) {
+                    Some(text) => Ok(Ok(text.clone())),
+                    None => rejected(
+                        "PrdKeyNotFound",
+                        format!("ConfigMap {} has no key {}", key.name, key.key),
+                    ),
+                },
+            }
+        }
+        _ => rejected(
+            "InvalidSpec",
+            "exactly one of spec.prd and spec.prdFrom must be set".to_string(),
+        ),
+    }
+}
+
+fn input_hash(ng: &NodeGeneration, prd: Option<&String>, fingerprint: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&ng.spec).unwrap_or_default());
+    h.update([0]);
+    match prd {
+        Some(p) => {
+            h.update([1]);
+            h.update(p.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.update([0]);
+    h.update(fingerprint.as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hex::encode(h.finalize())
+}
+
+fn spec_hash<T: serde::Serialize>(spec: &T) -> Result<String, Error> {
+    Ok(hex::encode(Sha256::digest(serde_json::to_vec(spec)?)))
+}
+
+/// A failed stage and the stages after it blocked, with `Ready` saying why.
+fn failure(stage: &'static str, rejected: &Rejected) -> Vec<Condition> {
+    let mut out = vec![Condition::new(
+        stage,
+        ConditionStatus::False,
+        &rejected.reason,
+        rejected.message.clone(),
+    )];
+    out.extend(blocked_after(stage, rejected));
+    out
+}
+
+fn blocked_after(stage: &str, rejected: &Rejected) -> Vec<Condition> {
+    let order = [ANALYZED, GENERATED, VALIDATED, PUBLISHED, DEPLOYED];
+    let position = order.iter().position(|s| *s == stage).unwrap_or(0);
+    let mut out: Vec<Condition> = order[position + 1..]
+        .iter()
+        .map(|s| {
+            Condition::new(
+                s,
+                ConditionStatus::Unknown,
+                "Blocked",
+                format!("waiting for {stage}"),
+            )
+        })
+        .collect();
+    out.push(Condition::new(
+        READY,
+        ConditionStatus::False,
+        &rejected.reason,
+        rejected.message.clone(),
+    ));
+    out
+}
+
+/// Labels of everything made for one node of a generation.
+fn labels(generation: &str, node: &pipeline::NodeOutcome) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), FIELD_MANAGER.to_string()),
+        (LABEL_GENERATION.to_string(), generation.to_string()),
+        (
+            LABEL_NODE.to_string(),
+            node.planned.service.replace('_', "-"),
+        ),
+    ])
+}
+
+/// The ConfigMap and the GeneratedNode of one node.
+fn children_of(
+    ng: &NodeGeneration,
+    ns: &str,
+    generation: &str,
+    owner: &OwnerReference,
+    node: &pipeline::NodeOutcome,
+) -> Result<(ConfigMap, GeneratedNode), configmap::ConfigMapError> {
+    let labels = labels(generation, node);
+    let cm_name = code_config_map_name(&node.name);
+    let (mut cm, _items) =
+        configmap::config_map(&cm_name, Some(ns), labels.clone(), &node.rendered)?;
+    cm.metadata.owner_references = Some(vec![owner.clone()]);
+    let files: Vec<&str> = node.rendered.files.keys().map(String::as_str).collect();
+    cm.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(FILES_ANNOTATION.to_string(), files.join(","));
+    let deploy = &ng.spec.deploy;
+    let spec = GeneratedNodeSpec {
+        node_type: node.planned.node_type,
+        domain: node.planned.domain.clone(),
+        service_name: node.planned.service.clone(),
+        version: node.rendered.context.version_str.clone(),
+        source: NodeSource {
+            config_map: Some(ConfigMapSource { name: cm_name }),
+            git: None,
+        },
+        content_hash: node.rendered.content_hash.clone(),
+        deploy: GeneratedNodeDeploy {
+            enabled: deploy.enabled,
+            image: deploy.image.clone(),
+            replicas: deploy.replicas,
+            resources: deploy.resources.clone(),
+            env: deploy.env.clone(),
+            ..GeneratedNodeDeploy::default()
+        },
+    };
+    let hash = spec_hash(&spec).unwrap_or_default();
+    let gn = GeneratedNode {
+        metadata: ObjectMeta {
+            name: Some(node.name.clone()),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                APPLIED_HASH_ANNOTATION.to_string(),
+                hash,
+            )])),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    };
+    Ok((cm, gn))
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Whether the cached ConfigMap already holds what `desired` would apply.
+fn config_map_current(ctx: &Context, ns: &str, desired: &ConfigMap) -> bool {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    ctx.caches
+        .config_maps
+        .get(&ObjectRef::new(&name).within(ns))
+        .is_some_and(|cached| {
+            annotation(&cached.metadata, CONTENT_HASH_ANNOTATION)
+                == annotation(&desired.metadata, CONTENT_HASH_ANNOTATION)
+                && annotation(&cached.metadata, FILES_ANNOTATION)
+                    == annotation(&desired.metadata, FILES_ANNOTATION)
+                && cached.metadata.labels == desired.metadata.labels
+                && cached.metadata.owner_references == desired.metadata.owner_references
+        })
+}
+
+/// Whether the cached GeneratedNode already is what `desired` would apply (and was not edited).
+fn generated_node_current(ctx: &Context, ns: &str, desired: &GeneratedNode) -> Result<bool, Error> {
+    let Some(cached) = ctx
+        .caches
+        .generated_nodes
+        .get(&ObjectRef::new(&desired.name_any()).within(ns))
+    else {
+        return Ok(false);
+    };
+    let want = annotation(&desired.metadata, APPLIED_HASH_ANNOTATION);
+    Ok(
+        annotation(&cached.metadata, APPLIED_HASH_ANNOTATION) == want
+            && Some(spec_hash(&cached.spec)?.as_str()) == want
+            && cached.metadata.labels == desired.metadata.labels
+            && cached.metadata.owner_references == desired.metadata.owner_references,
+    )
+}
+
+/// A settled generation's children are all there, unedited, with the recorded content.
+fn children_intact(ng: &NodeGeneration, status: &NodeGenerationStatus, ctx: &Context) -> bool {
+    let ns = ng.namespace().unwrap_or_default();
+    !status.nodes.is_empty()
+        && status.nodes.iter().all(|node| {
+            let gn = ctx
+                .caches
+                .generated_nodes
+                .get(&ObjectRef::new(&node.name).within(&ns));
+            let gn_ok = gn.is_some_and(|gn| {
+                gn.spec.content_hash == node.content_hash
+                    && spec_hash(&gn.spec).ok().as_deref()
+                        == annotation(&gn.metadata, APPLIED_HASH_ANNOTATION)
+                    && owned_by(&gn.metadata, ng)
+            });
+            let cm = ctx
+                .caches
+                .config_maps
+                .get(&ObjectRef::new(&code_config_map_name(&node.name)).within(&ns));
+            let cm_ok = cm.is_some_and(|cm| {
+                annotation(&cm.metadata, CONTENT_HASH_ANNOTATION)
+                    == Some(node.content_hash.as_str())
+                    && owned_by(&cm.metadata, ng)
+            });
+            gn_ok && cm_ok
+        })
+}
+
+fn owned_by(meta: &ObjectMeta, ng: &NodeGeneration) -> bool {
+    let uid = ng.metadata.uid.as_deref();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid && o.controller == Some(true))
+}
+
+/// Delete the GeneratedNodes and ConfigMaps this generation owns but no longer plans.
+async fn delete_unplanned(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    children: &[(ConfigMap, GeneratedNode)],
+) -> Result<(), Error> {
+    let planned_gns: BTreeSet<String> = children.iter().map(|(_, gn)| gn.name_any()).collect();
+    let planned_cms: BTreeSet<String> = children
+        .iter()
+        .filter_map(|(cm, _)| cm.metadata.name.clone())
+        .collect();
+    let ours = |meta: &ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns)
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_GENERATION))
+                .map(String::as_str)
+                == Some(name)
+            && owned_by(meta, ng)
+    };
+    let gns: Api<GeneratedNode> = Api::namespaced(ctx.client.clone(), ns);
+    for gn in ctx.caches.generated_nodes.state() {
+        let gn_name = gn.name_any();
+        if ours(&gn.metadata) && !planned_gns.contains(&gn_name) {
+            tracing::info!(generated_node = %gn_name, "deleting a node no longer planned");
+            delete_ignoring_missing(&gns, &gn_name).await?;
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    for cm in ctx.caches.config_maps.state() {
+        let cm_name = cm.name_any();
+        if ours(&cm.metadata) && !planned_cms.contains(&cm_name) {
+            delete_ignoring_missing(&cms, &cm_name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Merge the new conditions into the current status and write it if anything differs; emit an
+/// Event when `Ready` changes.
+async fn write_status(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    current: &NodeGenerationStatus,
+    conditions: Vec<Condition>,
+    outcome: Option<Outcome>,
+    config_maps: Vec<String>,
+    input_hash: String,
+) -> Result<(), Error> {
+    let generation = ng.metadata.generation;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut next = current.clone();
+    for mut c in conditions {
+        c.observed_generation = generation;
+        status::set_condition(&mut next.conditions, c, Some(&now));
+    }
+    status::sort(&mut next.conditions);
+    match &outcome {
+        Some(o) => o.fill_status(&mut next),
+        None => {
+            next.analysis = None;
+            next.nodes = Vec::new();
+            next.node_count = None;
+            next.quality = None;
+        }
+    }
+    let ready = status::get(&next.conditions, READY).cloned();
+    if ready.as_ref().is_some_and(Condition::is_true) {
+        next.output = Some(OutputStatus {
+            config_maps,
+            git: None,
+        });
+    }
+    next.phase = Some(status::phase(&next.conditions));
+    next.observed_generation = generation;
+    next.input_hash = Some(input_hash);
+    if &next == current {
+        return Ok(());
+    }
+    let api: Api<NodeGeneration> =
+        Api::namespaced(ctx.client.clone(), &ng.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": NodeGeneration::api_version(&()),
+        "kind": NodeGeneration::kind(&()),
+        "status": next,
+    });
+    api.patch_status(
+        &ng.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+
+    ready_event(
+        ctx,
+        &ng.object_ref(&()),
+        status::get(&current.conditions, READY),
+        ready.as_ref(),
+        |_| true,
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{NodeGenerationSpec, PrdSource};
+    use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
+
+    const PRD: &str = "# Order Writer\n\n## Overview\nPersists incoming orders.\n\n## Functional Requirements\n- Write order records to PostgreSQL\n- Update an order's status\n";
+
+    fn ng(prd: &str) -> NodeGeneration {
+        let mut ng = NodeGeneration::new(
+            "orders",
+            NodeGenerationSpec {
+                prd: Some(prd.to_string()),
+                ..Default::default()
+            },
+        );
+        ng.metadata.namespace = Some("ns".into());
+        ng.metadata.uid = Some("uid-orders".into());
+        ng.metadata.generation = Some(1);
+        ng
+    }
+
+    /// The fake API server starts out holding the object, as a real one would.
+    fn stored(fake: &FakeApi, ng: &NodeGeneration) {
+        fake.put(
+            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders",
+            serde_json::to_value(ng).unwrap(),
+        );
+    }
+
+    fn writes_to(fake: &FakeApi) -> Vec<String> {
+        fake.writes()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path()))
+            .collect()
+    }
+
+    /// Feed what the fake server accepted into the caches and the object, as the watches would.
+    fn settle(fake: &FakeApi, ng: &mut NodeGeneration, caches: &mut CacheWriters) {
+        for r in fake.writes() {
+            if r.method != "PATCH" {
+                continue;
+            }
+            let mut body = r.body.clone();
+            body["metadata"]["resourceVersion"] = "2".into();
+            body["metadata"]["uid"] = "uid-child".into();
+            body["metadata"]["generation"] = 1.into();
+            if r.path().ends_with("/status") {
+                ng.status = serde_json::from_value(r.body["status"].clone()).unwrap();
+            } else if r.path().contains("/configmaps/") {
+                let cm: ConfigMap = serde_json::from_value(body).unwrap();
+                CacheWriters::apply(&mut caches.config_maps, metadata_of(&cm));
+            } else if r.path().contains("/generatednodes/") {
+                let gn: GeneratedNode = serde_json::from_value(body).unwrap();
+                CacheWriters::apply(&mut caches.generated_nodes, gn);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_generation_publishes_children_then_a_settled_one_writes_nothing() {
+        let fake = FakeApi::default();
+        let (ctx, mut caches) = context(&fake);
+        let mut ng = ng(PRD);
+        stored(&fake, &ng);
+        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        let writes = writes_to(&fake);
+        assert_eq!(
+            writes,
+            vec![
+                "PATCH /api/v1/namespaces/ns/configmaps/orders-order-writer-effect-code",
+                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/orders-order-writer-effect",
+                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders/status",
+                "POST /apis/events.k8s.io/v1/namespaces/ns/events",
+            ],
+            "{writes:#?}"
+        );
+        let status_write = &fake.writes()[2];
+        assert!(status_write.uri.contains("fieldManager=omninode-operator"));
+        let status: NodeGenerationStatus =
+            serde_json::from_value(status_write.body["status"].clone()).unwrap();
+        let types: Vec<(&str, ConditionStatus, Option<i64>)> = status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status, c.observed_generation))
+            .collect();
+        assert_eq!(
+            types,
+            [ANALYZED, GENERATED, VALIDATED, PUBLISHED, DEPLOYED, READY]
+                .iter()
+                .map(|t| (*t, ConditionStatus::True, Some(1)))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time.is_some())
+        );
+        assert_eq!(status.phase, Some(crate::api::Phase::Completed));
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(status.node_count, Some(1));
+        assert_eq!(
+            status.output.unwrap().config_maps,
+            vec!["orders-order-writer-effect-code"]
+        );
+        let event = &fake.writes()[3].body;
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["reason"], "GenerationSucceeded");
+
+        // The children carry labels and the owner reference; the GeneratedNode points at the code.
+        let cm = &fake.writes()[0].body;
+        assert_eq!(cm["metadata"]["labels"][LABEL_GENERATION], "orders");
+        assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-orders");
+        assert_eq!(cm["metadata"]["ownerReferences"][0]["controller"], true);
+        assert!(
+            cm["metadata"]["annotations"][FILES_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .contains("v1_0_0/start_node.py")
+        );
+        let gn = &fake.writes()[1].body;
+        assert_eq!(
+            gn["spec"]["source"]["configMap"]["name"],
+            "orders-order-writer-effect-code"
+        );
+        assert_eq!(gn["spec"]["nodeType"], "Effect");
+
+        // Second pass over the settled object: no request at all.
+        settle(&fake, &mut ng, &mut caches);
+        fake.clear();
+        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
+
+        // A GeneratedNode edited by someone else is put back, and only it.
+        let mut edited = (*ctx
+            .caches
+            .generated_nodes
+            .get(&ObjectRef::new("orders-order-writer-effect").within("ns"))
+            .unwrap())
+        .clone();
+        edited.spec.deploy.replicas = 5;
+        CacheWriters::apply(&mut caches.generated_nodes, edited);
+        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(
+            writes_to(&fake),
+            vec![
+                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/orders-order-writer-effect"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_prd_fails_cleanly_once_and_writes_no_children() {
+        let fake = FakeApi::default();
+        let (ctx, mut caches) = context(&fake);
+        let mut ng = ng("   \n\n");
+        stored(&fake, &ng);
+        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(
+            writes_to(&fake),
+            vec![
+                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders/status",
+                "POST /apis/events.k8s.io/v1/namespaces/ns/events",
+            ]
+        );
+        let status: NodeGenerationStatus =
+            serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
+        let ready = status::get(&status.conditions, READY).unwrap();
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason, "PrdEmpty");
+        assert_eq!(status.phase, Some(crate::api::Phase::Failed));
+        assert_eq!(fake.writes()[1].body["type"], "Warning");
+
+        settle(&fake, &mut ng, &mut caches);
+        fake.clear();
+        reconcile(Arc::new(ng), ctx).await.unwrap();
+        assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
+    }
+
+    #[tokio::test]
+    async fn a_missing_prd_config_map_is_a_reason_not_an_error() {
+        let fake = FakeApi::default();
+        let (ctx, _caches) = context(&fake);
+        let mut ng = ng("");
+        ng.spec.prd = None;
+        ng.spec.prd_from = Some(PrdSource {
+            config_map_key_ref: crate::api::ConfigMapKeyRef {
+                name: "prds".into(),
+                key: "orders.md".into(),
+            },
+        });
+        stored(&fake, &ng);
+        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        let status: NodeGenerationStatus =
+            serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
+        assert_eq!(
+            status::get(&status.conditions, READY).unwrap().reason,
+            "PrdSourceNotFound"
+        );
+
+        // Once the ConfigMap exists (its watch triggers the reconcile), the PRD is read from it.
+        fake.put(
+            "/api/v1/namespaces/ns/configmaps/prds",
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "prds", "namespace": "ns"}, "data": {"orders.md": PRD}}),
+        );
+        fake.clear();
+        reconcile(Arc::new(ng), ctx).await.unwrap();
+        assert!(
+            writes_to(&fake)
+                .iter()
+                .any(|w| w.ends_with("generatednodes/orders-order-writer-effect"))
+        );
+    }
+
+    #[tokio::test]
+    async fn nodes_no_longer_planned_are_deleted() {
+        let fake = FakeApi::default();
+        let (ctx, mut caches) = context(&fake);
+        let ng = ng(PRD);
+        let mut stale = GeneratedNode::new(
+            "orders-old-compute",
+            serde_json::from_value(serde_json::json!({
+                "nodeType": "Compute", "domain": "data", "serviceName": "old",
+                "source": {"configMap": {"name": "orders-old-compute-code"}}
+            }))
+            .unwrap(),
+        );
+        stale.metadata.namespace = Some("ns".into());
+        stale.metadata.labels = Some(BTreeMap::from([(
+            LABEL_GENERATION.to_string(),
+            "orders".to_string(),
+        )]));
+        stale.metadata.owner_references = Some(vec![ng.controller_owner_ref(&()).unwrap()]);
+        CacheWriters::apply(&mut caches.generated_nodes, stale);
+        stored(&fake, &ng);
+        reconcile(Arc::new(ng), ctx).await.unwrap();
+        assert!(writes_to(&fake).contains(
+            &"DELETE /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/orders-old-compute".to_string()
+        ));
+    }
+
+    #[tokio::test]
+    async fn api_errors_are_returned_for_backoff_and_leave_status_alone() {
+        let fake = FakeApi::default();
+        *fake.fail_writes_to.lock().unwrap() = Some("/generatednodes/".into());
+        let (ctx, _caches) = context(&fake);
+        let err = reconcile(Arc::new(ng(PRD)), ctx.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::Kube(_)), "{err}");
+        assert!(!writes_to(&fake).iter().any(|w| w.ends_with("/status")));
+        let key = ObjectRef::<NodeGeneration>::new("orders")
+            .within("ns")
+            .erase();
+        let first = ctx.backoff.next(&key);
+        assert!(ctx.backoff.next(&key) > first);
+    }
+
+    #[tokio::test]
+    async fn suspended_generations_are_left_alone() {
+        let fake = FakeApi::default();
+        let (ctx, _caches) = context(&fake);
+        let mut ng = ng(PRD);
+        ng.spec.suspend = true;
+        reconcile(Arc::new(ng), ctx).await.unwrap();
+        assert!(fake.requests().is_empty());
+    }
+}
