@@ -1,0 +1,547 @@
+//! A real Kubernetes control plane for the e2e tests, by the envtest convention: the binaries
+//! in `KUBEBUILDER_ASSETS` (`etcd`, `kube-apiserver`, optionally `kube-controller-manager`)
+//! started on loopback with throw-away certificates and RBAC, or an existing cluster from
+//! `OMNINODE_E2E_KUBECONFIG`. The harness only consumes binaries it is pointed at.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HOW_TO_ENABLE: &str = "set KUBEBUILDER_ASSETS to a directory with etcd and \
+kube-apiserver (and kube-controller-manager for garbage collection), or \
+OMNINODE_E2E_KUBECONFIG to a cluster's kubeconfig; see docs/testing.md";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    /// Whether garbage collection and the Deployment controller run.
+    pub has_controller_manager: bool,
+    dir: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    processes: Vec<Child>,
+}
+
+fn run(cmd: &mut Command) -> Result<Output, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
+    run(Command::new("openssl").current_dir(dir).args(args)).map(|_| ())
+}
+
+/// CA, serving certificate for 127.0.0.1, an admin client certificate and the service-account
+/// signing key, all made with the openssl command line.
+fn certificates(dir: &Path) -> Result<(), String> {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc\n\
+         extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("client.ext"),
+        "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    )
+    .map_err(|e| e.to_string())?;
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=e2e-ca",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "admin.key",
+            "-out",
+            "admin.csr",
+            "-subj",
+            "/O=system:masters/CN=e2e-admin",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "admin.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "admin.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+        &["genrsa", "-out", "sa.key", "2048"],
+        &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
+    ] {
+        openssl(dir, args)?;
+    }
+    Ok(())
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child, String> {
+    let file = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let err = file.try_clone().map_err(|e| e.to_string())?;
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))
+}
+
+impl Cluster {
+    /// The control plane the environment points at; `Ok(None)` when it points at none.
+    pub fn from_env() -> Result<Option<Cluster>, String> {
+        if let Ok(kubeconfig) = std::env::var("OMNINODE_E2E_KUBECONFIG")
+            && !kubeconfig.is_empty()
+        {
+            let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let cluster = Cluster {
+                kubeconfig: PathBuf::from(kubeconfig),
+                has_controller_manager: true,
+                dir: tmp.path().to_path_buf(),
+                tmp: Some(tmp),
+                processes: Vec::new(),
+            };
+            cluster.install_crds()?;
+            return Ok(Some(cluster));
+        }
+        match std::env::var("KUBEBUILDER_ASSETS") {
+            Ok(assets) if !assets.is_empty() => Cluster::start(Path::new(&assets)).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn start(assets: &Path) -> Result<Cluster, String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let d = tmp.path().to_path_buf();
+        certificates(&d)?;
+        let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let mut cluster = Cluster {
+            kubeconfig: d.join("kubeconfig"),
+            has_controller_manager: false,
+            dir: d.clone(),
+            tmp: Some(tmp),
+            processes: Vec::new(),
+        };
+        let p = |f: &str| d.join(f).display().to_string();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        cluster.processes.push(spawn(
+            &assets.join("etcd"),
+            &[
+                "--name=e2e".into(),
+                format!("--data-dir={}", p("etcd")),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=e2e={peer_url}"),
+                "--unsafe-no-fsync".into(),
+            ],
+            &d.join("etcd.log"),
+        )?);
+        cluster.processes.push(spawn(
+            &assets.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--tls-cert-file={}", p("server.crt")),
+                format!("--tls-private-key-file={}", p("server.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                "--authorization-mode=RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--endpoint-reconciler-type=none".into(),
+                format!("--cert-dir={}", p("apiserver-certs")),
+            ],
+            &d.join("kube-apiserver.log"),
+        )?);
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kc = p("kubeconfig");
+        for args in [
+            vec![
+                "config",
+                "set-cluster",
+                "e2e",
+                "--server",
+                &server,
+                "--certificate-authority",
+                &p("ca.crt"),
+                "--embed-certs=true",
+            ],
+            vec![
+                "config",
+                "set-credentials",
+                "admin",
+                "--client-certificate",
+                &p("admin.crt"),
+                "--client-key",
+                &p("admin.key"),
+                "--embed-certs=true",
+            ],
+            vec![
+                "config",
+                "set-context",
+                "e2e",
+                "--cluster=e2e",
+                "--user=admin",
+            ],
+            vec!["config", "use-context", "e2e"],
+        ] {
+            run(Command::new("kubectl").env("KUBECONFIG", &kc).args(&args))?;
+        }
+        cluster.wait_ready(Duration::from_secs(60))?;
+        let kcm = assets.join("kube-controller-manager");
+        if kcm.exists() {
+            cluster.processes.push(spawn(
+                &kcm,
+                &[
+                    format!("--kubeconfig={kc}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={}", free_port()),
+                    format!("--flex-volume-plugin-dir={}", p("flexvolume")),
+                    format!("--cert-dir={}", p("kcm-certs")),
+                    "--controllers=*,-service-ca-certificate-publisher-controller".into(),
+                    format!("--service-account-private-key-file={}", p("sa.key")),
+                    format!("--root-ca-file={}", p("ca.crt")),
+                    format!("--cluster-signing-cert-file={}", p("ca.crt")),
+                    format!("--cluster-signing-key-file={}", p("ca.key")),
+                    "--leader-elect=false".into(),
+                    "--use-service-account-credentials=false".into(),
+                ],
+                &d.join("kube-controller-manager.log"),
+            )?);
+            cluster.has_controller_manager = true;
+        }
+        cluster.install_crds()?;
+        Ok(cluster)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self
+                .kubectl(&["get", "--raw", "/readyz"])
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "kube-apiserver not ready within {timeout:?}; logs in {}",
+                    self.dir.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn install_crds(&self) -> Result<(), String> {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        self.kubectl_ok(&["apply", "--server-side", "-f", &crds.display().to_string()])?;
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/nodegenerations.codegen.omninode.ai",
+            "crd/generatednodes.codegen.omninode.ai",
+            "--timeout=30s",
+        ])?;
+        Ok(())
+    }
+
+    /// Where the control plane's logs are (kept until the cluster is dropped).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keep the logs after the cluster stops (for a failed run).
+    pub fn keep_logs(&mut self) -> PathBuf {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = tmp.keep();
+        }
+        self.dir.clone()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> std::io::Result<Output> {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+    }
+
+    /// Run kubectl and return its stdout, or an error with its stderr.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.kubectl(args).map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// `kubectl … -o json` parsed.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.kubectl_ok(&all)?;
+        serde_json::from_str(&out).map_err(|e| e.to_string())
+    }
+
+    /// Apply YAML from a string.
+    pub fn apply(&self, namespace: &str, yaml: &str) -> Result<(), String> {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["apply", "-n", namespace, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        child
+            .stdin
+            .take()
+            .ok_or("no stdin")?
+            .write_all(yaml.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "kubectl apply: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    pub fn create_namespace(&self, name: &str) -> Result<(), String> {
+        self.kubectl_ok(&["create", "namespace", name]).map(|_| ())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Stop in reverse order: controller manager, API server, etcd.
+        for child in self.processes.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The operator binary running against the cluster, watching one namespace.
+pub struct Operator {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+impl Operator {
+    pub fn start(cluster: &Cluster, namespace: &str, extra: &[&str]) -> Result<Operator, String> {
+        let metrics_port = free_port();
+        let log = cluster.dir().join(format!("operator-{namespace}.log"));
+        let mut args = vec![
+            "run".to_string(),
+            "--namespace".into(),
+            namespace.into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut op = Operator {
+            child: None,
+            metrics_port,
+            log,
+            args,
+            kubeconfig: cluster.kubeconfig.clone(),
+        };
+        op.restart()?;
+        Ok(op)
+    }
+
+    /// Start (again) with the same flags; logs are appended.
+    pub fn restart(&mut self) -> Result<(), String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(env!("CARGO_BIN_EXE_omninode-operator"))
+            .args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.get("/readyz").is_ok_and(|b| b.starts_with("ok")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "operator not ready within 30 s; see {}",
+            self.log.display()
+        ))
+    }
+
+    /// SIGKILL: no graceful shutdown, as a crash or an OOM kill would be.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status and how long it took.
+    pub fn terminate(&mut self) -> Option<(std::process::ExitStatus, Duration)> {
+        let mut c = self.child.take()?;
+        let started = Instant::now();
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().ok().map(|s| (s, started.elapsed()))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// GET a path of the operator's HTTP endpoints; the body.
+    pub fn get(&self, path: &str) -> Result<String, String> {
+        let mut s =
+            TcpStream::connect(("127.0.0.1", self.metrics_port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+        let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed response")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return Err(head.lines().next().unwrap_or_default().to_string());
+        }
+        Ok(body.to_string())
+    }
+
+    /// Sum of a counter family's samples whose labels contain every given `key="value"`.
+    pub fn counter(&self, name: &str, labels: &[&str]) -> Result<f64, String> {
+        let text = self.get("/metrics")?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Write requests (create, update, patch, delete) sent to the API server so far.
+    pub fn writes(&self) -> Result<f64, String> {
+        let mut total = 0.0;
+        for verb in ["create", "update", "patch", "delete"] {
+            total += self.counter(
+                "omninode_api_requests_total",
+                &[&format!("verb=\"{verb}\"")],
+            )?;
+        }
+        Ok(total)
+    }
+
+    /// Resident set size of the operator process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.pid()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
