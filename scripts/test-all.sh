@@ -50,5 +50,11 @@ OMNINODE_MYPY_CACHE=$CACHE/mypy PYTHONDONTWRITEBYTECODE=1 \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
 step "end-to-end tests against a real Kubernetes control plane"
-echo "no e2e suite yet (the controller comes next); it will run when KUBEBUILDER_ASSETS or"
-echo "OMNINODE_E2E_KUBECONFIG is set (see docs/testing.md)"
+# tests/e2e.rs ran inside `cargo test` above; say what it had to work with.
+if [ -n "${KUBEBUILDER_ASSETS:-}" ] || [ -n "${OMNINODE_E2E_KUBECONFIG:-}" ] \
+   || [ -x /usr/local/kubebuilder/bin/kube-apiserver ]; then
+  echo "ran against ${OMNINODE_E2E_KUBECONFIG:-${KUBEBUILDER_ASSETS:-/usr/local/kubebuilder/bin}}"
+else
+  echo "skipped: set KUBEBUILDER_ASSETS to a directory with etcd and kube-apiserver (and"
+  echo "kube-controller-manager), or OMNINODE_E2E_KUBECONFIG to a cluster (docs/testing.md)"
+fi

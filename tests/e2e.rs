@@ -569,33 +569,6 @@ fn graceful_shutdown(c: &Cluster) -> Outcome {
     Ok(())
 }
 
-/// Manifests of `count` NodeGenerations made from the examples, cycled.
-pub fn many_generations(count: usize) -> Result<String, String> {
-    let mut files: Vec<_> = std::fs::read_dir(examples_dir())
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    let docs: Vec<Value> = files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f).unwrap_or_default();
-            serde_norway::from_str::<Value>(&text).unwrap_or(Value::Null)
-        })
-        .filter(|d| d["kind"] == "NodeGeneration")
-        .collect();
-    let mut out = String::new();
-    for i in 0..count {
-        let mut doc = docs[i % docs.len()].clone();
-        let name = format!("{}-{i}", doc["metadata"]["name"].as_str().unwrap_or("ng"));
-        doc["metadata"] = serde_json::json!({"name": name});
-        out.push_str("---\n");
-        out.push_str(&serde_norway::to_string(&doc).map_err(|e| e.to_string())?);
-    }
-    Ok(out)
-}
-
 fn ready_count(c: &Cluster, ns: &str) -> Result<(usize, Vec<Value>), String> {
     let all = items(&c.json(&["get", "ng", "-n", ns])?);
     Ok((all.iter().filter(|n| ready(n)).count(), all))
@@ -607,7 +580,7 @@ fn kill_and_restart_mid_flight(c: &Cluster) -> Outcome {
     let ns = "e2e-restart";
     c.create_namespace(ns)?;
     let mut op = Operator::start(c, ns, &["--concurrency", "4"])?;
-    c.apply(ns, &many_generations(200)?)?;
+    c.apply(ns, &support::cluster::many_generations(200)?)?;
     wait_until(
         Duration::from_secs(120),
         "some generations to be Ready",

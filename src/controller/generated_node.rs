@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use super::node_generation::{APPLIED_HASH_ANNOTATION, FILES_ANNOTATION};
-use super::{Context, Error, delete_ignoring_missing, ready_event};
-use crate::api::{Condition, ConditionStatus, FIELD_MANAGER, GeneratedNode, GeneratedNodeStatus};
+use super::{Context, Error, apply_status, delete_ignoring_missing, ready_event};
+use crate::api::{Condition, ConditionStatus, FIELD_MANAGER, GeneratedNode};
 use crate::deploy::{self, child_labels, items_from_keys};
 use crate::publish::configmap::key_for;
 use crate::status;
@@ -62,6 +62,13 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = gn.name_any();
     if gn.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if ctx.freshness.is_stale(
+        gn.metadata.uid.as_deref(),
+        gn.metadata.resource_version.as_deref(),
+    ) {
+        tracing::debug!("cached copy predates our last status write; waiting for the watch");
         return Ok(Action::await_change());
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -127,16 +134,9 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     let hash = hash_of(&service)?;
     stamp(&mut service.metadata, hash);
 
+    // The Service first: the Deployment's events trigger the next reconcile, and by then the
+    // Service's own event has (almost always) reached the cache, so it is not applied twice.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let cached = ctx.caches.deployments.get(&key);
-    let current = match cached {
-        Some(d) if applied_hash(&d.metadata) == applied_hash(&deployment.metadata) => (*d).clone(),
-        _ => {
-            deployments
-                .patch(&name, &params, &Patch::Apply(&deployment))
-                .await?
-        }
-    };
     let service_current = ctx
         .caches
         .services
@@ -147,6 +147,15 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
             .patch(&name, &params, &Patch::Apply(&service))
             .await?;
     }
+    let cached = ctx.caches.deployments.get(&key);
+    let current = match cached {
+        Some(d) if applied_hash(&d.metadata) == applied_hash(&deployment.metadata) => (*d).clone(),
+        _ => {
+            deployments
+                .patch(&name, &params, &Patch::Apply(&deployment))
+                .await?
+        }
+    };
 
     let (conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
     write_status(gn, ctx, conditions, Some(ready_replicas)).await?;
@@ -330,19 +339,7 @@ async fn write_status(
     if next == current {
         return Ok(());
     }
-    let api: Api<GeneratedNode> =
-        Api::namespaced(ctx.client.clone(), &gn.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": GeneratedNode::api_version(&()),
-        "kind": GeneratedNode::kind(&()),
-        "status": GeneratedNodeStatus { ..next.clone() },
-    });
-    api.patch_status(
-        &gn.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    apply_status(ctx, gn, &next).await?;
     // Events on the transitions users care about: ready, and failures other than a rollout.
     ready_event(
         ctx,
@@ -358,6 +355,7 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::GeneratedNodeStatus;
     use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
     use k8s_openapi::api::apps::v1::DeploymentStatus;
 
@@ -404,12 +402,12 @@ mod tests {
         assert_eq!(
             writes,
             vec![
-                "PATCH /apis/apps/v1/namespaces/ns/deployments/hello-effect",
                 "PATCH /api/v1/namespaces/ns/services/hello-effect",
+                "PATCH /apis/apps/v1/namespaces/ns/deployments/hello-effect",
                 "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect/status",
             ]
         );
-        let d: Deployment = serde_json::from_value(fake.writes()[0].body.clone()).unwrap();
+        let d: Deployment = serde_json::from_value(fake.writes()[1].body.clone()).unwrap();
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let items = pod.volumes.as_ref().unwrap()[0]
             .config_map
@@ -450,7 +448,7 @@ mod tests {
             ..Default::default()
         });
         CacheWriters::apply(&mut caches.deployments, applied);
-        let svc: Service = serde_json::from_value(fake.writes()[1].body.clone()).unwrap();
+        let svc: Service = serde_json::from_value(fake.writes()[0].body.clone()).unwrap();
         CacheWriters::apply(&mut caches.services, metadata_of(&svc));
         gn.status = Some(status);
         fake.clear();

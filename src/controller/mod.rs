@@ -6,6 +6,7 @@ mod backoff;
 pub mod config;
 #[cfg(test)]
 mod fixtures;
+mod freshness;
 pub mod generated_node;
 mod leader;
 pub mod metrics;
@@ -67,6 +68,8 @@ pub struct Context {
     pub defaults: DeployDefaults,
     pub metrics: ControllerMetrics,
     pub backoff: Backoff,
+    /// Our last status write per object, to skip stale cached copies.
+    pub freshness: freshness::Freshness,
     pub caches: Caches,
     /// Periodic re-check of a settled object (drift the watches cannot see).
     pub resync: Duration,
@@ -94,6 +97,7 @@ impl Context {
             defaults,
             metrics,
             backoff: Backoff::default(),
+            freshness: Default::default(),
             caches,
             resync,
         }
@@ -142,6 +146,39 @@ fn slim<K: ResourceExt>(obj: &mut K) {
     if let Some(a) = obj.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// Server-side apply `status` on `obj`'s status subresource, remembering the resourceVersion it
+/// returns (see `freshness`).
+async fn apply_status<K>(
+    ctx: &Context,
+    obj: &K,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.freshness.wrote(
+        written.meta().uid.as_deref(),
+        written.meta().resource_version.as_deref(),
+    );
+    Ok(())
 }
 
 /// Delete a child; one already gone is fine.
@@ -267,7 +304,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         dep_writer,
         watcher(api::<Deployment>(&client, ns), managed.clone())
             .default_backoff()
-            .modify(slim),
+            .modify(|d: &mut Deployment| {
+                slim(d);
+                // Status and metadata are all the GeneratedNode reconcile reads: the pod
+                // template is most of a Deployment's size.
+                if let Some(spec) = d.spec.as_mut() {
+                    spec.template = Default::default();
+                }
+            }),
     )
     .touched_objects()
     .predicate_filter(predicates::resource_version, Default::default());
@@ -293,20 +337,38 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     .predicate_filter(predicates::resource_version, Default::default());
 
     let controller_config = kube::runtime::Config::default().concurrency(config.concurrency.max(1));
-    let gn_controller = Controller::new(
-        api::<GeneratedNode>(&client, ns),
-        watcher::Config::default().any_semantic(),
+    // The controllers' own caches, slimmed like the children's (managed fields and kubectl's
+    // last-applied copy of the spec are most of a small object).
+    let (gn_reader, gn_writer) = reflector::store();
+    let generated_nodes = reflector::reflector(
+        gn_writer,
+        watcher(
+            api::<GeneratedNode>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(slim),
     )
-    .with_config(controller_config.clone())
-    .owns_stream(deployments)
-    .owns_stream(services);
-    let ng_controller = Controller::new(
-        api::<NodeGeneration>(&client, ns),
-        watcher::Config::default().any_semantic(),
+    .applied_objects();
+    let (ng_reader, ng_writer) = reflector::store();
+    let node_generations = reflector::reflector(
+        ng_writer,
+        watcher(
+            api::<NodeGeneration>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(slim),
     )
-    .with_config(controller_config)
-    .owns(api::<GeneratedNode>(&client, ns), managed.clone())
-    .owns_stream(config_maps);
+    .applied_objects();
+    let gn_controller = Controller::for_stream(generated_nodes, gn_reader)
+        .with_config(controller_config.clone())
+        .owns_stream(deployments)
+        .owns_stream(services);
+    let ng_controller = Controller::for_stream(node_generations, ng_reader)
+        .with_config(controller_config)
+        .owns(api::<GeneratedNode>(&client, ns), managed.clone())
+        .owns_stream(config_maps);
     let ng_store = ng_controller.store();
     let ng_controller = ng_controller.watches_stream(user_config_maps, move |cm| {
         node_generation::referencing(&ng_store, &cm)
@@ -334,12 +396,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         let caches = caches.clone();
         tokio::spawn(async move {
             let synced = tokio::join!(
-                caches.generated_nodes.wait_until_ready(),
-                caches.config_maps.wait_until_ready(),
-                caches.deployments.wait_until_ready(),
-                caches.services.wait_until_ready(),
+                synced("GeneratedNodes", caches.generated_nodes.wait_until_ready()),
+                synced("ConfigMaps", caches.config_maps.wait_until_ready()),
+                synced("Deployments", caches.deployments.wait_until_ready()),
+                synced("Services", caches.services.wait_until_ready()),
             );
-            if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() && synced.3.is_ok() {
+            if synced.0 && synced.1 && synced.2 && synced.3 {
                 tracing::info!("caches synced");
                 health.set_ready(true);
             }
@@ -361,6 +423,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn synced<E>(what: &str, ready: impl Future<Output = Result<(), E>>) -> bool {
+    let ok = ready.await.is_ok();
+    tracing::debug!(cache = what, ok, "cache synced");
+    ok
 }
 
 /// Cancel `token` on SIGTERM or Ctrl-C.

@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::{Context, Error, delete_ignoring_missing, ready_event};
+use super::{Context, Error, apply_status, delete_ignoring_missing, ready_event};
 use crate::api::Condition;
 use crate::api::{
     ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, GeneratedNodeDeploy,
@@ -130,6 +130,13 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = ng.name_any();
     if ng.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if ctx.freshness.is_stale(
+        ng.metadata.uid.as_deref(),
+        ng.metadata.resource_version.as_deref(),
+    ) {
+        tracing::debug!("cached copy predates our last status write; waiting for the watch");
         return Ok(Action::await_change());
     }
     if ng.spec.suspend {
@@ -636,19 +643,7 @@ async fn write_status(
     if &next == current {
         return Ok(());
     }
-    let api: Api<NodeGeneration> =
-        Api::namespaced(ctx.client.clone(), &ng.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": NodeGeneration::api_version(&()),
-        "kind": NodeGeneration::kind(&()),
-        "status": next,
-    });
-    api.patch_status(
-        &ng.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    apply_status(ctx, ng, &next).await?;
 
     ready_event(
         ctx,

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where controller-runtime's envtest looks when `KUBEBUILDER_ASSETS` is unset.
+pub const DEFAULT_ASSETS: &str = "/usr/local/kubebuilder/bin";
+
 pub const HOW_TO_ENABLE: &str = "set KUBEBUILDER_ASSETS to a directory with etcd and \
 kube-apiserver (and kube-controller-manager for garbage collection), or \
 OMNINODE_E2E_KUBECONFIG to a cluster's kubeconfig; see docs/testing.md";
@@ -51,7 +54,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
 fn certificates(dir: &Path) -> Result<(), String> {
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc\n\
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc\n\
          extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
     )
     .map_err(|e| e.to_string())?;
@@ -172,6 +175,10 @@ impl Cluster {
         }
         match std::env::var("KUBEBUILDER_ASSETS") {
             Ok(assets) if !assets.is_empty() => Cluster::start(Path::new(&assets)).map(Some),
+            // envtest's default location.
+            _ if Path::new(DEFAULT_ASSETS).join("kube-apiserver").exists() => {
+                Cluster::start(Path::new(DEFAULT_ASSETS)).map(Some)
+            }
             _ => Ok(None),
         }
     }
@@ -219,7 +226,8 @@ impl Cluster {
                 "--service-account-issuer=https://kubernetes.default.svc".into(),
                 format!("--service-account-key-file={}", p("sa.pub")),
                 format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                // Room for thousands of Services (the benchmark makes one per node).
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
                 "--endpoint-reconciler-type=none".into(),
                 format!("--cert-dir={}", p("apiserver-certs")),
             ],
@@ -446,13 +454,16 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_omninode-operator"))
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("OMNINODE_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()
             .map_err(|e| e.to_string())?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.get("/readyz").is_ok_and(|b| b.starts_with("ok")) {
                 return Ok(());
@@ -460,7 +471,7 @@ impl Operator {
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(format!(
-            "operator not ready within 30 s; see {}",
+            "operator not ready within 60 s; see {}",
             self.log.display()
         ))
     }
@@ -544,4 +555,32 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Manifests of `count` NodeGenerations made from the examples, cycled.
+pub fn many_generations(count: usize) -> Result<String, String> {
+    let mut files: Vec<_> =
+        std::fs::read_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")))
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+    files.sort();
+    let docs: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            serde_norway::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::Null)
+        })
+        .filter(|d| d["kind"] == "NodeGeneration")
+        .collect();
+    let mut out = String::new();
+    for i in 0..count {
+        let mut doc = docs[i % docs.len()].clone();
+        let name = format!("{}-{i}", doc["metadata"]["name"].as_str().unwrap_or("ng"));
+        doc["metadata"] = serde_json::json!({"name": name});
+        out.push_str("---\n");
+        out.push_str(&serde_norway::to_string(&doc).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
 }
