@@ -744,6 +744,87 @@ fn intelligence_service_and_fallback(c: &Cluster) -> Outcome {
     Ok(())
 }
 
+/// Two replicas with leader election: only the lease holder reconciles; when it dies, the
+/// standby takes over.
+fn leader_election_fails_over(c: &Cluster) -> Outcome {
+    let ns = "e2e-leader";
+    c.create_namespace(ns)?;
+    let flags = [
+        "--leader-elect",
+        "true",
+        "--lease-namespace",
+        ns,
+        "--lease-duration-seconds",
+        "5",
+    ];
+    let mut first = Operator::start(c, ns, &flags)?;
+    // Let the first one take the lease before the second starts.
+    wait_until(Duration::from_secs(20), "the lease", || {
+        Ok(c.kubectl_ok(&[
+            "get",
+            "lease",
+            "omninode-operator",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .is_ok_and(|h| !h.is_empty()))
+    })?;
+    let second = Operator::start(c, ns, &flags)?;
+    c.kubectl_ok(&[
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        &examples_dir()
+            .join("effect-email-notifier.yaml")
+            .display()
+            .to_string(),
+    ])?;
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "ng/email-notifier",
+        "-n",
+        ns,
+        "--timeout=60s",
+    ])?;
+    let reconciles = |op: &Operator| op.counter("omninode_reconciles_total", &[]);
+    let (a, b) = (reconciles(&first)?, reconciles(&second)?);
+    ensure!(
+        a > 0.0 && b == 0.0,
+        "leader reconciled {a}, standby {b}: both worked"
+    );
+    first.kill();
+    let killed = Instant::now();
+    c.kubectl_ok(&[
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        &examples_dir()
+            .join("compute-price-calculator.yaml")
+            .display()
+            .to_string(),
+    ])?;
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "ng/price-calculator",
+        "-n",
+        ns,
+        "--timeout=60s",
+    ])?;
+    let taken_over = reconciles(&second)?;
+    ensure!(taken_over >= 1.0, "the standby never took over");
+    println!(
+        "    only the leader reconciled; after SIGKILL the standby took over and finished a new generation in {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 type Scenario = (&'static str, fn(&Cluster) -> Outcome);
 
 fn main() -> ExitCode {
@@ -762,7 +843,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [Scenario; 9] = [
+    let scenarios: [Scenario; 10] = [
         ("examples_become_ready", examples_become_ready),
         ("prd_edit_regenerates", prd_edit_regenerates),
         ("invalid_prd_fails_cleanly", invalid_prd_fails_cleanly),
@@ -773,6 +854,7 @@ fn main() -> ExitCode {
         ("hand_written_generated_node", hand_written_generated_node),
         ("deletion_collects_children", deletion_collects_children),
         ("graceful_shutdown", graceful_shutdown),
+        ("leader_election_fails_over", leader_election_fails_over),
         ("kill_and_restart_mid_flight", kill_and_restart_mid_flight),
         (
             "intelligence_service_and_fallback",
