@@ -340,6 +340,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // The controllers' own caches, slimmed like the children's (managed fields and kubectl's
     // last-applied copy of the spec are most of a small object).
     let (gn_reader, gn_writer) = reflector::store();
+    // The GeneratedNode controller already waits on this store's readiness, and kube-runtime's
+    // readiness future wakes only one waiter (a second one can sleep forever); so /readyz
+    // learns of this cache's first full list from the stream itself.
+    let (gn_listed, mut gn_listed_rx) = tokio::sync::watch::channel(false);
     let generated_nodes = reflector::reflector(
         gn_writer,
         watcher(
@@ -347,7 +351,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        .modify(slim),
+        .modify(slim)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                gn_listed.send_replace(true);
+            }
+        }),
     )
     .applied_objects();
     let (ng_reader, ng_writer) = reflector::store();
@@ -396,7 +405,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         let caches = caches.clone();
         tokio::spawn(async move {
             let synced = tokio::join!(
-                synced("GeneratedNodes", caches.generated_nodes.wait_until_ready()),
+                synced("GeneratedNodes", async move {
+                    gn_listed_rx.wait_for(|listed| *listed).await.map(|_| ())
+                }),
                 synced("ConfigMaps", caches.config_maps.wait_until_ready()),
                 synced("Deployments", caches.deployments.wait_until_ready()),
                 synced("Services", caches.services.wait_until_ready()),
