@@ -36,6 +36,19 @@ if [ ! -x "$TANSU" ]; then
 fi
 export TANSU_BIN=$TANSU
 
+step "promtool (Debian's prometheus package, unpacked into $CACHE)"
+PROMTOOL=$CACHE/prometheus/usr/bin/promtool
+if [ ! -x "$PROMTOOL" ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download prometheus >/dev/null); then
+    dpkg -x "$tmp"/prometheus_*.deb "$CACHE/prometheus"
+  else
+    echo "could not download Debian's prometheus package; the promtool check will be skipped"
+  fi
+  rm -rf "$tmp"
+fi
+export PROMTOOL
+
 cd "$ROOT"
 step "cargo fmt / clippy"
 cargo fmt --all -- --check

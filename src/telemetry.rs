@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -64,9 +64,17 @@ impl Health {
     }
 }
 
-async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+/// `/metrics`, negotiated like Prometheus' own client: OpenMetrics when the scraper asks for it
+/// (Prometheus does), the classic text format (0.0.4) otherwise — what `promtool check metrics`
+/// and most other tools read.
+async fn metrics(State(health): State<Arc<Health>>, headers: HeaderMap) -> impl IntoResponse {
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     match health.encode() {
-        Ok(body) => (
+        Ok(body) if wants_openmetrics => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
@@ -75,8 +83,47 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
             body,
         )
             .into_response(),
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            prometheus_text(&body),
+        )
+            .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4: counter families are named with their `_total`
+/// suffix in `# HELP`/`# TYPE` (OpenMetrics names the family without it), `# UNIT` and `# EOF`
+/// go. Samples are the same in both formats.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 async fn healthz() -> &'static str {
@@ -109,4 +156,18 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_name_in_the_classic_format() {
+        let om = "# HELP omninode_reconciles Reconciles.\n# TYPE omninode_reconciles counter\nomninode_reconciles_total{result=\"ok\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\n# UNIT lat seconds\nlat_sum 1.0\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP omninode_reconciles_total Reconciles.\n# TYPE omninode_reconciles_total counter\nomninode_reconciles_total{result=\"ok\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\nlat_sum 1.0\n"
+        );
+    }
 }

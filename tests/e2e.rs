@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -51,6 +51,27 @@ fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// `kubectl apply` one example into `ns` and wait until its NodeGeneration is Ready.
+fn apply_example(c: &Cluster, ns: &str, file: &str, name: &str) -> Outcome {
+    let path = examples_dir().join(file).display().to_string();
+    c.kubectl_ok(&["apply", "-n", ns, "-f", &path])?;
+    wait_ready(c, ns, name)
+}
+
+/// `kubectl wait` until NodeGeneration `name` is Ready (at most 60 s).
+fn wait_ready(c: &Cluster, ns: &str, name: &str) -> Outcome {
+    let target = format!("ng/{name}");
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &target,
+        "-n",
+        ns,
+        "--timeout=60s",
+    ])
+    .map(|_| ())
 }
 
 fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -98,14 +119,7 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
     ensure!(names.len() >= 9, "expected the 9 examples, got {names:?}");
     let started = Instant::now();
     for name in &names {
-        c.kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("ng/{name}"),
-            "-n",
-            ns,
-            "--timeout=60s",
-        ])?;
+        wait_ready(c, ns, name)?;
     }
     println!(
         "    all {} examples Ready after {:.1} s",
@@ -278,24 +292,7 @@ fn prd_edit_regenerates(c: &Cluster) -> Outcome {
     let ns = "e2e-edit";
     c.create_namespace(ns)?;
     let _op = Operator::start(c, ns, &[])?;
-    c.kubectl_ok(&[
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        &examples_dir()
-            .join("effect-postgres-writer.yaml")
-            .display()
-            .to_string(),
-    ])?;
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "ng/postgres-writer",
-        "-n",
-        ns,
-        "--timeout=60s",
-    ])?;
+    apply_example(c, ns, "effect-postgres-writer.yaml", "postgres-writer")?;
     let ng = generation_of(c, ns, "postgres-writer")?;
     let node = ng["status"]["nodes"][0]["name"]
         .as_str()
@@ -512,24 +509,7 @@ fn deletion_collects_children(c: &Cluster) -> Outcome {
     let ns = "e2e-delete";
     c.create_namespace(ns)?;
     let _op = Operator::start(c, ns, &[])?;
-    c.kubectl_ok(&[
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        &examples_dir()
-            .join("system-fraud-detection.yaml")
-            .display()
-            .to_string(),
-    ])?;
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "ng/fraud-detection",
-        "-n",
-        ns,
-        "--timeout=60s",
-    ])?;
+    apply_example(c, ns, "system-fraud-detection.yaml", "fraud-detection")?;
     let selector = "codegen.omninode.ai/generation=fraud-detection";
     wait_until(Duration::from_secs(30), "Deployments", || {
         Ok(!items(&c.json(&["get", "deployment", "-n", ns, "-l", selector])?).is_empty())
@@ -683,48 +663,14 @@ fn intelligence_service_and_fallback(c: &Cluster) -> Outcome {
             prefix,
         ],
     )?;
-    c.kubectl_ok(&[
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        &examples_dir()
-            .join("effect-email-notifier.yaml")
-            .display()
-            .to_string(),
-    ])?;
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "ng/email-notifier",
-        "-n",
-        ns,
-        "--timeout=60s",
-    ])?;
+    apply_example(c, ns, "effect-email-notifier.yaml", "email-notifier")?;
     let source = generation_of(c, ns, "email-notifier")?["status"]["analysis"]["source"].clone();
     ensure!(
         source == "omniarchon",
         "source {source} with the responder running"
     );
     drop(responder);
-    c.kubectl_ok(&[
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        &examples_dir()
-            .join("compute-price-calculator.yaml")
-            .display()
-            .to_string(),
-    ])?;
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "ng/price-calculator",
-        "-n",
-        ns,
-        "--timeout=60s",
-    ])?;
+    apply_example(c, ns, "compute-price-calculator.yaml", "price-calculator")?;
     let ng = generation_of(c, ns, "price-calculator")?;
     ensure!(
         ng["status"]["analysis"]["source"] == "builtin",
@@ -773,24 +719,7 @@ fn leader_election_fails_over(c: &Cluster) -> Outcome {
         .is_ok_and(|h| !h.is_empty()))
     })?;
     let second = Operator::start(c, ns, &flags)?;
-    c.kubectl_ok(&[
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        &examples_dir()
-            .join("effect-email-notifier.yaml")
-            .display()
-            .to_string(),
-    ])?;
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "ng/email-notifier",
-        "-n",
-        ns,
-        "--timeout=60s",
-    ])?;
+    apply_example(c, ns, "effect-email-notifier.yaml", "email-notifier")?;
     let reconciles = |op: &Operator| op.counter("omninode_reconciles_total", &[]);
     let (a, b) = (reconciles(&first)?, reconciles(&second)?);
     ensure!(
@@ -799,29 +728,42 @@ fn leader_election_fails_over(c: &Cluster) -> Outcome {
     );
     first.kill();
     let killed = Instant::now();
-    c.kubectl_ok(&[
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        &examples_dir()
-            .join("compute-price-calculator.yaml")
-            .display()
-            .to_string(),
-    ])?;
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "ng/price-calculator",
-        "-n",
-        ns,
-        "--timeout=60s",
-    ])?;
+    apply_example(c, ns, "compute-price-calculator.yaml", "price-calculator")?;
     let taken_over = reconciles(&second)?;
     ensure!(taken_over >= 1.0, "the standby never took over");
     println!(
         "    only the leader reconciled; after SIGKILL the standby took over and finished a new generation in {:.1} s",
         killed.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The operator's `/metrics` passes `promtool check metrics` (Debian's `prometheus` package),
+/// after it has done some work so that every family has samples.
+fn metrics_pass_promtool(c: &Cluster) -> Outcome {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    if Command::new(&promtool).arg("--version").output().is_err() {
+        println!("    skipped: no promtool (apt-get install prometheus, or set PROMTOOL)");
+        return Ok(());
+    }
+    let ns = "e2e-metrics";
+    c.create_namespace(ns)?;
+    let op = Operator::start(c, ns, &[])?;
+    apply_example(c, ns, "effect-email-notifier.yaml", "email-notifier")?;
+    let metrics = op.get("/metrics")?;
+    let out = support::cluster::pipe(Command::new(&promtool).args(["check", "metrics"]), &metrics)?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+    println!(
+        "    promtool check metrics: clean ({} lines)",
+        metrics.lines().count()
     );
     Ok(())
 }
@@ -844,7 +786,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [Scenario; 10] = [
+    let scenarios: [Scenario; 11] = [
         ("examples_become_ready", examples_become_ready),
         ("prd_edit_regenerates", prd_edit_regenerates),
         ("invalid_prd_fails_cleanly", invalid_prd_fails_cleanly),
@@ -855,6 +797,7 @@ fn main() -> ExitCode {
         ("hand_written_generated_node", hand_written_generated_node),
         ("deletion_collects_children", deletion_collects_children),
         ("graceful_shutdown", graceful_shutdown),
+        ("metrics_pass_promtool", metrics_pass_promtool),
         ("leader_election_fails_over", leader_election_fails_over),
         ("kill_and_restart_mid_flight", kill_and_restart_mid_flight),
         (

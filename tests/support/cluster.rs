@@ -370,21 +370,10 @@ impl Cluster {
 
     /// Apply YAML from a string.
     pub fn apply(&self, namespace: &str, yaml: &str) -> Result<(), String> {
-        let mut child = Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(["apply", "-n", namespace, "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        child
-            .stdin
-            .take()
-            .ok_or("no stdin")?
-            .write_all(yaml.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .args(["apply", "-n", namespace, "-f", "-"]);
+        let out = pipe(&mut cmd, yaml)?;
         if out.status.success() {
             Ok(())
         } else {
@@ -398,6 +387,23 @@ impl Cluster {
     pub fn create_namespace(&self, name: &str) -> Result<(), String> {
         self.kubectl_ok(&["create", "namespace", name]).map(|_| ())
     }
+}
+
+/// Run `cmd` with `input` on its standard input; its output.
+pub fn pipe(cmd: &mut Command, input: &str) -> Result<Output, String> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(input.as_bytes())
+        .map_err(|e| e.to_string())?;
+    child.wait_with_output().map_err(|e| e.to_string())
 }
 
 impl Drop for Cluster {
