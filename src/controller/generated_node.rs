@@ -61,14 +61,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = gn.name_any();
-    if gn.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    if ctx.freshness.is_stale(
-        gn.metadata.uid.as_deref(),
-        gn.metadata.resource_version.as_deref(),
-    ) {
-        tracing::debug!("cached copy predates our last status write; waiting for the watch");
+    if ctx.nothing_to_do(&gn.metadata) {
         return Ok(Action::await_change());
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);

@@ -26,7 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Condition, FIELD_MANAGER, GeneratedNode, NodeGeneration};
+use crate::api::{Condition, FIELD_MANAGER, GeneratedNode, LABEL_MANAGED_BY, NodeGeneration};
 use crate::deploy::DeployDefaults;
 use crate::intelligence::{self, IntelligenceClient};
 use crate::render::Renderer;
@@ -76,6 +76,25 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether this copy of an object needs no reconcile: it is being deleted (garbage
+    /// collection takes its children), or it predates our own last status write (the watch is
+    /// about to deliver the newer copy, which triggers the next reconcile).
+    fn nothing_to_do(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> bool {
+        if meta.deletion_timestamp.is_some() {
+            return true;
+        }
+        let stale = self
+            .freshness
+            .is_stale(meta.uid.as_deref(), meta.resource_version.as_deref());
+        if stale {
+            tracing::debug!("cached copy predates our last status write; waiting for the watch");
+        }
+        stale
+    }
+
     pub fn new(
         client: Client,
         renderer: Renderer,
@@ -238,6 +257,49 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// A slimmed cache of `api` (plus `strip` for what this kind's readers never need) and the
+/// watch events that fed it.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut strip: impl FnMut(&mut K) + Send + 'static,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = reflector::reflector(
+        writer,
+        watcher(api, config).default_backoff().modify(move |obj| {
+            slim(obj);
+            strip(obj);
+        }),
+    );
+    (reader, events)
+}
+
+/// The objects a watch touched (deletions included), once per new resourceVersion: what
+/// triggers an owner's reconcile.
+fn changes<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + 'static,
+{
+    events
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default())
+}
+
 /// Run the operator until a signal (or a lost lease) stops it.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -287,50 +349,31 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
 
     // Caches of the children, each fed by the watch that also triggers the owner's reconcile.
-    let (cm_reader, cm_writer) = reflector::store();
-    let config_maps = reflector::reflector(
-        cm_writer,
-        watcher(
-            api::<PartialObjectMeta<ConfigMap>>(&client, ns),
-            managed.clone(),
-        )
-        .default_backoff()
-        .modify(slim),
-    )
-    .touched_objects()
-    .predicate_filter(predicates::resource_version, Default::default());
-    let (dep_reader, dep_writer) = reflector::store();
-    let deployments = reflector::reflector(
-        dep_writer,
-        watcher(api::<Deployment>(&client, ns), managed.clone())
-            .default_backoff()
-            .modify(|d: &mut Deployment| {
-                slim(d);
-                // Status and metadata are all the GeneratedNode reconcile reads: the pod
-                // template is most of a Deployment's size.
-                if let Some(spec) = d.spec.as_mut() {
-                    spec.template = Default::default();
-                }
-            }),
-    )
-    .touched_objects()
-    .predicate_filter(predicates::resource_version, Default::default());
-    let (svc_reader, svc_writer) = reflector::store();
-    let services = reflector::reflector(
-        svc_writer,
-        watcher(
-            api::<PartialObjectMeta<Service>>(&client, ns),
-            managed.clone(),
-        )
-        .default_backoff()
-        .modify(slim),
-    )
-    .touched_objects()
-    .predicate_filter(predicates::resource_version, Default::default());
+    let (cm_reader, config_maps) = cached(
+        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        managed.clone(),
+        |_| {},
+    );
+    let (dep_reader, deployments) = cached(
+        api::<Deployment>(&client, ns),
+        managed.clone(),
+        |d: &mut Deployment| {
+            // Status and metadata are all the GeneratedNode reconcile reads: the pod template
+            // is most of a Deployment's size.
+            if let Some(spec) = d.spec.as_mut() {
+                spec.template = Default::default();
+            }
+        },
+    );
+    let (svc_reader, services) = cached(
+        api::<PartialObjectMeta<Service>>(&client, ns),
+        managed.clone(),
+        |_| {},
+    );
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
-        watcher::Config::default().labels("app.kubernetes.io/managed-by!=omninode-operator"),
+        watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}!={FIELD_MANAGER}")),
     )
     .default_backoff()
     .touched_objects()
@@ -339,45 +382,34 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let controller_config = kube::runtime::Config::default().concurrency(config.concurrency.max(1));
     // The controllers' own caches, slimmed like the children's (managed fields and kubectl's
     // last-applied copy of the spec are most of a small object).
-    let (gn_reader, gn_writer) = reflector::store();
+    let everything = watcher::Config::default().any_semantic();
+    let (gn_reader, generated_nodes) = cached(
+        api::<GeneratedNode>(&client, ns),
+        everything.clone(),
+        |_| {},
+    );
     // The GeneratedNode controller already waits on this store's readiness, and kube-runtime's
     // readiness future wakes only one waiter (a second one can sleep forever); so /readyz
     // learns of this cache's first full list from the stream itself.
     let (gn_listed, mut gn_listed_rx) = tokio::sync::watch::channel(false);
-    let generated_nodes = reflector::reflector(
-        gn_writer,
-        watcher(
-            api::<GeneratedNode>(&client, ns),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(slim)
+    let generated_nodes = generated_nodes
         .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 gn_listed.send_replace(true);
             }
-        }),
-    )
-    .applied_objects();
-    let (ng_reader, ng_writer) = reflector::store();
-    let node_generations = reflector::reflector(
-        ng_writer,
-        watcher(
-            api::<NodeGeneration>(&client, ns),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(slim),
-    )
-    .applied_objects();
+        })
+        .applied_objects();
+    let (ng_reader, node_generations) =
+        cached(api::<NodeGeneration>(&client, ns), everything, |_| {});
+    let node_generations = node_generations.applied_objects();
     let gn_controller = Controller::for_stream(generated_nodes, gn_reader)
         .with_config(controller_config.clone())
-        .owns_stream(deployments)
-        .owns_stream(services);
+        .owns_stream(changes(deployments))
+        .owns_stream(changes(services));
     let ng_controller = Controller::for_stream(node_generations, ng_reader)
         .with_config(controller_config)
         .owns(api::<GeneratedNode>(&client, ns), managed.clone())
-        .owns_stream(config_maps);
+        .owns_stream(changes(config_maps));
     let ng_store = ng_controller.store();
     let ng_controller = ng_controller.watches_stream(user_config_maps, move |cm| {
         node_generation::referencing(&ng_store, &cm)

@@ -129,14 +129,7 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = ng.name_any();
-    if ng.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    if ctx.freshness.is_stale(
-        ng.metadata.uid.as_deref(),
-        ng.metadata.resource_version.as_deref(),
-    ) {
-        tracing::debug!("cached copy predates our last status write; waiting for the watch");
+    if ctx.nothing_to_do(&ng.metadata) {
         return Ok(Action::await_change());
     }
     if ng.spec.suspend {
