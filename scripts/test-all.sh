@@ -24,6 +24,8 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/n
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS"
   echo "$want" >"$VENV/.requirements.sha256"
 fi
+# The e2e chart scenarios install the Helm chart through this venv's helm-python-sdk.
+export OMNINODE_PYTHON=$VENV/bin/python
 
 step "Kafka broker (tansu $TANSU_VERSION, features $TANSU_FEATURES, in $CACHE)"
 # In-memory storage for most tests; SQLite storage (libsql) for the broker-restart test.

@@ -13,6 +13,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::chart;
 use support::cluster::{Cluster, HOW_TO_ENABLE, Operator};
 
 type Outcome = Result<(), String>;
@@ -775,6 +776,308 @@ fn metrics_pass_promtool(c: &Cluster) -> Outcome {
     Ok(())
 }
 
+/// Apply every example into `ns` and wait until each is Ready; their names.
+fn apply_all_examples(c: &Cluster, ns: &str) -> Result<Vec<String>, String> {
+    let dir = examples_dir().display().to_string();
+    c.kubectl_ok(&["apply", "-n", ns, "-f", &dir])?;
+    let names: Vec<String> = items(&c.json(&["get", "ng", "-n", ns])?)
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    ensure!(names.len() >= 9, "expected the 9 examples, got {names:?}");
+    for name in &names {
+        wait_ready(c, ns, name)?;
+    }
+    Ok(names)
+}
+
+/// The operator as the chart's Deployment in `ns` runs it: its args and environment, and the
+/// chart's ServiceAccount token instead of admin credentials.
+fn operator_from_chart(
+    c: &Cluster,
+    ns: &str,
+    release: &str,
+) -> Result<(Operator, std::path::PathBuf), String> {
+    let deploy = c.json(&["get", "deployment", release, "-n", ns])?;
+    let sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .ok_or("the chart's Deployment names no ServiceAccount")?;
+    let kubeconfig = chart::service_account_kubeconfig(c, ns, sa)?;
+    let pod = format!("{release}-e2e");
+    let (args, env) = chart::container_config(&deploy, ns, &pod)?;
+    let op = Operator::start_as(c, ns, kubeconfig.clone(), args, env)?;
+    Ok((op, kubeconfig))
+}
+
+/// The operator saw no reconcile error and no permission denial (metrics and its log).
+fn no_denials(op: &Operator) -> Outcome {
+    let errors = op.counter("omninode_reconciles_total", &["result=\"error\""])?;
+    let log = std::fs::read_to_string(&op.log).map_err(|e| e.to_string())?;
+    let forbidden: Vec<String> = log
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("forbidden") || l.contains("\"403\"") || l.contains(" 403 ")
+        })
+        .map(|l| l.chars().take(300).collect())
+        .collect();
+    ensure!(
+        errors == 0.0 && forbidden.is_empty(),
+        "{errors} reconcile errors; denied: {forbidden:?}"
+    );
+    Ok(())
+}
+
+/// `helm install` of the chart into a new namespace `ns`; the Python that drove Helm's SDK and
+/// the release. `None` (the scenario skips, saying why) without helm-python-sdk.
+fn install_chart(
+    c: &Cluster,
+    ns: &str,
+    release: &str,
+    values: &Value,
+) -> Result<Option<(String, Value)>, String> {
+    let Some(python) = chart::helm_python() else {
+        println!(
+            "    skipped: no Python with helm-python-sdk (set OMNINODE_PYTHON; scripts/test-all.sh does)"
+        );
+        return Ok(None);
+    };
+    c.create_namespace(ns)?;
+    let rel = chart::helm(
+        c,
+        &python,
+        "install",
+        ns,
+        release,
+        &chart::chart_dir(),
+        values,
+    )?;
+    ensure!(rel["status"] == "deployed", "helm install: {rel}");
+    Ok(Some((python, rel)))
+}
+
+/// Helm install with default values (Helm's SDK), then the operator with the chart's own
+/// ServiceAccount: every example Ready, no write denied, and the identity is refused what the
+/// operator must not do.
+fn chart_install_least_privilege(c: &Cluster) -> Outcome {
+    let ns = "e2e-chart";
+    let release = "omninode-operator";
+    let Some((_, rel)) = install_chart(c, ns, release, &serde_json::json!({}))? else {
+        return Ok(());
+    };
+    let (op, kubeconfig) = operator_from_chart(c, ns, release)?;
+
+    let started = Instant::now();
+    let names = apply_all_examples(c, ns)?;
+    println!(
+        "    helm install (chart {}, revision {}): {}; as the chart's ServiceAccount all {} examples Ready in {:.1} s",
+        rel["chart_version"].as_str().unwrap_or("?"),
+        rel["revision"],
+        rel["status"].as_str().unwrap_or("?"),
+        names.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let gns = items(&c.json(&["get", "gn", "-n", ns])?).len();
+    let deploys = items(&c.json(&[
+        "get",
+        "deployments",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/managed-by=omninode-operator",
+    ])?)
+    .len();
+    let events = items(&c.json(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        ns,
+        "--field-selector",
+        "reportingController=omninode-operator",
+    ])?)
+    .len();
+    ensure!(
+        gns >= 12 && deploys == gns,
+        "{gns} GeneratedNodes, {deploys} Deployments"
+    );
+    ensure!(events > 0, "no Events recorded by the operator");
+    no_denials(&op)?;
+    println!(
+        "    {gns} GeneratedNodes and Deployments, {events} Events, {} writes, 0 reconcile errors, 0 denials",
+        op.writes()?
+    );
+
+    // What the identity may and may not do.
+    let nodegenerations = "nodegenerations.codegen.omninode.ai";
+    let checks: [(bool, &[&str]); 17] = [
+        (true, &["patch", "configmaps", "-n", ns]),
+        (true, &["create", "deployments.apps", "-n", "default"]),
+        (
+            true,
+            &["delete", "generatednodes.codegen.omninode.ai", "-n", ns],
+        ),
+        (
+            true,
+            &["patch", nodegenerations, "--subresource=status", "-n", ns],
+        ),
+        (true, &["create", "events.events.k8s.io", "-n", ns]),
+        (false, &["get", "secrets", "-n", ns]),
+        (false, &["get", "secrets", "-n", "kube-system"]),
+        (false, &["list", "pods", "-n", ns]),
+        (false, &["create", "pods", "-n", ns]),
+        (
+            false,
+            &["create", "customresourcedefinitions.apiextensions.k8s.io"],
+        ),
+        (false, &["patch", nodegenerations, "-n", ns]),
+        (false, &["delete", nodegenerations, "-n", ns]),
+        (false, &["update", "configmaps", "-n", ns]),
+        (false, &["create", "leases.coordination.k8s.io", "-n", ns]),
+        (
+            false,
+            &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        ),
+        (false, &["create", "serviceaccounts/token", "-n", ns]),
+        (false, &["delete", "namespaces"]),
+    ];
+    let mut denied = 0;
+    for (expected, args) in checks {
+        let got = chart::can_i(&kubeconfig, args)?;
+        ensure!(
+            got == expected,
+            "can-i {}: {got}, expected {expected}",
+            args.join(" ")
+        );
+        denied += usize::from(!got);
+    }
+    println!(
+        "    kubectl auth can-i as the ServiceAccount: {} allowed, {denied} denied, all as expected (Secrets, Pods, CRDs, NodeGeneration specs, Leases, RBAC)",
+        checks.len() - denied
+    );
+    Ok(())
+}
+
+/// Identity and version of every object the generations own, to compare across an upgrade.
+fn inventory(c: &Cluster, ns: &str) -> Result<BTreeSet<String>, String> {
+    let out = c.kubectl_ok(&[
+        "get",
+        "ng,gn,configmap,deployment,service",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/managed-by=omninode-operator",
+        "-o",
+        "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.uid}{\"\\n\"}{end}",
+    ])?;
+    let mut set: BTreeSet<String> = out.lines().map(str::to_string).collect();
+    let ngs = c.kubectl_ok(&["get", "ng", "-n", ns, "-o",
+        "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.uid}/{.metadata.resourceVersion}{\"\\n\"}{end}"])?;
+    set.extend(ngs.lines().map(str::to_string));
+    Ok(set)
+}
+
+/// Writes other than the Lease's.
+fn writes_without_lease(op: &Operator) -> Result<f64, String> {
+    let mut lease = 0.0;
+    for verb in ["create", "update", "patch", "delete"] {
+        lease += op.counter(
+            "omninode_api_requests_total",
+            &[&format!("verb=\"{verb}\""), "resource=\"leases\""],
+        )?;
+    }
+    Ok(op.writes()? - lease)
+}
+
+/// Install chart version N (namespace scope), generate, then `helm upgrade` to N+1 with other
+/// values (leader election on, debug logs, less concurrency): the NodeGenerations and every
+/// child survive untouched, and the upgraded operator keeps working.
+fn chart_upgrade_keeps_generations(c: &Cluster) -> Outcome {
+    let ns = "e2e-chart-upgrade";
+    let release = "omninode-operator";
+    let v1 = serde_json::json!({"rbac": {"scope": "namespace"}});
+    let Some((python, _)) = install_chart(c, ns, release, &v1)? else {
+        return Ok(());
+    };
+    let (mut op, _) = operator_from_chart(c, ns, release)?;
+    for (file, name) in [
+        ("effect-email-notifier.yaml", "email-notifier"),
+        ("system-fraud-detection.yaml", "fraud-detection"),
+        ("reducer-inventory-ledger.yaml", "inventory-ledger"),
+    ] {
+        apply_example(c, ns, file, name)?;
+    }
+    let before = inventory(c, ns)?;
+    ensure!(before.len() >= 20, "inventory before upgrade: {before:?}");
+    // Helm upgrade replaces the pod (Recreate without leader election): stop the old one.
+    op.terminate();
+
+    let next = chart::chart_with_version(c.dir(), "0.1.1")?;
+    let v2 = serde_json::json!({
+        "rbac": {"scope": "namespace"},
+        "leaderElection": {"enabled": true},
+        "logging": {"level": "debug"},
+        "controller": {"concurrency": 4},
+    });
+    let rel = chart::helm(c, &python, "upgrade", ns, release, &next, &v2)?;
+    ensure!(
+        rel["status"] == "deployed" && rel["revision"] == 2 && rel["chart_version"] == "0.1.1",
+        "helm upgrade: {rel}"
+    );
+    let crds = c.kubectl_ok(&[
+        "get",
+        "crd",
+        "nodegenerations.codegen.omninode.ai",
+        "-o",
+        "name",
+    ])?;
+    ensure!(!crds.trim().is_empty(), "the CRD is gone after the upgrade");
+    let (op, _) = operator_from_chart(c, ns, release)?;
+    let pod = format!("{release}-e2e");
+    wait_until(
+        Duration::from_secs(30),
+        "the upgraded operator to hold the Lease",
+        || {
+            let lease = c.json(&["get", "lease", release, "-n", ns])?;
+            Ok(lease["spec"]["holderIdentity"] == pod.as_str())
+        },
+    )?;
+    // Every generation reconciled once by the upgraded operator, and nothing rewritten.
+    wait_until(
+        Duration::from_secs(30),
+        "the upgraded operator to reconcile",
+        || {
+            Ok(op.counter(
+                "omninode_reconciles_total",
+                &["controller=\"nodegeneration\""],
+            )? >= 3.0)
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    let rewritten = writes_without_lease(&op)?;
+    let after = inventory(c, ns)?;
+    ensure!(
+        before == after,
+        "objects changed across the upgrade:\n{before:?}\n---\n{after:?}"
+    );
+    ensure!(
+        rewritten == 0.0,
+        "the upgraded operator rewrote {rewritten} objects"
+    );
+    for name in ["email-notifier", "fraud-detection", "inventory-ledger"] {
+        ensure!(
+            ready(&generation_of(c, ns, name)?),
+            "{name} not Ready after the upgrade"
+        );
+    }
+    apply_example(c, ns, "compute-price-calculator.yaml", "price-calculator")?;
+    no_denials(&op)?;
+    println!(
+        "    helm upgrade 0.1.0 → 0.1.1 (revision 2, leader election on): {} objects kept (same UIDs, NodeGenerations unrewritten), 0 writes on restart; the upgraded operator holds the Lease and generated a new example",
+        before.len()
+    );
+    Ok(())
+}
+
 type Scenario = (&'static str, fn(&Cluster) -> Outcome);
 
 fn main() -> ExitCode {
@@ -793,7 +1096,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [Scenario; 11] = [
+    // The chart's operator watches every namespace: run it before the others leave objects.
+    let scenarios: [Scenario; 13] = [
+        (
+            "chart_install_least_privilege",
+            chart_install_least_privilege,
+        ),
+        (
+            "chart_upgrade_keeps_generations",
+            chart_upgrade_keeps_generations,
+        ),
         ("examples_become_ready", examples_become_ready),
         ("prd_edit_regenerates", prd_edit_regenerates),
         ("invalid_prd_fails_cleanly", invalid_prd_fails_cleanly),

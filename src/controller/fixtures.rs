@@ -203,6 +203,7 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
             config_maps: cm_r,
             deployments: dep_r,
             services: svc_r,
+            synced: tokio::sync::watch::channel(true).1,
         },
         Duration::from_secs(3600),
     );

@@ -64,6 +64,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     if ctx.nothing_to_do(&gn.metadata) {
         return Ok(Action::await_change());
     }
+    ctx.caches_synced().await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::new(&name).within(&ns);

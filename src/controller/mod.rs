@@ -48,6 +48,8 @@ pub enum Error {
     Serialize(#[from] serde_json::Error),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("caches not synced yet")]
+    CachesNotSynced,
 }
 
 /// Caches the reconcilers read instead of asking the API server.
@@ -57,6 +59,8 @@ pub struct Caches {
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
     pub deployments: Store<Deployment>,
     pub services: Store<PartialObjectMeta<Service>>,
+    /// True once every cache above has its first full list.
+    pub synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Shared state of both controllers.
@@ -76,6 +80,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// Wait (bounded) until every cache has its first full list. Deciding from a half-filled
+    /// cache would take existing children for missing ones and rewrite them on every restart,
+    /// upgrade or failover.
+    async fn caches_synced(&self) -> Result<(), Error> {
+        let mut synced = self.caches.synced.clone();
+        match tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::CachesNotSynced),
+        }
+    }
+
     /// Whether this copy of an object needs no reconcile: it is being deleted (garbage
     /// collection takes its children), or it predates our own last status write (the watch is
     /// about to deliver the newer copy, which triggers the next reconcile).
@@ -415,11 +430,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         node_generation::referencing(&ng_store, &cm)
     });
 
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let caches = Caches {
         generated_nodes: gn_controller.store(),
         config_maps: cm_reader,
         deployments: dep_reader,
         services: svc_reader,
+        synced: synced_rx,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -446,6 +463,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             );
             if synced.0 && synced.1 && synced.2 && synced.3 {
                 tracing::info!("caches synced");
+                synced_tx.send_replace(true);
                 health.set_ready(true);
             }
         });

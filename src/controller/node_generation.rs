@@ -132,6 +132,7 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
     if ctx.nothing_to_do(&ng.metadata) {
         return Ok(Action::await_change());
     }
+    ctx.caches_synced().await?;
     if ng.spec.suspend {
         tracing::debug!("suspended; nothing to do");
         return Ok(Action::await_change());

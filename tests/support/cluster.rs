@@ -423,6 +423,9 @@ pub struct Operator {
     pub log: PathBuf,
     args: Vec<String>,
     kubeconfig: PathBuf,
+    /// When set, the process gets exactly these variables (plus KUBECONFIG, PATH, RUST_LOG)
+    /// instead of the test's environment: the configuration a Deployment would give it.
+    env: Option<Vec<(String, String)>>,
 }
 
 impl Operator {
@@ -445,6 +448,31 @@ impl Operator {
             log,
             args,
             kubeconfig: cluster.kubeconfig.clone(),
+            env: None,
+        };
+        op.restart()?;
+        Ok(op)
+    }
+
+    /// Run as a Deployment would: `args`, only the variables in `env`, the credentials in
+    /// `kubeconfig`; the metrics address is moved to a free loopback port.
+    pub fn start_as(
+        cluster: &Cluster,
+        label: &str,
+        kubeconfig: PathBuf,
+        args: Vec<String>,
+        mut env: Vec<(String, String)>,
+    ) -> Result<Operator, String> {
+        let metrics_port = free_port();
+        env.retain(|(k, _)| k != "METRICS_ADDR");
+        env.push(("METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}")));
+        let mut op = Operator {
+            child: None,
+            metrics_port,
+            log: cluster.dir().join(format!("operator-{label}.log")),
+            args,
+            kubeconfig,
+            env: Some(env),
         };
         op.restart()?;
         Ok(op)
@@ -457,13 +485,28 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_omninode-operator"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_omninode-operator"));
+        let log_filter = std::env::var("OMNINODE_E2E_LOG").ok();
+        match &self.env {
+            // The Deployment's LOG_LEVEL applies unless OMNINODE_E2E_LOG asks otherwise.
+            Some(env) => {
+                cmd.env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .envs(env.iter().map(|(k, v)| (k, v)));
+                if let Some(filter) = log_filter {
+                    cmd.env("RUST_LOG", filter);
+                }
+            }
+            None => {
+                cmd.env(
+                    "RUST_LOG",
+                    log_filter.unwrap_or_else(|| "info,kube=warn".into()),
+                );
+            }
+        }
+        let child = cmd
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("OMNINODE_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
-            )
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()
