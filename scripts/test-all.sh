@@ -51,6 +51,25 @@ if [ ! -x "$PROMTOOL" ]; then
 fi
 export PROMTOOL
 
+step "lua5.1 (Debian's lua5.1 package, unpacked into $CACHE) for the Argo CD health checks"
+# Argo CD runs health checks with gopher-lua, a Lua 5.1: tests/python/test_argocd_health.py runs
+# argocd/health/ with the real interpreter. Debian's lua5.1 has liblua linked in statically; its
+# one library beyond libc, libreadline8, is unpacked alongside for machines without it.
+LUA51=$CACHE/lua5.1/usr/bin/lua5.1
+if [ ! -x "$LUA51" ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download lua5.1 libreadline8 >/dev/null); then
+    for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$CACHE/lua5.1"; done
+  else
+    echo "could not download Debian's lua5.1 package; the Argo CD health tests will skip (fail in CI)"
+  fi
+  rm -rf "$tmp"
+fi
+if [ -x "$LUA51" ]; then
+  LUA51_LIBRARY_PATH=$(find "$CACHE/lua5.1" -name 'lib*.so.*' -printf '%h\n' | sort -u | paste -sd:)
+  export LUA51 LUA51_LIBRARY_PATH
+fi
+
 cd "$ROOT"
 step "cargo fmt / clippy"
 cargo fmt --all -- --check

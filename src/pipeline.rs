@@ -6,9 +6,12 @@
 use sha2::{Digest, Sha256};
 
 use crate::analysis::{self, IntelligenceHints, Overrides, Plan, PlannedNode};
+use std::collections::BTreeMap;
+
 use crate::api::{
-    AnalysisStatus, Condition, ConditionStatus, NodeGenerationSpec, NodeGenerationStatus,
-    NodeStatus, PlannedNodeStatus,
+    AnalysisStatus, Condition, ConditionStatus, DeploySpec, FIELD_MANAGER, GeneratedNodeDeploy,
+    GeneratedNodeSpec, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NODE, NodeGenerationSpec,
+    NodeGenerationStatus, NodeSource, NodeStatus, PlannedNodeStatus,
 };
 use crate::naming::dns_label;
 use crate::prd;
@@ -24,6 +27,45 @@ pub struct NodeOutcome {
     pub planned: PlannedNode,
     pub rendered: RenderedNode,
     pub report: QualityReport,
+}
+
+impl NodeOutcome {
+    /// Labels of everything made for this node of generation `generation`.
+    pub fn labels(&self, generation: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_MANAGED_BY.to_string(), FIELD_MANAGER.to_string()),
+            (LABEL_GENERATION.to_string(), generation.to_string()),
+            (
+                LABEL_NODE.to_string(),
+                self.planned.service.replace('_', "-"),
+            ),
+        ])
+    }
+
+    /// The GeneratedNode spec of this node, with its code at `source` (a ConfigMap the
+    /// operator applies, or a path of a Git commit).
+    pub fn generated_node_spec(
+        &self,
+        deploy: &DeploySpec,
+        source: NodeSource,
+    ) -> GeneratedNodeSpec {
+        GeneratedNodeSpec {
+            node_type: self.planned.node_type,
+            domain: self.planned.domain.clone(),
+            service_name: self.planned.service.clone(),
+            version: self.rendered.context.version_str.clone(),
+            source,
+            content_hash: self.rendered.content_hash.clone(),
+            deploy: GeneratedNodeDeploy {
+                enabled: deploy.enabled,
+                image: deploy.image.clone(),
+                replicas: deploy.replicas,
+                resources: deploy.resources.clone(),
+                env: deploy.env.clone(),
+                ..GeneratedNodeDeploy::default()
+            },
+        }
+    }
 }
 
 /// Why a generation stopped.

@@ -21,9 +21,8 @@ use tracing::Instrument;
 use super::{Context, Error, apply_status, delete_ignoring_missing, ready_event};
 use crate::api::Condition;
 use crate::api::{
-    ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, GeneratedNodeDeploy,
-    GeneratedNodeSpec, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NODE, NodeGeneration,
-    NodeGenerationStatus, NodeSource, OutputStatus,
+    ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, LABEL_GENERATION,
+    NodeGeneration, NodeGenerationStatus, NodeSource, OutputStatus,
 };
 use crate::codegen::{self, Identity};
 use crate::manifest::Rejected;
@@ -412,18 +411,6 @@ fn blocked_after(stage: &str, rejected: &Rejected) -> Vec<Condition> {
     out
 }
 
-/// Labels of everything made for one node of a generation.
-fn labels(generation: &str, node: &pipeline::NodeOutcome) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_MANAGED_BY.to_string(), FIELD_MANAGER.to_string()),
-        (LABEL_GENERATION.to_string(), generation.to_string()),
-        (
-            LABEL_NODE.to_string(),
-            node.planned.service.replace('_', "-"),
-        ),
-    ])
-}
-
 /// The ConfigMap and the GeneratedNode of one node.
 fn children_of(
     ng: &NodeGeneration,
@@ -432,7 +419,7 @@ fn children_of(
     owner: &OwnerReference,
     node: &pipeline::NodeOutcome,
 ) -> Result<(ConfigMap, GeneratedNode), configmap::ConfigMapError> {
-    let labels = labels(generation, node);
+    let labels = node.labels(generation);
     let cm_name = code_config_map_name(&node.name);
     let (mut cm, _items) =
         configmap::config_map(&cm_name, Some(ns), labels.clone(), &node.rendered)?;
@@ -442,26 +429,13 @@ fn children_of(
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(FILES_ANNOTATION.to_string(), files.join(","));
-    let deploy = &ng.spec.deploy;
-    let spec = GeneratedNodeSpec {
-        node_type: node.planned.node_type,
-        domain: node.planned.domain.clone(),
-        service_name: node.planned.service.clone(),
-        version: node.rendered.context.version_str.clone(),
-        source: NodeSource {
+    let spec = node.generated_node_spec(
+        &ng.spec.deploy,
+        NodeSource {
             config_map: Some(ConfigMapSource { name: cm_name }),
             git: None,
         },
-        content_hash: node.rendered.content_hash.clone(),
-        deploy: GeneratedNodeDeploy {
-            enabled: deploy.enabled,
-            image: deploy.image.clone(),
-            replicas: deploy.replicas,
-            resources: deploy.resources.clone(),
-            env: deploy.env.clone(),
-            ..GeneratedNodeDeploy::default()
-        },
-    };
+    );
     let hash = spec_hash(&spec).unwrap_or_default();
     let gn = GeneratedNode {
         metadata: ObjectMeta {

@@ -1,3 +1,5 @@
-//! Where rendered nodes go: ConfigMaps (default) or Git (later).
+//! Where rendered nodes go: ConfigMaps (default) or a Git repository.
 
 pub mod configmap;
+pub mod git;
+pub mod git_tree;

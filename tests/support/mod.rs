@@ -1,3 +1,4 @@
 pub mod chart;
 pub mod cluster;
+pub mod git_server;
 pub mod kafka;

@@ -1,0 +1,243 @@
+//! Real Git remotes on 127.0.0.1 for the Git output tests: Debian's `git http-backend` (the CGI
+//! every smart-HTTP Git server wraps) behind HTTP basic authentication, and `git daemon` for
+//! anonymous access. Repositories are bare directories in a temporary root.
+
+#![allow(dead_code)] // shared by every test crate that declares `mod support`
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use base64::Engine;
+use tokio::io::AsyncWriteExt;
+
+/// Run git with the test's own, hermetic configuration; its stdout.
+pub fn git(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A directory of bare repositories.
+pub struct Repos {
+    pub root: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Repos {
+    pub fn new() -> Repos {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        Repos {
+            root: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        }
+    }
+
+    /// A new bare repository `name.git` that accepts pushes over HTTP.
+    pub fn create(&self, name: &str) -> PathBuf {
+        let dir = self.root.join(format!("{name}.git"));
+        let d = dir.display().to_string();
+        git(&["init", "-q", "--bare", "-b", "main", &d]).expect("git init");
+        git(&["--git-dir", &d, "config", "http.receivepack", "true"]).expect("git config");
+        git(&["--git-dir", &d, "config", "daemon.receivepack", "true"]).expect("git config");
+        dir
+    }
+
+    /// `git --git-dir <repo> args…`
+    pub fn in_repo(&self, name: &str, args: &[&str]) -> Result<String, String> {
+        let d = self.root.join(format!("{name}.git")).display().to_string();
+        let mut all = vec!["--git-dir", d.as_str()];
+        all.extend_from_slice(args);
+        git(&all)
+    }
+}
+
+#[derive(Clone)]
+struct Cgi {
+    root: PathBuf,
+    authorization: String,
+}
+
+/// `git http-backend` behind basic auth, served by axum on a loopback port.
+pub struct HttpServer {
+    pub base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub async fn start(root: &Path, user: &str, password: &str) -> HttpServer {
+        let cgi = Cgi {
+            root: root.to_path_buf(),
+            authorization: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+        };
+        let app = axum::Router::new().fallback(handle).with_state(cgi);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HttpServer {
+            base: format!("http://127.0.0.1:{port}"),
+            task,
+        }
+    }
+
+    pub fn url(&self, repo: &str) -> String {
+        format!("{}/{repo}.git", self.base)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    State(cgi): State<Cgi>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    if header("authorization") != cgi.authorization {
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header("WWW-Authenticate", "Basic realm=\"git\"")
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env("GIT_PROJECT_ROOT", &cgi.root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REMOTE_USER", "tester")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("REQUEST_METHOD", method.as_str())
+        .env("PATH_INFO", uri.path())
+        .env("QUERY_STRING", uri.query().unwrap_or_default())
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let Ok(mut child) = cmd.spawn() else {
+        return Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(Body::empty())
+            .unwrap_or_default();
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&body).await;
+    }
+    let out = match child.wait_with_output().await {
+        Ok(out) => out.stdout,
+        Err(_) => Vec::new(),
+    };
+    // CGI: headers, a blank line, the body.
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
+    let Some((end, sep)) = split else {
+        return Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Body::empty())
+            .unwrap_or_default();
+    };
+    let mut response = Response::builder();
+    for line in String::from_utf8_lossy(&out[..end]).lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("status") {
+                let code = v.split_whitespace().next().unwrap_or("200");
+                response = response.status(code.parse::<u16>().unwrap_or(200));
+            } else {
+                response = response.header(k.trim(), v);
+            }
+        }
+    }
+    response
+        .body(Body::from(out[end + sep..].to_vec()))
+        .unwrap_or_default()
+}
+
+/// `git daemon` serving `root` anonymously (fetch and push) on a loopback port.
+pub struct Daemon {
+    pub base: String,
+    child: Child,
+}
+
+impl Daemon {
+    pub fn start(root: &Path) -> Result<Daemon, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", root.display()),
+                &root.display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let base = format!("git://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Daemon { base, child });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err("git daemon did not start".into())
+    }
+
+    pub fn url(&self, repo: &str) -> String {
+        format!("{}/{repo}.git", self.base)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
