@@ -28,6 +28,87 @@ const RUN_AS: i64 = 10001;
 pub struct DeployDefaults {
     pub image: String,
     pub kafka_bootstrap_servers: Option<String>,
+    /// Image of the init container that fetches code from Git (needs `git` and `tar`).
+    pub git_image: String,
+}
+
+/// Where a node's Deployment gets its code.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Code {
+    /// A ConfigMap whose keys `items` map back to paths.
+    ConfigMap { name: String, items: Vec<KeyToPath> },
+    /// A directory of a Git revision, fetched by an init container into an emptyDir.
+    Git {
+        repository: String,
+        revision: String,
+        path: String,
+    },
+}
+
+/// What the fetch init container runs: a shallow fetch of exactly the revision, and the node's
+/// directory of it unpacked (modes kept) where the node container mounts its code.
+const FETCH_SCRIPT: &str = r#"set -eu
+rm -rf /tmp/src.git
+git init -q --bare /tmp/src.git
+git --git-dir=/tmp/src.git fetch -q --depth=1 "$REPOSITORY" "$REVISION"
+git --git-dir=/tmp/src.git archive --format=tar "FETCH_HEAD:$SOURCE_PATH" | tar -x -C "$CODE_DIR"
+echo "fetched $SOURCE_PATH of $REPOSITORY at $(git --git-dir=/tmp/src.git rev-parse FETCH_HEAD) ($REVISION)"
+rm -rf /tmp/src.git
+"#;
+
+/// CPU and memory requests and a memory limit (no CPU limit: throttling hurts probes).
+fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The init container that puts a Git revision's node directory into the code volume.
+fn fetch_container(image: &str, repository: &str, revision: &str, path: &str) -> Container {
+    Container {
+        name: "fetch-code".into(),
+        image: Some(image.to_string()),
+        command: Some(vec!["sh".into(), "-c".into(), FETCH_SCRIPT.into()]),
+        env: Some(vec![
+            env("REPOSITORY", repository),
+            env("REVISION", revision),
+            env("SOURCE_PATH", path.trim_matches('/')),
+            env("CODE_DIR", CODE_DIR),
+            env("HOME", "/tmp"),
+            env("GIT_TERMINAL_PROMPT", "0"),
+        ]),
+        resources: Some(resources("10m", "32Mi", "128Mi")),
+        security_context: Some(restricted_container_context()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "code".into(),
+                mount_path: CODE_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
 }
 
 /// Labels that select a node's pods.
@@ -90,11 +171,10 @@ fn restricted_container_context() -> SecurityContext {
     }
 }
 
-/// The Deployment of a GeneratedNode whose code is in ConfigMap `config_map` with `items`.
+/// The Deployment of a GeneratedNode whose code is at `code`.
 pub fn deployment(
     gn: &GeneratedNode,
-    config_map: &str,
-    items: Vec<KeyToPath>,
+    code: Code,
     labels: BTreeMap<String, String>,
     defaults: &DeployDefaults,
 ) -> Deployment {
@@ -126,17 +206,7 @@ pub fn deployment(
         .deploy
         .resources
         .clone()
-        .unwrap_or_else(|| ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), Quantity("50m".into())),
-                ("memory".to_string(), Quantity("64Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_string(),
-                Quantity("256Mi".into()),
-            )])),
-            ..Default::default()
-        });
+        .unwrap_or_else(|| resources("50m", "64Mi", "256Mi"));
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector(&name));
     let container = Container {
@@ -182,6 +252,38 @@ pub fn deployment(
         ]),
         ..Default::default()
     };
+    let (code_volume, init_containers) = match code {
+        Code::ConfigMap { name, items } => (
+            Volume {
+                name: "code".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name,
+                    items: Some(items),
+                    default_mode: Some(0o644),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            None,
+        ),
+        Code::Git {
+            repository,
+            revision,
+            path,
+        } => (
+            Volume {
+                name: "code".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+            Some(vec![fetch_container(
+                &defaults.git_image,
+                &repository,
+                &revision,
+                &path,
+            )]),
+        ),
+    };
     Deployment {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -219,17 +321,9 @@ pub fn deployment(
                         ..Default::default()
                     }),
                     termination_grace_period_seconds: Some(15),
+                    init_containers,
                     volumes: Some(vec![
-                        Volume {
-                            name: "code".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: config_map.to_string(),
-                                items: Some(items),
-                                default_mode: Some(0o644),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
+                        code_volume,
                         Volume {
                             name: "tmp".into(),
                             empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -329,6 +423,92 @@ mod tests {
         gn
     }
 
+    fn defaults() -> DeployDefaults {
+        DeployDefaults {
+            image: "runtime:1".into(),
+            kafka_bootstrap_servers: Some("kafka:9092".into()),
+            git_image: "git:1".into(),
+        }
+    }
+
+    #[test]
+    fn a_git_source_is_fetched_by_a_restricted_init_container_into_an_empty_dir() {
+        let gn = gn();
+        let git = |revision: &str| {
+            deployment(
+                &gn,
+                Code::Git {
+                    repository: "https://git.example/nodes.git".into(),
+                    revision: revision.into(),
+                    path: "/clusters/dev/ns/g/nodes/n/".into(),
+                },
+                child_labels(&gn),
+                &defaults(),
+            )
+        };
+        let d = git("omninode/n/abc");
+        let pod = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.image.as_deref(), Some("git:1"));
+        let env: BTreeMap<_, _> = init
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["REVISION"], "omninode/n/abc");
+        assert_eq!(env["SOURCE_PATH"], "clusters/dev/ns/g/nodes/n");
+        assert_eq!(init.security_context, Some(restricted_container_context()));
+        let code = &pod.volumes.as_ref().unwrap()[0];
+        assert!(code.empty_dir.is_some() && code.config_map.is_none());
+        // Another revision is another pod template: the pods roll.
+        assert_ne!(
+            d.spec.unwrap().template,
+            git("omninode/n/def").spec.unwrap().template
+        );
+    }
+
+    /// Argo CD marks what it applies (a committed GeneratedNode) with tracking labels and
+    /// annotations; copying them onto children would make Argo CD prune or adopt those.
+    #[test]
+    fn argo_cd_tracking_metadata_never_reaches_children() {
+        let mut gn = gn();
+        gn.metadata.labels = Some(BTreeMap::from([
+            (
+                "app.kubernetes.io/instance".to_string(),
+                "nodes-app".to_string(),
+            ),
+            (
+                "argocd.argoproj.io/instance".to_string(),
+                "nodes-app".to_string(),
+            ),
+            (
+                crate::api::LABEL_GENERATION.to_string(),
+                "orders".to_string(),
+            ),
+        ]));
+        gn.metadata.annotations = Some(BTreeMap::from([(
+            "argocd.argoproj.io/tracking-id".to_string(),
+            "nodes-app:codegen.omninode.ai/GeneratedNode:ns/x".to_string(),
+        )]));
+        let code = Code::ConfigMap {
+            name: "x-code".into(),
+            items: Vec::new(),
+        };
+        let d = deployment(&gn, code, child_labels(&gn), &defaults());
+        let svc = service(&gn, child_labels(&gn));
+        let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+        for meta in [&d.metadata, &svc.metadata, &template] {
+            let text = serde_json::to_string(meta).unwrap();
+            assert!(!text.contains("app.kubernetes.io/instance"), "{text}");
+            assert!(!text.contains("argocd.argoproj.io"), "{text}");
+            assert!(
+                text.contains("\"codegen.omninode.ai/generation\":\"orders\""),
+                "{text}"
+            );
+        }
+    }
+
     #[test]
     fn deployment_runs_the_start_script_restricted_with_probes() {
         let gn = gn();
@@ -336,16 +516,14 @@ mod tests {
             "v1_0_0-start_node.py".to_string(),
             "v1_0_0-node.py".to_string(),
         ];
-        let defaults = DeployDefaults {
-            image: "runtime:1".into(),
-            kafka_bootstrap_servers: Some("kafka:9092".into()),
-        };
         let d = deployment(
             &gn,
-            "orders-writer-effect-code",
-            items_from_keys(&keys),
+            Code::ConfigMap {
+                name: "orders-writer-effect-code".into(),
+                items: items_from_keys(&keys),
+            },
             child_labels(&gn),
-            &defaults,
+            &defaults(),
         );
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];

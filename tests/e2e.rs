@@ -13,8 +13,8 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::chart;
 use support::cluster::{Cluster, HOW_TO_ENABLE, Operator};
+use support::{chart, git_server};
 
 type Outcome = Result<(), String>;
 
@@ -1078,6 +1078,188 @@ fn chart_upgrade_keeps_generations(c: &Cluster) -> Outcome {
     Ok(())
 }
 
+/// Git output: a NodeGeneration commits to a real Git remote (`git daemon` on loopback) and
+/// becomes Ready with the commit in status; the committed GeneratedNode manifests, applied as
+/// Argo CD would, yield Deployments whose init container fetches the code at that commit.
+fn git_output_closes_the_gitops_loop(c: &Cluster) -> Outcome {
+    let repos = git_server::Repos::new();
+    repos.create("nodes");
+    let daemon = git_server::Daemon::start(&repos.root)?;
+    let url = daemon.url("nodes");
+    let ns = "e2e-git";
+    c.create_namespace(ns)?;
+    let _op = Operator::start(c, ns, &[])?;
+    let example = std::fs::read_to_string(examples_dir().join("effect-email-notifier.yaml"))
+        .map_err(|e| e.to_string())?;
+    let mut ng: Value = serde_norway::from_str(&example).map_err(|e| e.to_string())?;
+    ng["spec"]["output"] = serde_json::json!({"git": {
+        "repository": url, "branch": "main", "path": "clusters/e2e",
+        "author": {"name": "E2E Bot", "email": "e2e@example.com"}}});
+    c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+    wait_ready(c, ns, "email-notifier")?;
+    let generated = generation_of(c, ns, "email-notifier")?;
+    let status = &generated["status"];
+    let commit = status["output"]["git"]["commit"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let head = repos.in_repo("nodes", &["rev-parse", "main"])?;
+    ensure!(
+        !commit.is_empty() && head.trim() == commit,
+        "status commit {commit:?}, branch at {head}"
+    );
+    ensure!(
+        condition(&generated, "Published").is_some_and(|p| p["reason"] == "Pushed"),
+        "Published: {}",
+        status["conditions"]
+    );
+    let in_cluster = items(&c.json(&[
+        "get",
+        "gn,configmap",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/managed-by=omninode-operator",
+    ])?);
+    ensure!(
+        in_cluster.is_empty(),
+        "Git output created {} objects in the cluster",
+        in_cluster.len()
+    );
+    let author = repos.in_repo("nodes", &["log", "-1", "--format=%an <%ae>%n%s", "main"])?;
+    ensure!(
+        author.starts_with("E2E Bot <e2e@example.com>"),
+        "commit: {author}"
+    );
+    println!(
+        "    Ready with commit {} in status; {}",
+        &commit[..12],
+        author.lines().nth(1).unwrap_or_default()
+    );
+
+    // Argo CD's part: apply the committed manifests.
+    let root = status["output"]["git"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let listing = repos.in_repo(
+        "nodes",
+        &["ls-tree", "--name-only", &format!("main:{root}/manifests")],
+    )?;
+    let manifests: Vec<&str> = listing.lines().collect();
+    ensure!(!manifests.is_empty(), "no manifests under {root}/manifests");
+    for file in &manifests {
+        let text = repos.in_repo("nodes", &["show", &format!("main:{root}/manifests/{file}")])?;
+        c.apply(ns, &text)?;
+    }
+    for file in &manifests {
+        let node = file.trim_end_matches(".yaml");
+        let mut deploy = Value::Null;
+        wait_until(
+            Duration::from_secs(20),
+            "the Deployment of a committed GeneratedNode",
+            || {
+                deploy = c.json(&["get", "deployment", node, "-n", ns])?;
+                Ok(true)
+            },
+        )?;
+        let pod = &deploy["spec"]["template"]["spec"];
+        let init = &pod["initContainers"][0];
+        let env: std::collections::BTreeMap<String, String> = init["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_string(),
+                    e["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        ensure!(env.get("REPOSITORY") == Some(&url), "init env {env:?}");
+        let tagged = repos.in_repo(
+            "nodes",
+            &[
+                "rev-parse",
+                &format!("refs/tags/{}^{{commit}}", env["REVISION"]),
+            ],
+        )?;
+        ensure!(
+            tagged.trim() == commit,
+            "revision {} is {tagged}, not {commit}",
+            env["REVISION"]
+        );
+        ensure!(
+            init["securityContext"]["runAsNonRoot"] == true
+                && init["securityContext"]["readOnlyRootFilesystem"] == true,
+            "init container securityContext {}",
+            init["securityContext"]
+        );
+        // Run the init container's own script here, against the same remote: the node's code at
+        // that commit lands in the code directory, start script executable.
+        let code = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let script = init["command"][2].as_str().unwrap_or_default();
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .env("REPOSITORY", &env["REPOSITORY"])
+            .env("REVISION", &env["REVISION"])
+            .env("SOURCE_PATH", &env["SOURCE_PATH"])
+            .env("CODE_DIR", code.path())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure!(
+            out.status.success(),
+            "fetch script: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let start = code.path().join("v1_0_0/start_node.py");
+        let committed = repos.in_repo(
+            "nodes",
+            &[
+                "show",
+                &format!("{commit}:{}/v1_0_0/start_node.py", env["SOURCE_PATH"]),
+            ],
+        )?;
+        let fetched =
+            std::fs::read_to_string(&start).map_err(|e| format!("{}: {e}", start.display()))?;
+        ensure!(
+            fetched == committed,
+            "fetched start_node.py differs from the commit"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&start)
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode();
+        ensure!(mode & 0o111 != 0, "start_node.py not executable ({mode:o})");
+        println!(
+            "    {node}: Deployment fetches {} ({}) — the script pulled {} files at that commit",
+            env["REVISION"],
+            &commit[..12],
+            walk_count(code.path())
+        );
+    }
+    Ok(())
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk_count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 type Scenario = (&'static str, fn(&Cluster) -> Outcome);
 
 fn main() -> ExitCode {
@@ -1097,7 +1279,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 13] = [
+    let scenarios: [Scenario; 14] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -1107,6 +1289,10 @@ fn main() -> ExitCode {
             chart_upgrade_keeps_generations,
         ),
         ("examples_become_ready", examples_become_ready),
+        (
+            "git_output_closes_the_gitops_loop",
+            git_output_closes_the_gitops_loop,
+        ),
         ("prd_edit_regenerates", prd_edit_regenerates),
         ("invalid_prd_fails_cleanly", invalid_prd_fails_cleanly),
         (

@@ -43,6 +43,13 @@ pub struct RunConfig {
     /// Image of the node runtime for GeneratedNode Deployments.
     #[arg(long, env = "NODE_IMAGE", default_value = DEFAULT_NODE_IMAGE)]
     pub node_image: String,
+    /// Image of the init container that fetches a node's code from Git (`source.git`); needs
+    /// `git` and `tar` (the node runtime image has both).
+    #[arg(long, env = "GIT_IMAGE", default_value = DEFAULT_NODE_IMAGE)]
+    pub git_image: String,
+    /// Writable directory for the Git output's throw-away repositories.
+    #[arg(long, env = "GIT_SCRATCH_DIR")]
+    pub git_scratch_dir: Option<std::path::PathBuf>,
     /// `KAFKA_BOOTSTRAP_SERVERS` given to the nodes (default: the operator's own).
     #[arg(long, env = "NODE_KAFKA_BOOTSTRAP_SERVERS")]
     pub node_kafka_bootstrap_servers: Option<String>,

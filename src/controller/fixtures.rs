@@ -196,6 +196,7 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
         DeployDefaults {
             image: "runtime:test".into(),
             kafka_bootstrap_servers: None,
+            git_image: "runtime:test".into(),
         },
         ControllerMetrics::default(),
         Caches {

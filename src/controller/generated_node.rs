@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::node_generation::{APPLIED_HASH_ANNOTATION, FILES_ANNOTATION};
 use super::{Context, Error, apply_status, delete_ignoring_missing, ready_event};
 use crate::api::{Condition, ConditionStatus, FIELD_MANAGER, GeneratedNode};
-use crate::deploy::{self, child_labels, items_from_keys};
+use crate::deploy::{self, Code, child_labels, items_from_keys};
 use crate::publish::configmap::key_for;
 use crate::status;
 
@@ -44,12 +44,9 @@ pub async fn reconcile(gn: Arc<GeneratedNode>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
-/// The code source resolved to a ConfigMap name and volume items, or why it cannot be.
+/// The code source resolved for the Deployment, or why it cannot be.
 enum Source {
-    Ready {
-        config_map: String,
-        items: Vec<KeyToPath>,
-    },
+    Ready(Code),
     Missing {
         reason: &'static str,
         message: String,
@@ -101,8 +98,8 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         return Ok(Action::await_change());
     }
 
-    let (config_map, items) = match source(gn, ctx, &ns).await? {
-        Source::Ready { config_map, items } => (config_map, items),
+    let code = match source(gn, ctx, &ns).await? {
+        Source::Ready(code) => code,
         Source::Missing { reason, message } => {
             let conditions = vec![
                 Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
@@ -119,7 +116,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
     let labels = child_labels(gn);
-    let mut deployment = deploy::deployment(gn, &config_map, items, labels.clone(), &ctx.defaults);
+    let mut deployment = deploy::deployment(gn, code, labels.clone(), &ctx.defaults);
     let mut service = deploy::service(gn, labels);
     deployment.metadata.owner_references = Some(vec![owner.clone()]);
     service.metadata.owner_references = Some(vec![owner]);
@@ -176,12 +173,17 @@ fn hash_of<T: serde::Serialize>(obj: &T) -> Result<String, Error> {
 /// Where the code is: a ConfigMap the operator published (its file list is in an annotation the
 /// cache holds) or one written by hand (read once to map its keys back to paths).
 async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, Error> {
+    if let Some(git) = &gn.spec.source.git {
+        return Ok(Source::Ready(Code::Git {
+            repository: git.repository.clone(),
+            revision: git.revision.clone(),
+            path: git.path.clone(),
+        }));
+    }
     let Some(cm) = &gn.spec.source.config_map else {
         return Ok(Source::Missing {
-            reason: "GitSourceNotSupported",
-            message:
-                "spec.source.git is not supported by this operator version; use source.configMap"
-                    .into(),
+            reason: "SourceNotSet",
+            message: "spec.source names neither a ConfigMap nor a Git revision".into(),
         });
     };
     let cached = ctx
@@ -200,10 +202,10 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
             .filter(|p| !p.is_empty())
             .map(key_for)
             .collect();
-        return Ok(Source::Ready {
-            config_map: cm.name.clone(),
+        return Ok(Source::Ready(Code::ConfigMap {
+            name: cm.name.clone(),
             items: items_from_keys(&keys),
-        });
+        }));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     match api.get_opt(&cm.name).await? {
@@ -227,10 +229,10 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
                     message: format!("ConfigMap {} has no start_node.py", cm.name),
                 });
             }
-            Ok(Source::Ready {
-                config_map: cm.name.clone(),
+            Ok(Source::Ready(Code::ConfigMap {
+                name: cm.name.clone(),
                 items: items_from_keys(&keys),
-            })
+            }))
         }
     }
 }

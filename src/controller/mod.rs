@@ -8,6 +8,7 @@ pub mod config;
 mod fixtures;
 mod freshness;
 pub mod generated_node;
+mod git_output;
 mod leader;
 pub mod metrics;
 pub mod node_generation;
@@ -77,6 +78,8 @@ pub struct Context {
     pub caches: Caches,
     /// Periodic re-check of a settled object (drift the watches cannot see).
     pub resync: Duration,
+    /// Writable directory for the Git output's throw-away repositories.
+    pub git_scratch: std::path::PathBuf,
 }
 
 impl Context {
@@ -134,6 +137,7 @@ impl Context {
             freshness: Default::default(),
             caches,
             resync,
+            git_scratch: std::env::temp_dir().join("omninode-git"),
         }
     }
 
@@ -355,6 +359,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let defaults = DeployDefaults {
         image: config.node_image.clone(),
+        git_image: config.git_image.clone(),
         kafka_bootstrap_servers: config
             .node_kafka_bootstrap_servers
             .clone()
@@ -438,7 +443,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         services: svc_reader,
         synced: synced_rx,
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         renderer,
         intelligence,
@@ -446,7 +451,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         metrics,
         caches.clone(),
         Duration::from_secs(config.resync_seconds.max(60)),
-    ));
+    );
+    if let Some(dir) = &config.git_scratch_dir {
+        ctx.git_scratch = dir.clone();
+    }
+    let ctx = Arc::new(ctx);
 
     // Ready once every cache has its first full list.
     {

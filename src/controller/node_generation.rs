@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::{Context, Error, apply_status, delete_ignoring_missing, ready_event};
+use super::{Context, Error, apply_status, delete_ignoring_missing, git_output, ready_event};
 use crate::api::Condition;
 use crate::api::{
     ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, LABEL_GENERATION,
@@ -39,7 +39,7 @@ pub const FILES_ANNOTATION: &str = "codegen.omninode.ai/files";
 
 /// Ready reasons that only a change of the spec (or of the PRD) can clear: retrying them would
 /// give the same answer, so the controller waits for a change instead.
-const TERMINAL_REASONS: [&str; 13] = [
+const TERMINAL_REASONS: [&str; 15] = [
     "PrdEmpty",
     "PrdTooLarge",
     "PrdNoContent",
@@ -51,8 +51,10 @@ const TERMINAL_REASONS: [&str; 13] = [
     "NodeTooLarge",
     "ConfigMapKeyCollision",
     "UnsupportedFileName",
-    "GitOutputNotSupported",
-    "AnalysisFailed",
+    "InvalidServiceName",
+    "InvalidDomain",
+    "TooManyNodes",
+    "InvalidMessageTemplate",
 ];
 
 /// Name of the ConfigMap holding a node's code.
@@ -107,7 +109,7 @@ pub async fn reconcile(ng: Arc<NodeGeneration>, ctx: Arc<Context>) -> Result<Act
 struct Settled {
     conditions: Vec<Condition>,
     outcome: Option<Outcome>,
-    config_maps: Vec<String>,
+    output: OutputStatus,
     requeue: Action,
 }
 
@@ -117,7 +119,7 @@ impl Settled {
         Settled {
             conditions,
             outcome: Some(outcome),
-            config_maps: Vec::new(),
+            output: OutputStatus::default(),
             requeue: Action::await_change(),
         }
     }
@@ -159,7 +161,7 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
         Err(rejected) => Settled {
             conditions: failure(ANALYZED, &rejected),
             outcome: None,
-            config_maps: Vec::new(),
+            output: OutputStatus::default(),
             requeue: Action::await_change(),
         },
         Ok(prd) => generate_and_publish(ng, ctx, &ns, &name, generation, &prd).await?,
@@ -170,7 +172,7 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
         &current,
         settled.conditions,
         settled.outcome,
-        settled.config_maps,
+        settled.output,
         input_hash,
     )
     .await?;
@@ -207,7 +209,7 @@ async fn generate_and_publish(
             return Ok(Settled {
                 conditions: failure(ANALYZED, &rejected),
                 outcome: None,
-                config_maps: Vec::new(),
+                output: OutputStatus::default(),
                 requeue: Action::requeue(Duration::from_secs(30)),
             });
         }
@@ -221,15 +223,56 @@ async fn generate_and_publish(
         conditions.extend(blocked_after(f.condition, &rejected));
         return Ok(Settled::stopped(conditions, outcome));
     }
-    if ng.spec.output.git.is_some() {
-        let rejected = Rejected {
-            reason: "GitOutputNotSupported".into(),
-            message:
-                "spec.output.git is not supported by this operator version; use output.configMap"
-                    .into(),
+    if let Some(git) = &ng.spec.output.git {
+        // Switched from ConfigMap output: the in-cluster children go; Git holds the nodes now.
+        delete_unplanned(ng, ctx, ns, name, &[]).await?;
+        return match git_output::publish(ng, ctx, ns, git, &outcome.nodes).await? {
+            Ok(landed) => {
+                conditions.push(Condition::new(
+                    PUBLISHED,
+                    ConditionStatus::True,
+                    landed.reason,
+                    landed.message,
+                ));
+                conditions.push(Condition::new(
+                    DEPLOYED,
+                    ConditionStatus::True,
+                    "CommittedForGitOps",
+                    format!(
+                        "GeneratedNode manifests committed under {}/manifests; Argo CD (or kubectl apply) deploys them",
+                        landed.status.path
+                    ),
+                ));
+                conditions.push(Condition::new(
+                    READY,
+                    ConditionStatus::True,
+                    "GenerationSucceeded",
+                    format!(
+                        "{} node(s) generated and committed at {}",
+                        outcome.nodes.len(),
+                        landed.status.commit
+                    ),
+                ));
+                Ok(Settled {
+                    conditions,
+                    outcome: Some(outcome),
+                    output: OutputStatus {
+                        config_maps: Vec::new(),
+                        git: Some(landed.status),
+                    },
+                    requeue: Action::requeue(ctx.resync),
+                })
+            }
+            Err(not) => {
+                conditions.extend(failure(PUBLISHED, &not.rejected));
+                Ok(Settled {
+                    conditions,
+                    outcome: Some(outcome),
+                    output: OutputStatus::default(),
+                    requeue: not.retry.map_or_else(Action::await_change, Action::requeue),
+                })
+            }
         };
-        conditions.extend(failure(PUBLISHED, &rejected));
-        return Ok(Settled::stopped(conditions, outcome));
     }
 
     // Build every child first: a node that cannot be published stops the whole generation
@@ -312,7 +355,10 @@ async fn generate_and_publish(
     Ok(Settled {
         conditions,
         outcome: Some(outcome),
-        config_maps: cm_names,
+        output: OutputStatus {
+            config_maps: cm_names,
+            git: None,
+        },
         requeue: Action::requeue(ctx.resync),
     })
 }
@@ -495,6 +541,10 @@ fn generated_node_current(ctx: &Context, ns: &str, desired: &GeneratedNode) -> R
 
 /// A settled generation's children are all there, unedited, with the recorded content.
 fn children_intact(ng: &NodeGeneration, status: &NodeGenerationStatus, ctx: &Context) -> bool {
+    if ng.spec.output.git.is_some() {
+        // The children live in Git; what Argo CD does with them is its business.
+        return status.output.as_ref().is_some_and(|o| o.git.is_some());
+    }
     let ns = ng.namespace().unwrap_or_default();
     !status.nodes.is_empty()
         && status.nodes.iter().all(|node| {
@@ -578,7 +628,7 @@ async fn write_status(
     current: &NodeGenerationStatus,
     conditions: Vec<Condition>,
     outcome: Option<Outcome>,
-    config_maps: Vec<String>,
+    output: OutputStatus,
     input_hash: String,
 ) -> Result<(), Error> {
     let generation = ng.metadata.generation;
@@ -600,10 +650,7 @@ async fn write_status(
     }
     let ready = status::get(&next.conditions, READY).cloned();
     if ready.as_ref().is_some_and(Condition::is_true) {
-        next.output = Some(OutputStatus {
-            config_maps,
-            git: None,
-        });
+        next.output = Some(output);
     }
     next.phase = Some(status::phase(&next.conditions));
     next.observed_generation = generation;

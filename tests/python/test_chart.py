@@ -120,7 +120,10 @@ def test_rbac_is_least_privilege() -> None:
         rules = [r for kind in ("ClusterRole", "Role") for role in docs.get(kind, []) for r in role["rules"]]
         for rule in rules:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-            assert "secrets" not in rule["resources"], "no Secrets: credentials come in as env/volumes"
+            if "secrets" in rule["resources"]:
+                # Only Git output credentials, only by name, only when configured.
+                assert values is ALL_FEATURES and rule["verbs"] == ["get"], rule
+                assert rule["resourceNames"] == ["gitops-credentials"], rule
             assert "pods" not in rule["resources"]
         by_resource = {res: set(r["verbs"]) for r in rules for res in r["resources"]}
         assert by_resource["nodegenerations"] == {"get", "list", "watch"}

@@ -25,6 +25,9 @@ local terminal = {
   TooManyNodes = true,
   AuthenticationFailed = true,
   RemoteRejected = true,
+  InvalidMessageTemplate = true,
+  InvalidGitSecret = true,
+  GitSecretForbidden = true,
 }
 
 local hs = {}
