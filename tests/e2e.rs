@@ -1260,6 +1260,98 @@ fn walk_count(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Git output with credentials from a Secret, against `git http-backend` behind basic auth: a
+/// wrong password ends as `Published=False`/`AuthenticationFailed`; the fixed Secret pushes;
+/// neither password ever shows in the NodeGeneration, its Events or the operator's log.
+fn git_output_credentials_from_a_secret(c: &Cluster) -> Outcome {
+    const WRONG: &str = "wrong-e2e-password-7f3a";
+    const RIGHT: &str = "right-e2e-password-91c2";
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let repos = git_server::Repos::new();
+    repos.create("private");
+    let server = runtime.block_on(git_server::HttpServer::start(&repos.root, "bot", RIGHT));
+    let url = server.url("private");
+    let ns = "e2e-git-auth";
+    c.create_namespace(ns)?;
+    let op = Operator::start(c, ns, &[])?;
+    let secret = |password: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "git-credentials"},
+            "stringData": {"username": "bot", "password": password}})
+        .to_string()
+    };
+    c.apply(ns, &secret(WRONG))?;
+    let example = std::fs::read_to_string(examples_dir().join("compute-price-calculator.yaml"))
+        .map_err(|e| e.to_string())?;
+    let mut ng: Value = serde_norway::from_str(&example).map_err(|e| e.to_string())?;
+    let name = ng["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ng["spec"]["output"] = serde_json::json!({"git": {
+        "repository": url, "path": "nodes", "secretRef": {"name": "git-credentials"}}});
+    c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+    let published = |reason: &str| -> Result<bool, String> {
+        let obj = generation_of(c, ns, &name)?;
+        Ok(condition(&obj, "Published").is_some_and(|p| p["reason"] == reason))
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "Published=AuthenticationFailed",
+        || published("AuthenticationFailed"),
+    )?;
+    let obj = generation_of(c, ns, &name)?;
+    let cond = condition(&obj, "Published").cloned().unwrap_or_default();
+    ensure!(
+        cond["status"] == "False" && !ready(&obj),
+        "Published {cond}"
+    );
+    let leaks = || -> Result<Vec<String>, String> {
+        let mut places = vec![
+            (
+                "NodeGeneration",
+                c.kubectl_ok(&["get", "ng", &name, "-n", ns, "-o", "yaml"])?,
+            ),
+            (
+                "Events",
+                c.kubectl_ok(&["get", "events.events.k8s.io", "-n", ns, "-o", "yaml"])?,
+            ),
+            (
+                "operator log",
+                std::fs::read_to_string(&op.log).map_err(|e| e.to_string())?,
+            ),
+        ];
+        places.retain(|(_, text)| text.contains(WRONG) || text.contains(RIGHT));
+        Ok(places.into_iter().map(|(p, _)| p.to_string()).collect())
+    };
+    let leaked = leaks()?;
+    ensure!(leaked.is_empty(), "a password shows in {leaked:?}");
+    println!(
+        "    wrong password: Published=False AuthenticationFailed ({})",
+        cond["message"].as_str().unwrap_or_default()
+    );
+
+    // Fix the Secret; a touch of the object (as any edit would) retries at once.
+    c.apply(ns, &secret(RIGHT))?;
+    c.kubectl_ok(&["annotate", "ng", &name, "-n", ns, "e2e/retry=1"])?;
+    wait_ready(c, ns, &name)?;
+    ensure!(published("Pushed")?, "not Pushed after the fix");
+    let commit = generation_of(c, ns, &name)?["status"]["output"]["git"]["commit"].clone();
+    let head = repos.in_repo("private", &["rev-parse", "main"])?;
+    ensure!(
+        commit == head.trim(),
+        "status commit {commit}, branch at {head}"
+    );
+    let leaked = leaks()?;
+    ensure!(leaked.is_empty(), "a password shows in {leaked:?}");
+    println!(
+        "    fixed Secret: Pushed {}; no password in the NodeGeneration, Events or log",
+        head.trim().get(..12).unwrap_or_default()
+    );
+    drop(server);
+    Ok(())
+}
+
 type Scenario = (&'static str, fn(&Cluster) -> Outcome);
 
 fn main() -> ExitCode {
@@ -1279,7 +1371,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 14] = [
+    let scenarios: [Scenario; 15] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -1292,6 +1384,10 @@ fn main() -> ExitCode {
         (
             "git_output_closes_the_gitops_loop",
             git_output_closes_the_gitops_loop,
+        ),
+        (
+            "git_output_credentials_from_a_secret",
+            git_output_credentials_from_a_secret,
         ),
         ("prd_edit_regenerates", prd_edit_regenerates),
         ("invalid_prd_fails_cleanly", invalid_prd_fails_cleanly),
