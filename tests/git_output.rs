@@ -319,3 +319,30 @@ async fn git_daemon_anonymous_push_and_file_urls_work_too() {
     assert!(repos.in_repo("anon", &["rev-parse", "main"]).is_ok());
     assert!(repos.in_repo("local", &["rev-parse", "main"]).is_ok());
 }
+
+#[tokio::test]
+async fn a_message_template_is_rendered_and_a_broken_one_is_refused() {
+    let (ng, nodes) = generation("system-fraud-detection.yaml", "fraud-detection").await;
+    let mut out = output("file:///nowhere.git");
+    out.message_template = Some(
+        "codegen({{ name }}): {{ nodes | length }} nodes\n\n{% for n in nodes %}{{ n.name }} q={{ n.quality }}\n{% endfor %}"
+            .into(),
+    );
+    let change = git_tree::change(&ng, &out, &nodes).unwrap();
+    assert!(
+        change
+            .message
+            .starts_with("codegen(fraud-detection): 4 nodes\n\n"),
+        "{}",
+        change.message
+    );
+    assert_eq!(
+        change.message.lines().filter(|l| l.contains(" q=")).count(),
+        4
+    );
+    out.message_template = Some("{{ no_such_field }}".into());
+    let err = git_tree::change(&ng, &out, &nodes).unwrap_err();
+    assert!(err.to_string().contains("messageTemplate"), "{err}");
+    out.message_template = Some("{% for %}".into());
+    assert!(git_tree::change(&ng, &out, &nodes).is_err());
+}
