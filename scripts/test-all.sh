@@ -70,6 +70,20 @@ if [ -x "$LUA51" ]; then
   export LUA51 LUA51_LIBRARY_PATH
 fi
 
+step "sshd (Debian's openssh-server with nss_wrapper, unpacked into $CACHE) for the Git-over-SSH test"
+# tests/git_output.rs runs it unprivileged on a loopback port; nss_wrapper supplies its user.
+SSHD_ROOT=$CACHE/sshd
+if [ ! -x "$SSHD_ROOT/usr/sbin/sshd" ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download openssh-server libwrap0 libnss-wrapper >/dev/null); then
+    for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$SSHD_ROOT"; done
+  else
+    echo "could not download openssh-server; the SSH test will skip (fail in CI)"
+  fi
+  rm -rf "$tmp"
+fi
+if [ -x "$SSHD_ROOT/usr/sbin/sshd" ]; then export SSHD_ROOT; fi
+
 cd "$ROOT"
 step "cargo fmt / clippy"
 cargo fmt --all -- --check

@@ -14,7 +14,7 @@ use omninode_operator::pipeline::NodeOutcome;
 use omninode_operator::publish::git::{self, Credentials, GitError, Remote};
 use omninode_operator::publish::git_tree;
 use omninode_operator::render::Renderer;
-use support::git_server::{Daemon, HttpServer, Repos};
+use support::git_server::{Daemon, HttpServer, Repos, SshServer};
 
 const USER: &str = "omninode-bot";
 const PASSWORD: &str = "hunter2-very-secret-token";
@@ -345,4 +345,66 @@ async fn a_message_template_is_rendered_and_a_broken_one_is_refused() {
     assert!(err.to_string().contains("messageTemplate"), "{err}");
     out.message_template = Some("{% for %}".into());
     assert!(git_tree::change(&ng, &out, &nodes).is_err());
+}
+
+#[tokio::test]
+async fn ssh_with_a_key_pushes_and_an_unknown_key_or_host_is_refused() {
+    let repos = Repos::new();
+    repos.create("over-ssh");
+    let Some(ssh) = SshServer::start(&repos.root).unwrap() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "SSHD_ROOT is unset; scripts/test-all.sh unpacks openssh-server for this test"
+        );
+        eprintln!("skipped: SSHD_ROOT unset (scripts/test-all.sh unpacks openssh-server)");
+        return;
+    };
+    let url = ssh.url(&repos.root, "over-ssh");
+    let scratch = tempfile::tempdir().unwrap();
+    let (ng, nodes) = generation("effect-postgres-writer.yaml", "writer").await;
+    let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+    let key = |private_key: &str, known_hosts: Option<&str>| {
+        remote(
+            &url,
+            Credentials::Ssh {
+                private_key: private_key.to_string(),
+                known_hosts: known_hosts.map(str::to_string),
+            },
+        )
+    };
+
+    let published = git::publish(
+        &key(&ssh.private_key, Some(&ssh.known_hosts)),
+        &change,
+        scratch.path(),
+    )
+    .await
+    .unwrap();
+    assert!(published.pushed);
+    let head = repos.in_repo("over-ssh", &["rev-parse", "main"]).unwrap();
+    assert_eq!(head.trim(), published.commit);
+
+    // A key the server does not know, and a server whose key is not pinned.
+    let other = tempfile::tempdir().unwrap();
+    let path = other.path().join("k");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let stranger = std::fs::read_to_string(&path).unwrap();
+    for (remote, secret) in [
+        (key(&stranger, Some(&ssh.known_hosts)), &stranger),
+        (key(&ssh.private_key, None), &ssh.private_key),
+    ] {
+        let err = git::publish(&remote, &change, scratch.path())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+        let text = format!("{err} {err:?} {remote:?}");
+        for line in secret.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!text.contains(line), "key material in {text}");
+        }
+    }
 }

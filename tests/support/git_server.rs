@@ -241,3 +241,150 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// OpenSSH's `sshd` (Debian's openssh-server, unpacked into a cache by scripts/test-all.sh and
+/// named by `SSHD_ROOT`) serving `root` on a loopback port to user `git`, who logs in with a
+/// key. It runs unprivileged (as the test's user, or as `nobody` when the test runs as root)
+/// and learns of user `git` through nss_wrapper, so nothing on the machine changes.
+pub struct SshServer {
+    pub port: u16,
+    /// The user's private key (OpenSSH format) and a known_hosts line for the server.
+    pub private_key: String,
+    pub known_hosts: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SshServer {
+    /// `None` when `SSHD_ROOT` is not set.
+    pub fn start(root: &Path) -> Result<Option<SshServer>, String> {
+        let Ok(unpacked) = std::env::var("SSHD_ROOT") else {
+            return Ok(None);
+        };
+        let unpacked = PathBuf::from(unpacked);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let d = dir.path();
+        // Copies next to its configuration: the cache may sit where the unprivileged user
+        // cannot reach (root's home).
+        let libs = d.join("lib");
+        std::fs::create_dir(&libs).map_err(|e| e.to_string())?;
+        let sshd = d.join("sshd");
+        std::fs::copy(unpacked.join("usr/sbin/sshd"), &sshd).map_err(|e| e.to_string())?;
+        for lib in ["libnss_wrapper.so", "libwrap.so.0"] {
+            std::fs::copy(
+                unpacked.join("usr/lib/x86_64-linux-gnu").join(lib),
+                libs.join(lib),
+            )
+            .map_err(|e| format!("{lib}: {e}"))?;
+        }
+        let keygen = |name: &str| {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+                .arg(d.join(name))
+                .output()
+                .map_err(|e| e.to_string())?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).to_string())
+        };
+        keygen("host")?;
+        keygen("user")?;
+        let read = |name: &str| std::fs::read_to_string(d.join(name)).map_err(|e| e.to_string());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        // sshd refuses to run as root without its privilege-separation user: drop to nobody.
+        let uid = unsafe { libc::getuid() };
+        let run_as = if uid == 0 { 65534 } else { uid };
+        let write = |name: &str, text: String| {
+            std::fs::write(d.join(name), text).map_err(|e| e.to_string())
+        };
+        write("authorized_keys", read("user.pub")?)?;
+        write(
+            "passwd",
+            format!("git:x:{run_as}:{run_as}:git:{}:/bin/sh\n", d.display()),
+        )?;
+        write("group", format!("git:x:{run_as}:\n"))?;
+        write(
+            "sshd_config",
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {keys}\n\
+                 StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nPidFile {pid}\n",
+                host = d.join("host").display(),
+                keys = d.join("authorized_keys").display(),
+                pid = d.join("sshd.pid").display(),
+            ),
+        )?;
+        if uid == 0 {
+            for path in [d, root] {
+                let out = Command::new("chown")
+                    .args(["-R", &format!("{run_as}:{run_as}")])
+                    .arg(path)
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(String::from_utf8_lossy(&out.stderr).to_string());
+                }
+            }
+        }
+        let mut cmd = if uid == 0 {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={run_as}"),
+                &format!("--regid={run_as}"),
+                "--clear-groups",
+            ])
+            .arg(&sshd);
+            c
+        } else {
+            Command::new(&sshd)
+        };
+        let child = cmd
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .env("LD_PRELOAD", libs.join("libnss_wrapper.so"))
+            .env("NSS_WRAPPER_PASSWD", d.join("passwd"))
+            .env("NSS_WRAPPER_GROUP", d.join("group"))
+            .env("LD_LIBRARY_PATH", &libs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?,
+            ))
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let host_key = read("host.pub")?;
+        let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+        let server = SshServer {
+            port,
+            private_key: read("user")?,
+            known_hosts: format!("[127.0.0.1]:{port} {}\n", host_key.join(" ")),
+            child,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Some(server));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err("sshd did not start".into())
+    }
+
+    pub fn url(&self, root: &Path, repo: &str) -> String {
+        format!(
+            "ssh://git@127.0.0.1:{}{}/{repo}.git",
+            self.port,
+            root.display()
+        )
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
