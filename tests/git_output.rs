@@ -408,3 +408,24 @@ async fn ssh_with_a_key_pushes_and_an_unknown_key_or_host_is_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_push_refused_by_a_hook_is_remote_rejected() {
+    let repos = Repos::new();
+    let dir = repos.create("guarded");
+    let hook = dir.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'branch main is protected' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let url = format!("file://{}", dir.display());
+    let scratch = tempfile::tempdir().unwrap();
+    let (ng, nodes) = generation("effect-email-notifier.yaml", "email").await;
+    let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+    let err = anonymous(&url, &change, scratch.path()).await.unwrap_err();
+    assert_eq!(err.reason(), "RemoteRejected", "{err}");
+    assert!(err.to_string().contains("protected"), "{err}");
+}
