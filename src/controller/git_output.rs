@@ -2,6 +2,8 @@
 //! names, the commit and push (`publish::git`), and what the `Published` condition says.
 //! Nothing here ever logs or reports a credential: errors from git come back redacted.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -71,7 +73,13 @@ pub async fn publish(
         path: change.root.clone(),
         commit: commit.to_string(),
     };
-    match git::publish(&remote, &change, &ctx.git_scratch).await {
+    // One push at a time per branch from this process: its own generations never race.
+    let lane = branch_lane(&output.repository, &output.branch);
+    let published = {
+        let _turn = lane.lock().await;
+        git::publish(&remote, &change, &ctx.git_scratch).await
+    };
+    match published {
         Ok(p) if p.pushed => Ok(Ok(Landed {
             reason: "Pushed",
             message: format!(
@@ -95,10 +103,27 @@ pub async fn publish(
                 // again now and then.
                 GitError::Authentication(_) | GitError::Rejected(_) => Duration::from_secs(300),
                 GitError::Unreachable(_) | GitError::Failed(_) => Duration::from_secs(30),
+                GitError::Busy(_) => Duration::from_secs(5),
             };
             Ok(Err(not_landed(e.reason(), e.to_string(), Some(retry))))
         }
     }
+}
+
+/// A lock per (repository, branch).
+type Lanes = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// The lock of one repository branch.
+fn branch_lane(repository: &str, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LANES: OnceLock<Lanes> = OnceLock::new();
+    let lanes = LANES.get_or_init(Default::default);
+    let mut lanes = lanes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    lanes
+        .entry((repository.to_string(), branch.to_string()))
+        .or_default()
+        .clone()
 }
 
 /// Credentials from `secretRef`: `username`/`password`, `token` (with an optional

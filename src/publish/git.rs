@@ -116,6 +116,8 @@ pub enum GitError {
     Rejected(String),
     #[error("the Git remote is unreachable: {0}")]
     Unreachable(String),
+    #[error("the branch is busy: {0}")]
+    Busy(String),
     #[error("git failed: {0}")]
     Failed(String),
 }
@@ -127,6 +129,7 @@ impl GitError {
             GitError::Authentication(_) => "AuthenticationFailed",
             GitError::Rejected(_) => "RemoteRejected",
             GitError::Unreachable(_) => "RepositoryUnreachable",
+            GitError::Busy(_) => "BranchBusy",
             GitError::Failed(_) => "GitFailed",
         }
     }
@@ -535,7 +538,7 @@ pub async fn publish(
         let jitter = u64::from(std::process::id() % 50);
         tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt) + jitter)).await;
     }
-    Err(GitError::Rejected(format!(
+    Err(GitError::Busy(format!(
         "branch {} kept moving; gave up after {MAX_ATTEMPTS} attempts: {}",
         remote.branch,
         last.lines().last().unwrap_or_default()

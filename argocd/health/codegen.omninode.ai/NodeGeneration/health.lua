@@ -5,7 +5,7 @@
 
 -- TERMINAL_REASONS in src/controller/node_generation.rs, the analysis failures
 -- the controller also stops on, and the Git output's refused pushes (not
--- RepositoryUnreachable or GitFailed, which can pass on a retry).
+-- RepositoryUnreachable, BranchBusy or GitFailed, which pass on a retry).
 local terminal = {
   PrdEmpty = true,
   PrdTooLarge = true,
