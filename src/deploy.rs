@@ -71,6 +71,23 @@ fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirement
     }
 }
 
+/// The code volume at `CODE_DIR` and a writable `/tmp` (the root filesystem is read-only).
+fn mounts(code_read_only: bool) -> Vec<VolumeMount> {
+    vec![
+        VolumeMount {
+            name: "code".into(),
+            mount_path: CODE_DIR.into(),
+            read_only: code_read_only.then_some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ]
+}
+
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -95,18 +112,8 @@ fn fetch_container(image: &str, repository: &str, revision: &str, path: &str) ->
         ]),
         resources: Some(resources("10m", "32Mi", "128Mi")),
         security_context: Some(restricted_container_context()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "code".into(),
-                mount_path: CODE_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-        ]),
+        // The fetcher writes the code volume; the node only reads it.
+        volume_mounts: Some(mounts(false)),
         ..Default::default()
     }
 }
@@ -237,19 +244,7 @@ pub fn deployment(
         readiness_probe: Some(probe("/health/ready", port, 5, 3)),
         resources: Some(resources),
         security_context: Some(restricted_container_context()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "code".into(),
-                mount_path: CODE_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts(true)),
         ..Default::default()
     };
     let (code_volume, init_containers) = match code {

@@ -58,10 +58,9 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = gn.name_any();
-    if ctx.nothing_to_do(&gn.metadata) {
+    if ctx.nothing_to_do(&gn.metadata).await? {
         return Ok(Action::await_change());
     }
-    ctx.caches_synced().await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::new(&name).within(&ns);

@@ -83,34 +83,31 @@ pub struct Context {
 }
 
 impl Context {
-    /// Wait (bounded) until every cache has its first full list. Deciding from a half-filled
-    /// cache would take existing children for missing ones and rewrite them on every restart,
-    /// upgrade or failover.
-    async fn caches_synced(&self) -> Result<(), Error> {
-        let mut synced = self.caches.synced.clone();
-        match tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|s| *s)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::CachesNotSynced),
-        }
-    }
-
     /// Whether this copy of an object needs no reconcile: it is being deleted (garbage
     /// collection takes its children), or it predates our own last status write (the watch is
-    /// about to deliver the newer copy, which triggers the next reconcile).
-    fn nothing_to_do(
+    /// about to deliver the newer copy, which triggers the next reconcile). Otherwise waits
+    /// (bounded) until every cache has its first full list: deciding from a half-filled cache
+    /// would take existing children for missing ones and rewrite them on every restart,
+    /// upgrade or failover.
+    async fn nothing_to_do(
         &self,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) -> bool {
+    ) -> Result<bool, Error> {
         if meta.deletion_timestamp.is_some() {
-            return true;
+            return Ok(true);
         }
-        let stale = self
+        if self
             .freshness
-            .is_stale(meta.uid.as_deref(), meta.resource_version.as_deref());
-        if stale {
+            .is_stale(meta.uid.as_deref(), meta.resource_version.as_deref())
+        {
             tracing::debug!("cached copy predates our last status write; waiting for the watch");
+            return Ok(true);
         }
-        stale
+        let mut synced = self.caches.synced.clone();
+        match tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(false),
+            _ => Err(Error::CachesNotSynced),
+        }
     }
 
     pub fn new(

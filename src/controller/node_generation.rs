@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::{Context, Error, apply_status, delete_ignoring_missing, git_output, ready_event};
 use crate::api::Condition;
 use crate::api::{
-    ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, LABEL_GENERATION,
+    ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, GitOutput, LABEL_GENERATION,
     NodeGeneration, NodeGenerationStatus, NodeSource, OutputStatus,
 };
 use crate::codegen::{self, Identity};
@@ -114,6 +114,33 @@ struct Settled {
 }
 
 impl Settled {
+    /// A generation that went all the way: `Published`, `Deployed` and `Ready` True with these
+    /// reasons and messages, looked at again after `resync`.
+    fn succeeded(
+        mut conditions: Vec<Condition>,
+        outcome: Outcome,
+        [published, deployed, ready]: [(&str, String); 3],
+        output: OutputStatus,
+        resync: Duration,
+    ) -> Self {
+        for (stage, (reason, message)) in
+            [(PUBLISHED, published), (DEPLOYED, deployed), (READY, ready)]
+        {
+            conditions.push(Condition::new(
+                stage,
+                ConditionStatus::True,
+                reason,
+                message,
+            ));
+        }
+        Settled {
+            conditions,
+            outcome: Some(outcome),
+            output,
+            requeue: Action::requeue(resync),
+        }
+    }
+
     /// A generation stopped by a reason only a spec change can clear.
     fn stopped(conditions: Vec<Condition>, outcome: Outcome) -> Self {
         Settled {
@@ -130,10 +157,9 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = ng.name_any();
-    if ctx.nothing_to_do(&ng.metadata) {
+    if ctx.nothing_to_do(&ng.metadata).await? {
         return Ok(Action::await_change());
     }
-    ctx.caches_synced().await?;
     if ng.spec.suspend {
         tracing::debug!("suspended; nothing to do");
         return Ok(Action::await_change());
@@ -224,55 +250,7 @@ async fn generate_and_publish(
         return Ok(Settled::stopped(conditions, outcome));
     }
     if let Some(git) = &ng.spec.output.git {
-        // Switched from ConfigMap output: the in-cluster children go; Git holds the nodes now.
-        delete_unplanned(ng, ctx, ns, name, &[]).await?;
-        return match git_output::publish(ng, ctx, ns, git, &outcome.nodes).await? {
-            Ok(landed) => {
-                conditions.push(Condition::new(
-                    PUBLISHED,
-                    ConditionStatus::True,
-                    landed.reason,
-                    landed.message,
-                ));
-                conditions.push(Condition::new(
-                    DEPLOYED,
-                    ConditionStatus::True,
-                    "CommittedForGitOps",
-                    format!(
-                        "GeneratedNode manifests committed under {}/manifests; Argo CD (or kubectl apply) deploys them",
-                        landed.status.path
-                    ),
-                ));
-                conditions.push(Condition::new(
-                    READY,
-                    ConditionStatus::True,
-                    "GenerationSucceeded",
-                    format!(
-                        "{} node(s) generated and committed at {}",
-                        outcome.nodes.len(),
-                        landed.status.commit
-                    ),
-                ));
-                Ok(Settled {
-                    conditions,
-                    outcome: Some(outcome),
-                    output: OutputStatus {
-                        config_maps: Vec::new(),
-                        git: Some(landed.status),
-                    },
-                    requeue: Action::requeue(ctx.resync),
-                })
-            }
-            Err(not) => {
-                conditions.extend(failure(PUBLISHED, &not.rejected));
-                Ok(Settled {
-                    conditions,
-                    outcome: Some(outcome),
-                    output: OutputStatus::default(),
-                    requeue: not.retry.map_or_else(Action::await_change, Action::requeue),
-                })
-            }
-        };
+        return publish_to_git(ng, ctx, ns, name, git, conditions, outcome).await;
     }
 
     // Build every child first: a node that cannot be published stops the whole generation
@@ -315,12 +293,6 @@ async fn generate_and_publish(
         .filter_map(|(cm, _)| cm.metadata.name.clone())
         .collect();
     let gn_names: Vec<String> = children.iter().map(|(_, gn)| gn.name_any()).collect();
-    conditions.push(Condition::new(
-        PUBLISHED,
-        ConditionStatus::True,
-        "ConfigMapsApplied",
-        format!("code published in ConfigMap(s) {}", cm_names.join(", ")),
-    ));
     let deployed = if ng.spec.deploy.enabled {
         format!(
             "GeneratedNode(s) {} applied; each reports its Deployment in its own status",
@@ -332,35 +304,80 @@ async fn generate_and_publish(
             gn_names.join(", ")
         )
     };
-    conditions.push(Condition::new(
-        DEPLOYED,
-        ConditionStatus::True,
-        "GeneratedNodesApplied",
-        deployed,
-    ));
     let lowest = outcome
         .nodes
         .iter()
         .map(|n| n.report.overall)
         .fold(1.0f64, f64::min);
-    conditions.push(Condition::new(
-        READY,
-        ConditionStatus::True,
-        "GenerationSucceeded",
-        format!(
-            "{} node(s) generated and published; lowest quality {lowest:.3}",
-            outcome.nodes.len()
-        ),
-    ));
-    Ok(Settled {
+    let ready = format!(
+        "{} node(s) generated and published; lowest quality {lowest:.3}",
+        outcome.nodes.len()
+    );
+    let published = format!("code published in ConfigMap(s) {}", cm_names.join(", "));
+    Ok(Settled::succeeded(
         conditions,
-        outcome: Some(outcome),
-        output: OutputStatus {
+        outcome,
+        [
+            ("ConfigMapsApplied", published),
+            ("GeneratedNodesApplied", deployed),
+            ("GenerationSucceeded", ready),
+        ],
+        OutputStatus {
             config_maps: cm_names,
             git: None,
         },
-        requeue: Action::requeue(ctx.resync),
-    })
+        ctx.resync,
+    ))
+}
+
+/// Git output: commit and push instead of applying children (those of an earlier ConfigMap
+/// output are deleted; Git holds the nodes now).
+async fn publish_to_git(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    git: &GitOutput,
+    mut conditions: Vec<Condition>,
+    outcome: Outcome,
+) -> Result<Settled, Error> {
+    delete_unplanned(ng, ctx, ns, name, &[]).await?;
+    match git_output::publish(ng, ctx, ns, git, &outcome.nodes).await? {
+        Ok(landed) => {
+            let deployed = format!(
+                "GeneratedNode manifests committed under {}/manifests; Argo CD (or kubectl apply) deploys them",
+                landed.status.path
+            );
+            let ready = format!(
+                "{} node(s) generated and committed at {}",
+                outcome.nodes.len(),
+                landed.status.commit
+            );
+            Ok(Settled::succeeded(
+                conditions,
+                outcome,
+                [
+                    (landed.reason, landed.message),
+                    ("CommittedForGitOps", deployed),
+                    ("GenerationSucceeded", ready),
+                ],
+                OutputStatus {
+                    config_maps: Vec::new(),
+                    git: Some(landed.status),
+                },
+                ctx.resync,
+            ))
+        }
+        Err(not) => {
+            conditions.extend(failure(PUBLISHED, &not.rejected));
+            Ok(Settled {
+                conditions,
+                outcome: Some(outcome),
+                output: OutputStatus::default(),
+                requeue: not.retry.map_or_else(Action::await_change, Action::requeue),
+            })
+        }
+    }
 }
 
 /// The PRD text, or why there is none (a terminal, user-facing reason).
