@@ -38,8 +38,8 @@ enum Command {
         #[command(flatten)]
         intelligence: Box<IntelligenceConfig>,
     },
-    /// Train the node-type model from labelled corpora (`DIR/<type>/*.md`) and write it as YAML
-    /// (what `src/analysis/classifier_model.yaml` holds).
+    /// Train the node-type model from labelled corpora (`DIR/<type>/*.md`) and write it as JSON
+    /// (what `src/analysis/classifier_model.json` holds).
     TrainClassifier {
         #[arg(required = true)]
         corpora: Vec<PathBuf>,
@@ -94,7 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let dirs: Vec<&std::path::Path> = corpora.iter().map(PathBuf::as_path).collect();
             let names = corpora.iter().map(|p| p.display().to_string()).collect();
             let data = omninode_operator::training::train_on(&dirs, names)?;
-            std::fs::write(&output, omninode_operator::analysis::model_yaml(&data))?;
+            std::fs::write(&output, omninode_operator::analysis::model_json(&data))?;
             eprintln!(
                 "trained on {:?} documents; {} features",
                 data.documents,

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use omninode_operator::analysis::{embedded_model_data, model, model_yaml};
+use omninode_operator::analysis::{embedded_model_data, model, model_json};
 use omninode_operator::training::{load_corpus, train_on};
 
 const TRAINED_ON: [&str; 2] = [
@@ -73,9 +73,9 @@ fn embedded_model_is_reproducible_from_the_committed_corpora() {
     let trained = train_on(&refs, TRAINED_ON.iter().map(|s| s.to_string()).collect()).unwrap();
     let embedded = embedded_model_data().unwrap();
     assert_eq!(
-        model_yaml(&trained),
-        model_yaml(&embedded),
-        "src/analysis/classifier_model.yaml is stale: run `omninode-operator train-classifier {} -o src/analysis/classifier_model.yaml`",
+        model_json(&trained),
+        model_json(&embedded),
+        "src/analysis/classifier_model.json is stale: run `omninode-operator train-classifier {} -o src/analysis/classifier_model.json`",
         TRAINED_ON.join(" ")
     );
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 pub use classify::{
     Classification, Model, ModelData, embedded_model_data, explicit_type, features, model,
-    model_yaml, train,
+    model_json, train,
 };
 pub use library::{Library, Performance, library};
 

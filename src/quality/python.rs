@@ -88,8 +88,8 @@ pub fn analyse(src: &str, _path: &str) -> Result<PythonFacts, SyntaxIssue> {
     })?;
     let mut facts = PythonFacts::default();
     let mut prev_was_print: Option<usize> = None;
+    let line = |token: &ruff_python_ast::token::Token| lines.line(token.start().to_usize());
     for token in parsed.tokens().iter() {
-        let line = lines.line(token.start().to_usize());
         if let Some(l) = prev_was_print.take()
             && token.kind() == TokenKind::Lpar
         {
@@ -97,8 +97,8 @@ pub fn analyse(src: &str, _path: &str) -> Result<PythonFacts, SyntaxIssue> {
         }
         if token.kind() == TokenKind::Name {
             match &src[token.range()] {
-                "Any" => facts.any_lines.push(line),
-                "print" => prev_was_print = Some(line),
+                "Any" => facts.any_lines.push(line(token)),
+                "print" => prev_was_print = Some(line(token)),
                 _ => {}
             }
         }
