@@ -59,6 +59,12 @@ fn output(url: &str) -> GitOutput {
     }
 }
 
+/// The change example `file`, applied as NodeGeneration `name`, makes on `url`'s main branch.
+async fn change_for(file: &str, name: &str, url: &str) -> git::Change {
+    let (ng, nodes) = generation(file, name).await;
+    git_tree::change(&ng, &output(url), &nodes).unwrap()
+}
+
 fn remote(url: &str, credentials: Credentials) -> Remote {
     Remote {
         url: url.to_string(),
@@ -211,8 +217,7 @@ async fn concurrent_generations_on_one_branch_all_land() {
     ];
     let mut changes = Vec::new();
     for (file, name) in examples {
-        let (ng, nodes) = generation(file, name).await;
-        changes.push(git_tree::change(&ng, &output(&url), &nodes).unwrap());
+        changes.push(change_for(file, name, &url).await);
     }
     // One scratch directory each: as separate operator processes would.
     let scratches: Vec<_> = changes
@@ -258,8 +263,7 @@ async fn concurrent_generations_on_one_branch_all_land() {
 async fn wrong_credentials_fail_with_authentication_failed_and_never_show_the_secret() {
     let f = fixture("private").await;
     let (repos, url, scratch) = (&f.repos, f.url.clone(), &f.scratch);
-    let (ng, nodes) = generation("effect-email-notifier.yaml", "email").await;
-    let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+    let change = change_for("effect-email-notifier.yaml", "email", &url).await;
     let wrong = Credentials::Basic {
         username: USER.into(),
         password: "wrong-password-that-must-not-leak".into(),
@@ -293,8 +297,7 @@ async fn a_secret_in_the_url_is_redacted_and_unknown_repositories_are_unreachabl
         .url
         .replace("present", "missing")
         .replace("http://", &format!("http://{USER}:{PASSWORD}@"));
-    let (ng, nodes) = generation("effect-email-notifier.yaml", "email").await;
-    let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+    let change = change_for("effect-email-notifier.yaml", "email", &url).await;
     let err = anonymous(&url, &change, scratch.path()).await.unwrap_err();
     assert_eq!(err.reason(), "RepositoryUnreachable", "{err}");
     assert!(!format!("{err}").contains(PASSWORD), "{err}");
@@ -361,8 +364,7 @@ async fn ssh_with_a_key_pushes_and_an_unknown_key_or_host_is_refused() {
     };
     let url = ssh.url(&repos.root, "over-ssh");
     let scratch = tempfile::tempdir().unwrap();
-    let (ng, nodes) = generation("effect-postgres-writer.yaml", "writer").await;
-    let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+    let change = change_for("effect-postgres-writer.yaml", "writer", &url).await;
     let key = |private_key: &str, known_hosts: Option<&str>| {
         remote(
             &url,
@@ -423,8 +425,7 @@ async fn a_push_refused_by_a_hook_is_remote_rejected() {
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     let url = format!("file://{}", dir.display());
     let scratch = tempfile::tempdir().unwrap();
-    let (ng, nodes) = generation("effect-email-notifier.yaml", "email").await;
-    let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+    let change = change_for("effect-email-notifier.yaml", "email", &url).await;
     let err = anonymous(&url, &change, scratch.path()).await.unwrap_err();
     assert_eq!(err.reason(), "RemoteRejected", "{err}");
     assert!(err.to_string().contains("protected"), "{err}");
