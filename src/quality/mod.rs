@@ -3,6 +3,7 @@
 //! Overall = 0.30 syntax + 0.40 ONEX compliance + 0.20 contract conformance + 0.10 code quality.
 //! Every deduction names the file, the line and the rule, so a score can be explained.
 
+mod file_cache;
 mod python;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use python::{PythonFacts, SyntaxIssue, analyse};
 
 use crate::render::RenderedNode;
+use file_cache::FileCache;
 
 /// One reason a node lost points.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -493,28 +495,11 @@ fn check_syntax(node: &RenderedNode) -> Vec<(&str, CheckResult)> {
         .collect()
 }
 
-/// Recently checked files by content. What a file's check finds depends only on its bytes, and
-/// many files repeat across nodes and reconciles (`mixins.py` depends only on the mixin set), so
-/// a small cache saves much of the parsing. Hits compare the full content: no hash collision
-/// can return another file's facts.
-struct FileCache {
-    /// Content hash → (content, result) for every file with that hash.
-    entries: std::collections::HashMap<u64, Vec<CachedFile>>,
-    len: usize,
-}
-
-type CachedFile = (std::sync::Arc<[u8]>, CheckResult);
-
-const FILE_CACHE_ENTRIES: usize = 256;
-
-fn file_cache() -> &'static std::sync::Mutex<FileCache> {
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<FileCache>> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| {
-        std::sync::Mutex::new(FileCache {
-            entries: Default::default(),
-            len: 0,
-        })
-    })
+/// The process's checked files, shared by `generate` and every reconcile.
+fn file_cache() -> &'static std::sync::Mutex<FileCache<CheckResult>> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<FileCache<CheckResult>>> =
+        std::sync::OnceLock::new();
+    CACHE.get_or_init(|| std::sync::Mutex::new(FileCache::new(file_cache::GENERATION_BYTES)))
 }
 
 fn cached_check(path: &str, bytes: &[u8]) -> CheckResult {
@@ -524,26 +509,16 @@ fn cached_check(path: &str, bytes: &[u8]) -> CheckResult {
     path.ends_with(".py").hash(&mut hasher);
     bytes.hash(&mut hasher);
     let key = hasher.finish();
-    if let Ok(cache) = file_cache().lock()
-        && let Some(hit) = cache
-            .entries
-            .get(&key)
-            .and_then(|v| v.iter().find(|(b, _)| &**b == bytes))
+    if let Some(hit) = file_cache()
+        .lock()
+        .ok()
+        .and_then(|mut cache| cache.lookup(key, bytes))
     {
-        return hit.1.clone();
+        return hit;
     }
     let result = check_file(path, bytes);
     if let Ok(mut cache) = file_cache().lock() {
-        if cache.len >= FILE_CACHE_ENTRIES {
-            cache.entries.clear();
-            cache.len = 0;
-        }
-        cache
-            .entries
-            .entry(key)
-            .or_default()
-            .push((bytes.into(), result.clone()));
-        cache.len += 1;
+        cache.insert(key, bytes.into(), result.clone());
     }
     result
 }
