@@ -41,6 +41,11 @@ impl<'a> Identity<'a> {
     }
 }
 
+/// Why a generation that requires the intelligence service cannot start: the operator has no
+/// broker to ask. Retrying cannot help; restarting the operator with one (which reconciles
+/// everything) or a spec change does.
+pub const INTELLIGENCE_NOT_CONFIGURED: &str = "IntelligenceNotConfigured";
+
 /// One generation: ask the intelligence service when one is configured (falling back to the
 /// built-in library unless `intelligence.mode: Required`), run the core, and add the service's
 /// quality scores.
@@ -62,10 +67,11 @@ pub async fn run(
     let client = client.filter(|_| mode != IntelligenceMode::Disabled);
     if client.is_none() && mode == IntelligenceMode::Required {
         return Err(Rejected {
-            reason: "IntelligenceUnavailable".into(),
-            message:
-                "spec.intelligence.mode is Required but no Kafka bootstrap servers are configured"
-                    .into(),
+            reason: INTELLIGENCE_NOT_CONFIGURED.into(),
+            message: "spec.intelligence.mode is Required but the operator has no Kafka bootstrap \
+                servers configured (--kafka-bootstrap-servers, KAFKA_BOOTSTRAP_SERVERS, the chart's \
+                kafka.bootstrapServers); set them, or set the mode to Auto"
+                .into(),
         });
     }
     let timeout = std::time::Duration::from_secs(spec.intelligence.timeout_seconds.into());

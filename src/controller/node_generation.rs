@@ -230,13 +230,19 @@ async fn generate_and_publish(
     .await
     {
         Ok(o) => o,
-        // `intelligence.mode: Required` and the service did not answer: try again later.
+        // `intelligence.mode: Required` and the service did not answer: try again later; with
+        // no broker configured at all, only a restart or a spec change can help.
         Err(rejected) => {
+            let requeue = if rejected.reason == codegen::INTELLIGENCE_NOT_CONFIGURED {
+                Action::await_change()
+            } else {
+                Action::requeue(Duration::from_secs(30))
+            };
             return Ok(Settled {
                 conditions: failure(ANALYZED, &rejected),
                 outcome: None,
                 output: OutputStatus::default(),
-                requeue: Action::requeue(Duration::from_secs(30)),
+                requeue,
             });
         }
     };
@@ -866,6 +872,34 @@ mod tests {
         fake.clear();
         reconcile(Arc::new(ng), ctx).await.unwrap();
         assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
+    }
+
+    #[tokio::test]
+    async fn required_intelligence_without_a_broker_waits_for_a_change_instead_of_retrying() {
+        let fake = FakeApi::default();
+        let (ctx, _caches) = context(&fake);
+        let mut ng = ng(PRD);
+        ng.spec.intelligence.mode = crate::api::IntelligenceMode::Required;
+        stored(&fake, &ng);
+        let action = reconcile(Arc::new(ng), ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(
+            writes_to(&fake),
+            vec![
+                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders/status",
+                "POST /apis/events.k8s.io/v1/namespaces/ns/events",
+            ]
+        );
+        let status: NodeGenerationStatus =
+            serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
+        let ready = status::get(&status.conditions, READY).unwrap();
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason, codegen::INTELLIGENCE_NOT_CONFIGURED);
+        assert!(
+            ready.message.contains("KAFKA_BOOTSTRAP_SERVERS"),
+            "{}",
+            ready.message
+        );
     }
 
     #[tokio::test]

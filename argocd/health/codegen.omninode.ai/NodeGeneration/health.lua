@@ -4,8 +4,9 @@
 -- spec.suspend. Progressing: everything else. Lua 5.1, no libraries.
 
 -- TERMINAL_REASONS in src/controller/node_generation.rs, the analysis failures
--- the controller also stops on, and the Git output's refused pushes (not
--- RepositoryUnreachable, BranchBusy or GitFailed, which pass on a retry).
+-- the controller also stops on (IntelligenceNotConfigured until a restart with a
+-- broker), and the Git output's refused pushes (not RepositoryUnreachable,
+-- BranchBusy or GitFailed, which pass on a retry).
 local terminal = {
   PrdEmpty = true,
   PrdTooLarge = true,
@@ -28,6 +29,7 @@ local terminal = {
   InvalidMessageTemplate = true,
   InvalidGitSecret = true,
   GitSecretForbidden = true,
+  IntelligenceNotConfigured = true,
 }
 
 local hs = {}
