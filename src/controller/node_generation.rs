@@ -846,6 +846,25 @@ mod tests {
         );
     }
 
+    /// A failed generation's writes: its status (`Ready=False`, phase `Failed`) and a Warning
+    /// Event, no child. Returns the `Ready` condition.
+    fn failed_without_children(fake: &FakeApi) -> Condition {
+        assert_eq!(
+            writes_to(fake),
+            vec![
+                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders/status",
+                "POST /apis/events.k8s.io/v1/namespaces/ns/events",
+            ]
+        );
+        assert_eq!(fake.writes()[1].body["type"], "Warning");
+        let status: NodeGenerationStatus =
+            serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
+        assert_eq!(status.phase, Some(crate::api::Phase::Failed));
+        let ready = status::get(&status.conditions, READY).unwrap().clone();
+        assert_eq!(ready.status, ConditionStatus::False);
+        ready
+    }
+
     #[tokio::test]
     async fn an_invalid_prd_fails_cleanly_once_and_writes_no_children() {
         let fake = FakeApi::default();
@@ -853,20 +872,8 @@ mod tests {
         let mut ng = ng("   \n\n");
         stored(&fake, &ng);
         reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
-        assert_eq!(
-            writes_to(&fake),
-            vec![
-                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders/status",
-                "POST /apis/events.k8s.io/v1/namespaces/ns/events",
-            ]
-        );
-        let status: NodeGenerationStatus =
-            serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
-        let ready = status::get(&status.conditions, READY).unwrap();
-        assert_eq!(ready.status, ConditionStatus::False);
+        let ready = failed_without_children(&fake);
         assert_eq!(ready.reason, "PrdEmpty");
-        assert_eq!(status.phase, Some(crate::api::Phase::Failed));
-        assert_eq!(fake.writes()[1].body["type"], "Warning");
 
         settle(&fake, &mut ng, &mut caches);
         fake.clear();
@@ -883,17 +890,7 @@ mod tests {
         stored(&fake, &ng);
         let action = reconcile(Arc::new(ng), ctx).await.unwrap();
         assert_eq!(action, Action::await_change());
-        assert_eq!(
-            writes_to(&fake),
-            vec![
-                "PATCH /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders/status",
-                "POST /apis/events.k8s.io/v1/namespaces/ns/events",
-            ]
-        );
-        let status: NodeGenerationStatus =
-            serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
-        let ready = status::get(&status.conditions, READY).unwrap();
-        assert_eq!(ready.status, ConditionStatus::False);
+        let ready = failed_without_children(&fake);
         assert_eq!(ready.reason, codegen::INTELLIGENCE_NOT_CONFIGURED);
         assert!(
             ready.message.contains("KAFKA_BOOTSTRAP_SERVERS"),
