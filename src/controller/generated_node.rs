@@ -134,7 +134,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         .is_some_and(|s| applied_hash(&s.metadata) == applied_hash(&service.metadata));
     if !service_current {
         services
-            .patch(&name, &params, &Patch::Apply(&service))
+            .patch_metadata(&name, &params, &Patch::Apply(&service))
             .await?;
     }
     let cached = ctx.caches.deployments.get(&key);

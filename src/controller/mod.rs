@@ -202,19 +202,30 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    let written = api
-        .patch_status(
+    let mut request = kube::core::Request::new(api.resource_url())
+        .patch_subresource(
+            "status",
             &obj.name_any(),
             &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
             &kube::api::Patch::Apply(&patch),
         )
-        .await?;
+        .map_err(kube::Error::BuildRequest)?;
+    request
+        .headers_mut()
+        .insert(http::header::ACCEPT, METADATA_ONLY.clone());
+    let written: PartialObjectMeta<K> = ctx.client.request(request).await?;
     ctx.freshness.wrote(
-        written.meta().uid.as_deref(),
-        written.meta().resource_version.as_deref(),
+        written.metadata.uid.as_deref(),
+        written.metadata.resource_version.as_deref(),
     );
     Ok(())
 }
+
+/// Ask the API server to answer a write with the object's metadata only: nothing reads the
+/// rest, and echoing a code ConfigMap (~80 KB) or a NodeGeneration with its PRD back costs the
+/// server encoding and us decoding.
+static METADATA_ONLY: http::HeaderValue =
+    http::HeaderValue::from_static("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1");
 
 /// Delete a child; one already gone is fine.
 async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<(), Error>

@@ -285,11 +285,13 @@ async fn generate_and_publish(
     for (cm, gn) in &children {
         let cm_name = cm.metadata.name.clone().unwrap_or_default();
         if !config_map_current(ctx, ns, cm) {
-            cms.patch(&cm_name, &params, &Patch::Apply(cm)).await?;
+            cms.patch_metadata(&cm_name, &params, &Patch::Apply(cm))
+                .await?;
         }
         let gn_name = gn.name_any();
         if !generated_node_current(ctx, ns, gn)? {
-            gns.patch(&gn_name, &params, &Patch::Apply(gn)).await?;
+            gns.patch_metadata(&gn_name, &params, &Patch::Apply(gn))
+                .await?;
         }
     }
     delete_unplanned(ng, ctx, ns, name, &children).await?;
