@@ -1,6 +1,7 @@
 //! The controller under load against a real control plane: N NodeGenerations (the examples,
-//! cycled) applied at once; time until all are Ready, write requests per NodeGeneration and
-//! the operator's peak RSS.
+//! cycled) applied at once; time until all are Ready and until every node's Deployment and
+//! Service exist, write requests per NodeGeneration, the operator's peak RSS and where the API
+//! server spent its time.
 //!
 //! `KUBEBUILDER_ASSETS=<dir> cargo bench --bench controller [-- COUNT [CONCURRENCY]]`
 //! (defaults 1000 and 8). Skips without a control plane.
@@ -16,7 +17,7 @@ use futures::StreamExt;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use omninode_operator::api::NodeGeneration;
+use omninode_operator::api::{GeneratedNode, NodeGeneration};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args()
@@ -61,6 +62,7 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let writes_before = op.writes()?;
+    let cpu_before = cpu(c, &op);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let api: Api<NodeGeneration> = runtime.block_on(async {
         let kubeconfig = Kubeconfig::read_from(&c.kubeconfig).map_err(|e| e.to_string())?;
@@ -92,24 +94,44 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
     // Poll every 250 ms (a list through the API is cheaper than kubectl's table printing).
     let mut peak_rss = 0;
     let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
+    let nodes = loop {
         peak_rss = peak_rss.max(op.rss_kib());
         let list = runtime
             .block_on(api.list(&ListParams::default()))
             .map_err(|e| e.to_string())?;
-        let ready = list.items.iter().filter(|ng| is_ready(ng)).count();
-        if ready == count {
+        let ready: Vec<_> = list.items.iter().filter(|ng| is_ready(ng)).collect();
+        if ready.len() == count {
+            break ready
+                .iter()
+                .filter_map(|ng| ng.status.as_ref()?.node_count)
+                .sum::<i32>() as usize;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {} of {count} Ready after 900 s", ready.len()));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let all_ready = started.elapsed();
+    let writes_ready = op.writes()? - writes_before;
+    // The GeneratedNode side runs behind: each node's Deployment and Service, then its status.
+    let gn_api: Api<GeneratedNode> = Api::namespaced(api.clone().into_client(), ns);
+    loop {
+        peak_rss = peak_rss.max(op.rss_kib());
+        let list = runtime
+            .block_on(gn_api.list(&ListParams::default()))
+            .map_err(|e| e.to_string())?;
+        let done = list.items.iter().filter(|gn| is_reconciled(gn)).count();
+        if done >= nodes {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("only {ready} of {count} Ready after 900 s"));
+            return Err(format!("only {done} of {nodes} GeneratedNodes reconciled"));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let all_ready = started.elapsed();
-    let writes_ready = op.writes()? - writes_before;
-    // Let the GeneratedNode side settle (Deployment status updates), then count again.
-    std::thread::sleep(Duration::from_secs(15));
+    let all_children = started.elapsed();
+    // Let Deployment status updates arrive, then count again.
+    std::thread::sleep(Duration::from_secs(10));
     peak_rss = peak_rss.max(op.rss_kib());
     let writes_settled = op.writes()? - writes_before;
 
@@ -124,7 +146,11 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         all_ready.as_secs_f64()
     );
     println!(
-        "  write requests per generation:  {:.2} when all Ready, {:.2} after 15 s settling",
+        "  every node's Deployment+Service: {:.1} s  ({nodes} GeneratedNodes reconciled)",
+        all_children.as_secs_f64()
+    );
+    println!(
+        "  write requests per generation:  {:.2} when all Ready, {:.2} once all nodes settled",
         writes_ready / count as f64,
         writes_settled / count as f64
     );
@@ -161,6 +187,24 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         "  operator peak RSS:              {:.1} MiB (VmRSS sampled)",
         peak_rss as f64 / 1024.0
     );
+    let cpu_after = cpu(c, &op);
+    println!("  CPU seconds used during the run:");
+    for (name, after) in &cpu_after {
+        let before = cpu_before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, s)| *s);
+        println!("    {name:<24} {:>6.1}", after - before);
+    }
+    match api_server_time(c) {
+        Ok(top) => {
+            println!("  API server request time (sum of apiserver_request_duration_seconds):");
+            for (seconds, count, what) in top {
+                println!("    {what:<40} {seconds:>7.1} s over {count:>6.0} requests");
+            }
+        }
+        Err(e) => println!("  API server request time: unavailable ({e})"),
+    }
     if let Some(hwm) = op
         .pid()
         .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
@@ -175,6 +219,13 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
     Ok(())
 }
 
+/// The GeneratedNode controller has applied this spec's Deployment and Service.
+fn is_reconciled(gn: &GeneratedNode) -> bool {
+    gn.status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == gn.metadata.generation)
+}
+
 fn is_ready(ng: &NodeGeneration) -> bool {
     ng.status.as_ref().is_some_and(|s| {
         s.observed_generation == ng.metadata.generation
@@ -182,4 +233,60 @@ fn is_ready(ng: &NodeGeneration) -> bool {
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.is_true())
     })
+}
+
+/// Where the API server spent its request time during the run (everyone's requests: the
+/// operator's, kube-controller-manager's, the harness's), by verb and resource, largest first.
+fn api_server_time(c: &Cluster) -> Result<Vec<(f64, f64, String)>, String> {
+    let metrics = c.kubectl_ok(&["get", "--raw", "/metrics"])?;
+    let mut by_key: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for line in metrics.lines() {
+        let (is_sum, rest) =
+            if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+                (true, r)
+            } else if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_count{") {
+                (false, r)
+            } else {
+                continue;
+            };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        if verb == "WATCH" || verb == "CONNECT" {
+            continue; // long-running: their duration is how long the watch stayed open
+        }
+        let key = match sub.as_str() {
+            "" => format!("{verb} {resource}"),
+            s => format!("{verb} {resource}/{s}"),
+        };
+        let v: f64 = value.trim().parse().unwrap_or(0.0);
+        let entry = by_key.entry(key).or_default();
+        if is_sum {
+            entry.0 += v;
+        } else {
+            entry.1 += v;
+        }
+    }
+    let mut top: Vec<_> = by_key.into_iter().map(|(k, (s, n))| (s, n, k)).collect();
+    top.sort_by(|a, b| b.0.total_cmp(&a.0));
+    top.truncate(12);
+    Ok(top)
+}
+
+/// CPU seconds so far of the control plane's processes and the operator's.
+fn cpu(c: &Cluster, op: &Operator) -> Vec<(String, f64)> {
+    let mut all = c.cpu_seconds();
+    all.extend(
+        op.cpu_seconds()
+            .map(|s| ("omninode-operator".to_string(), s)),
+    );
+    all
 }

@@ -384,6 +384,20 @@ impl Cluster {
         }
     }
 
+    /// CPU seconds each control-plane process (etcd, kube-apiserver, kube-controller-manager)
+    /// has used so far, by program name.
+    pub fn cpu_seconds(&self) -> Vec<(String, f64)> {
+        self.processes
+            .iter()
+            .filter_map(|child| {
+                let pid = child.id();
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+                let name = exe.file_name()?.to_string_lossy().into_owned();
+                Some((name, cpu_seconds(pid)?))
+            })
+            .collect()
+    }
+
     pub fn create_namespace(&self, name: &str) -> Result<(), String> {
         self.kubectl_ok(&["create", "namespace", name]).map(|_| ())
     }
@@ -586,6 +600,11 @@ impl Operator {
         Ok(total)
     }
 
+    /// CPU seconds the operator process has used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid()?)
+    }
+
     /// Resident set size of the operator process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         self.pid()
@@ -632,4 +651,16 @@ pub fn many_generations(count: usize) -> Result<String, String> {
         out.push_str(&serde_norway::to_string(&doc).map_err(|e| e.to_string())?);
     }
     Ok(out)
+}
+
+/// User + system CPU seconds of a process, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3, `state`;
+    // utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
 }
