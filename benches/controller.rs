@@ -94,41 +94,35 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
     // Poll every 250 ms (a list through the API is cheaper than kubectl's table printing).
     let mut peak_rss = 0;
     let deadline = Instant::now() + Duration::from_secs(900);
-    let nodes = loop {
-        peak_rss = peak_rss.max(op.rss_kib());
+    let nodes = poll(&op, &mut peak_rss, deadline, || {
         let list = runtime
             .block_on(api.list(&ListParams::default()))
             .map_err(|e| e.to_string())?;
         let ready: Vec<_> = list.items.iter().filter(|ng| is_ready(ng)).collect();
-        if ready.len() == count {
-            break ready
+        Ok(if ready.len() == count {
+            Ok(ready
                 .iter()
                 .filter_map(|ng| ng.status.as_ref()?.node_count)
-                .sum::<i32>() as usize;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("only {} of {count} Ready after 900 s", ready.len()));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+                .sum::<i32>() as usize)
+        } else {
+            Err(format!("only {} of {count} Ready", ready.len()))
+        })
+    })?;
     let all_ready = started.elapsed();
     let writes_ready = op.writes()? - writes_before;
     // The GeneratedNode side runs behind: each node's Deployment and Service, then its status.
     let gn_api: Api<GeneratedNode> = Api::namespaced(api.clone().into_client(), ns);
-    loop {
-        peak_rss = peak_rss.max(op.rss_kib());
+    poll(&op, &mut peak_rss, deadline, || {
         let list = runtime
             .block_on(gn_api.list(&ListParams::default()))
             .map_err(|e| e.to_string())?;
         let done = list.items.iter().filter(|gn| is_reconciled(gn)).count();
-        if done >= nodes {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("only {done} of {nodes} GeneratedNodes reconciled"));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        Ok(if done >= nodes {
+            Ok(())
+        } else {
+            Err(format!("only {done} of {nodes} GeneratedNodes reconciled"))
+        })
+    })?;
     let all_children = started.elapsed();
     // Let Deployment status updates arrive, then count again.
     std::thread::sleep(Duration::from_secs(10));
@@ -187,24 +181,8 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         "  operator peak RSS:              {:.1} MiB (VmRSS sampled)",
         peak_rss as f64 / 1024.0
     );
-    let cpu_after = cpu(c, &op);
-    println!("  CPU seconds used during the run:");
-    for (name, after) in &cpu_after {
-        let before = cpu_before
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0.0, |(_, s)| *s);
-        println!("    {name:<24} {:>6.1}", after - before);
-    }
-    match api_server_time(c) {
-        Ok(top) => {
-            println!("  API server request time (sum of apiserver_request_duration_seconds):");
-            for (seconds, count, what) in top {
-                println!("    {what:<40} {seconds:>7.1} s over {count:>6.0} requests");
-            }
-        }
-        Err(e) => println!("  API server request time: unavailable ({e})"),
-    }
+    report_cpu(&cpu_before, &cpu(c, &op));
+    report_api_server_time(c);
     if let Some(hwm) = op
         .pid()
         .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
@@ -217,6 +195,26 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         println!("  operator VmHWM:                 {:.1} MiB", hwm / 1024.0);
     }
     Ok(())
+}
+
+/// Call `check` every 250 ms until it is done (`Ok(Ok(value))`), sampling the operator's RSS
+/// meanwhile; `Ok(Err(progress))` says how far it got, for the message if the deadline passes.
+fn poll<T>(
+    op: &Operator,
+    peak_rss: &mut u64,
+    deadline: Instant,
+    mut check: impl FnMut() -> Result<Result<T, String>, String>,
+) -> Result<T, String> {
+    loop {
+        *peak_rss = (*peak_rss).max(op.rss_kib());
+        match check()? {
+            Ok(value) => return Ok(value),
+            Err(progress) if Instant::now() > deadline => {
+                return Err(format!("{progress} after 900 s"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
 }
 
 /// The GeneratedNode controller has applied this spec's Deployment and Service.
@@ -235,8 +233,32 @@ fn is_ready(ng: &NodeGeneration) -> bool {
     })
 }
 
-/// Where the API server spent its request time during the run (everyone's requests: the
-/// operator's, kube-controller-manager's, the harness's), by verb and resource, largest first.
+fn report_cpu(before: &[(String, f64)], after: &[(String, f64)]) {
+    println!("  CPU seconds used during the run:");
+    for (name, a) in after {
+        let b = before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, s)| *s);
+        println!("    {name:<24} {:>6.1}", a - b);
+    }
+}
+
+fn report_api_server_time(c: &Cluster) {
+    match api_server_time(c) {
+        Ok(top) => {
+            println!("  API server request time (sum of apiserver_request_duration_seconds):");
+            for (seconds, count, what) in top {
+                println!("    {what:<40} {seconds:>7.1} s over {count:>6.0} requests");
+            }
+        }
+        Err(e) => println!("  API server request time: unavailable ({e})"),
+    }
+}
+
+/// Where the API server has spent its request time since it started (just before the run):
+/// everyone's requests, the operator's, kube-controller-manager's and the harness's, by verb and
+/// resource, largest first.
 fn api_server_time(c: &Cluster) -> Result<Vec<(f64, f64, String)>, String> {
     let metrics = c.kubectl_ok(&["get", "--raw", "/metrics"])?;
     let mut by_key: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
