@@ -157,19 +157,7 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         "generatednodes/status",
         "events",
     ] {
-        let n = op.counter(
-            "omninode_api_requests_total",
-            &[&format!("resource=\"{resource}\"")],
-        )? - op.counter(
-            "omninode_api_requests_total",
-            &[&format!("resource=\"{resource}\""), "verb=\"get\""],
-        )? - op.counter(
-            "omninode_api_requests_total",
-            &[&format!("resource=\"{resource}\""), "verb=\"list\""],
-        )? - op.counter(
-            "omninode_api_requests_total",
-            &[&format!("resource=\"{resource}\""), "verb=\"watch\""],
-        )?;
+        let n = op.writes_to(Some(resource))?;
         println!("    {resource:<24} {:.2} per generation", n / count as f64);
     }
     let reads = op.counter("omninode_api_requests_total", &["verb=\"get\""])?;

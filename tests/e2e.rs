@@ -978,14 +978,7 @@ fn inventory(c: &Cluster, ns: &str) -> Result<BTreeSet<String>, String> {
 
 /// Writes other than the Lease's.
 fn writes_without_lease(op: &Operator) -> Result<f64, String> {
-    let mut lease = 0.0;
-    for verb in ["create", "update", "patch", "delete"] {
-        lease += op.counter(
-            "omninode_api_requests_total",
-            &[&format!("verb=\"{verb}\""), "resource=\"leases\""],
-        )?;
-    }
-    Ok(op.writes()? - lease)
+    Ok(op.writes()? - op.writes_to(Some("leases"))?)
 }
 
 /// Install chart version N (namespace scope), generate, then `helm upgrade` to N+1 with other

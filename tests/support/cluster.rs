@@ -590,14 +590,25 @@ impl Operator {
 
     /// Write requests (create, update, patch, delete) sent to the API server so far.
     pub fn writes(&self) -> Result<f64, String> {
-        let mut total = 0.0;
-        for verb in ["create", "update", "patch", "delete"] {
-            total += self.counter(
-                "omninode_api_requests_total",
-                &[&format!("verb=\"{verb}\"")],
-            )?;
-        }
-        Ok(total)
+        self.writes_to(None)
+    }
+
+    /// Write requests (create, update, patch, delete) the operator has sent to one resource
+    /// (`"generatednodes/status"`), or to all with `None`; one scrape of /metrics.
+    pub fn writes_to(&self, resource: Option<&str>) -> Result<f64, String> {
+        let text = self.get("/metrics")?;
+        let resource = resource.map(|r| format!("resource=\"{r}\""));
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("omninode_api_requests_total{"))
+            .filter(|l| {
+                ["create", "update", "patch", "delete"]
+                    .iter()
+                    .any(|verb| l.contains(&format!("verb=\"{verb}\"")))
+            })
+            .filter(|l| resource.as_ref().is_none_or(|r| l.contains(r.as_str())))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 
     /// CPU seconds the operator process has used so far.
