@@ -30,7 +30,7 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let Some(bin) = tansu_bin() else { return };
-    let broker = Broker::start(&bin, free_port());
+    let broker = Broker::start_in_memory(&bin, free_port());
     let rss_before = rss_kib();
     let client =
         IntelligenceClient::connect(config(&broker.servers(), "bench."), Metrics::default())

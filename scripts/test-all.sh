@@ -28,7 +28,8 @@ fi
 export OMNINODE_PYTHON=$VENV/bin/python
 
 step "Kafka broker (tansu $TANSU_VERSION, features $TANSU_FEATURES, in $CACHE)"
-# In-memory storage for most tests; SQLite storage (libsql) for the broker-restart test.
+# The tests run it on SQLite storage (libsql), the latency benchmark on in-memory storage
+# (dynostore); tests/support/kafka.rs says why.
 TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}
 TANSU=$TANSU_ROOT/bin/tansu
 if [ ! -x "$TANSU" ]; then

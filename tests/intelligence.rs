@@ -607,10 +607,10 @@ async fn replies_later_than_the_timeout_are_dropped_never_misrouted() {
     let Some(bin) = tansu_bin() else { return };
     let broker = Broker::start(&bin, free_port());
     let mut cfg = config(&broker.servers(), "late.");
-    cfg.intelligence_code_analysis_timeout_ms = 200;
+    cfg.intelligence_code_analysis_timeout_ms = 1000;
     cfg.intelligence_breaker_threshold = 10_000;
     let client = ready_client(cfg).await;
-    let _r = Responder::start(&broker.servers(), "late.", &["--jitter-ms", "400"]);
+    let _r = Responder::start(&broker.servers(), "late.", &["--jitter-ms", "2000"]);
 
     let results = concurrently(&client, 300, "late").await;
     let mut timeouts = 0u64;
