@@ -585,7 +585,8 @@ impl Operator {
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter(|l| labels.iter().all(|kv| l.contains(kv)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+            // Not `sum()`: an empty f64 sum is -0.0, printed as "-0.00".
+            .fold(0.0, |total, v| total + v))
     }
 
     /// Write requests (create, update, patch, delete) sent to the API server so far.
