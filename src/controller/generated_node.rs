@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use super::node_generation::{APPLIED_HASH_ANNOTATION, FILES_ANNOTATION};
-use super::{Context, Error, apply_status, delete_ignoring_missing, ready_event};
-use crate::api::{Condition, ConditionStatus, FIELD_MANAGER, GeneratedNode};
+use super::{Context, Error, apply_params, apply_status, delete_ignoring_missing, ready_event};
+use crate::api::{Condition, ConditionStatus, GeneratedNode};
 use crate::deploy::{self, Code, child_labels, items_from_keys};
 use crate::publish::configmap::key_for;
 use crate::status;
@@ -126,7 +126,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
 
     // The Service first: the Deployment's events trigger the next reconcile, and by then the
     // Service's own event has (almost always) reached the cache, so it is not applied twice.
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = apply_params();
     let service_current = ctx
         .caches
         .services

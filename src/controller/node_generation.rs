@@ -11,18 +11,20 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::{Context, Error, apply_status, delete_ignoring_missing, git_output, ready_event};
+use super::{
+    Context, Error, apply_params, apply_status, delete_ignoring_missing, git_output, ready_event,
+};
 use crate::api::Condition;
 use crate::api::{
-    ConditionStatus, ConfigMapSource, FIELD_MANAGER, GeneratedNode, GitOutput, LABEL_GENERATION,
-    NodeGeneration, NodeGenerationStatus, NodeSource, OutputStatus,
+    ConditionStatus, ConfigMapSource, GeneratedNode, GitOutput, LABEL_GENERATION, NodeGeneration,
+    NodeGenerationStatus, NodeSource, OutputStatus,
 };
 use crate::codegen::{self, Identity};
 use crate::manifest::Rejected;
@@ -279,7 +281,7 @@ async fn generate_and_publish(
         }
     }
 
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = apply_params();
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let gns: Api<GeneratedNode> = Api::namespaced(ctx.client.clone(), ns);
     for (cm, gn) in &children {
@@ -773,8 +775,17 @@ mod tests {
             ],
             "{writes:#?}"
         );
+        // Every write is a forced server-side apply that skips the server's strict re-parse.
+        for write in &fake.writes()[..3] {
+            for param in [
+                "fieldManager=omninode-operator",
+                "force=true",
+                "fieldValidation=Ignore",
+            ] {
+                assert!(write.uri.contains(param), "{} lacks {param}", write.uri);
+            }
+        }
         let status_write = &fake.writes()[2];
-        assert!(status_write.uri.contains("fieldManager=omninode-operator"));
         let status: NodeGenerationStatus =
             serde_json::from_value(status_write.body["status"].clone()).unwrap();
         let types: Vec<(&str, ConditionStatus, Option<i64>)> = status
