@@ -580,13 +580,9 @@ impl Operator {
     /// Sum of a counter family's samples whose labels contain every given `key="value"`.
     pub fn counter(&self, name: &str, labels: &[&str]) -> Result<f64, String> {
         let text = self.get("/metrics")?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter(|l| labels.iter().all(|kv| l.contains(kv)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            // Not `sum()`: an empty f64 sum is -0.0, printed as "-0.00".
-            .fold(0.0, |total, v| total + v))
+        Ok(sum_samples(&text, |l| {
+            l.starts_with(name) && labels.iter().all(|kv| l.contains(kv))
+        }))
     }
 
     /// Write requests (create, update, patch, delete) sent to the API server so far.
@@ -599,17 +595,13 @@ impl Operator {
     pub fn writes_to(&self, resource: Option<&str>) -> Result<f64, String> {
         let text = self.get("/metrics")?;
         let resource = resource.map(|r| format!("resource=\"{r}\""));
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("omninode_api_requests_total{"))
-            .filter(|l| {
-                ["create", "update", "patch", "delete"]
+        Ok(sum_samples(&text, |l| {
+            l.starts_with("omninode_api_requests_total{")
+                && ["create", "update", "patch", "delete"]
                     .iter()
                     .any(|verb| l.contains(&format!("verb=\"{verb}\"")))
-            })
-            .filter(|l| resource.as_ref().is_none_or(|r| l.contains(r.as_str())))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+                && resource.as_ref().is_none_or(|r| l.contains(r.as_str()))
+        }))
     }
 
     /// CPU seconds the operator process has used so far.
@@ -663,6 +655,15 @@ pub fn many_generations(count: usize) -> Result<String, String> {
         out.push_str(&serde_norway::to_string(&doc).map_err(|e| e.to_string())?);
     }
     Ok(out)
+}
+
+/// Sum of the samples in Prometheus text `text` on the lines `keep` accepts (comments skipped).
+fn sum_samples(text: &str, keep: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && keep(l))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        // Not `sum()`: an empty f64 sum is -0.0, printed as "-0.00".
+        .fold(0.0, |total, v| total + v)
 }
 
 /// User + system CPU seconds of a process, from /proc/<pid>/stat.
