@@ -7,7 +7,7 @@
 use crate::analysis;
 use crate::api::{IntelligenceMode, NodeGenerationSpec, NodeType};
 use crate::intelligence::wire::SessionStatus;
-use crate::intelligence::{IntelligenceClient, advisor};
+use crate::intelligence::{IntelligenceClient, IntelligenceError, advisor};
 use crate::manifest::Rejected;
 use crate::pipeline::{self, Outcome};
 use crate::prd;
@@ -49,6 +49,10 @@ pub const INTELLIGENCE_NOT_CONFIGURED: &str = "IntelligenceNotConfigured";
 /// One generation: ask the intelligence service when one is configured (falling back to the
 /// built-in library unless `intelligence.mode: Required`), run the core, and add the service's
 /// quality scores.
+///
+/// The two contract families are asked independently: codegen analysis (optional; the live
+/// service does not serve it) refines the plan, and code analysis scores every node whenever a
+/// broker is configured, whatever became of the analysis.
 pub async fn run(
     renderer: &Renderer,
     identity: &Identity<'_>,
@@ -83,21 +87,18 @@ pub async fn run(
             SessionStatus::Processing,
             10.0,
             "analyzing the PRD",
-        )
-        .await;
+        );
         let builtin = analysis::plan(&parsed, &pipeline::overrides(spec, name), None)
             .ok()
             .and_then(|p| p.nodes.first().map(|n| n.node_type))
             .unwrap_or(NodeType::Effect);
         match advisor::advise(c, session, prd_text, &parsed, builtin, timeout).await {
             Ok(h) => hints = Some(h),
-            Err(e) if mode == IntelligenceMode::Required => {
-                c.publish_status(session, SessionStatus::Failed, 100.0, &e.to_string())
-                    .await;
-                return Err(Rejected {
-                    reason: "IntelligenceUnavailable".into(),
-                    message: format!("spec.intelligence.mode is Required: {e}"),
-                });
+            Err(e)
+                if mode == IntelligenceMode::Required
+                    && e == IntelligenceError::BrokerUnavailable =>
+            {
+                return Err(unavailable(c, session, &e.to_string()));
             }
             Err(e) => fallback = Some(e.to_string()),
         }
@@ -106,37 +107,51 @@ pub async fn run(
     if let Some(why) = &fallback {
         outcome.note_fallback(why);
     }
-    if let Some(c) = client {
-        if hints.is_some() && outcome.succeeded() {
-            let scores = futures::future::join_all(outcome.nodes.iter().map(|n| {
-                let path = format!(
-                    "{}/{}/node.py",
-                    n.rendered.dir_name, n.rendered.context.version_dir
-                );
-                let code = n
-                    .rendered
-                    .files
-                    .get(&format!("{}/node.py", n.rendered.context.version_dir));
-                let code = code
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                async move { advisor::assess(c, &path, &code).await }
-            }))
-            .await;
-            for (node, score) in outcome.nodes.iter_mut().zip(scores) {
-                if let Ok(score) = score {
-                    node.report.merge_service(score);
+    let Some(c) = client else {
+        return Ok(outcome);
+    };
+    if outcome.succeeded() {
+        let scores = futures::future::join_all(outcome.nodes.iter().map(|n| {
+            let main = format!("{}/node.py", n.rendered.context.version_dir);
+            let path = format!("{}/{main}", n.rendered.dir_name);
+            let code = n
+                .rendered
+                .files
+                .get(&main)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            async move { advisor::assess(c, &path, &code).await }
+        }))
+        .await;
+        for (node, score) in outcome.nodes.iter_mut().zip(scores) {
+            match score {
+                Ok(score) => node.report.merge_service(score),
+                // Required means the service must have looked at the code: code analysis is
+                // the family it serves.
+                Err(e) if mode == IntelligenceMode::Required => {
+                    let why = format!("code analysis of {} unanswered: {e}", node.name);
+                    return Err(unavailable(c, session, &why));
                 }
+                Err(e) => tracing::debug!(node = %node.name, error = %e, "no service score"),
             }
         }
-        let (status, message) = match &outcome.failure {
-            None => (
-                SessionStatus::Completed,
-                format!("{} node(s) generated", outcome.nodes.len()),
-            ),
-            Some(f) => (SessionStatus::Failed, f.message.clone()),
-        };
-        c.publish_status(session, status, 100.0, &message).await;
     }
+    let (status, message) = match &outcome.failure {
+        None => (
+            SessionStatus::Completed,
+            format!("{} node(s) generated", outcome.nodes.len()),
+        ),
+        Some(f) => (SessionStatus::Failed, f.message.clone()),
+    };
+    c.publish_status(session, status, 100.0, &message);
     Ok(outcome)
+}
+
+/// `intelligence.mode: Required` and the service could not be used: the generation waits.
+fn unavailable(client: &IntelligenceClient, session: &str, why: &str) -> Rejected {
+    client.publish_status(session, SessionStatus::Failed, 100.0, why);
+    Rejected {
+        reason: "IntelligenceUnavailable".into(),
+        message: format!("spec.intelligence.mode is Required: {why}"),
+    }
 }

@@ -138,7 +138,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?),
                     None => None,
                 };
-                anyhow::Ok(generate::generate(&renderer, &files, &output, client.as_ref()).await)
+                let printed = generate::generate(&renderer, &files, &output, client.as_ref()).await;
+                // Status events are handed to the producer without waiting; deliver them.
+                if let Some(c) = &client {
+                    c.flush(std::time::Duration::from_secs(2)).await;
+                }
+                anyhow::Ok(printed)
             })?;
             // The consumer task and any unsent status event end with the runtime.
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));

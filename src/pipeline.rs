@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use crate::api::{
     AnalysisStatus, Condition, ConditionStatus, DeploySpec, FIELD_MANAGER, GeneratedNodeDeploy,
-    GeneratedNodeSpec, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NODE, NodeGenerationSpec,
-    NodeGenerationStatus, NodeSource, NodeStatus, PlannedNodeStatus,
+    GeneratedNodeSpec, IntelligenceSource, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NODE,
+    NodeGenerationSpec, NodeGenerationStatus, NodeSource, NodeStatus, PlannedNodeStatus,
 };
 use crate::naming::dns_label;
 use crate::prd;
@@ -106,10 +106,20 @@ impl Outcome {
         }
     }
 
+    /// Who scored the code: the service when it assessed every node.
+    pub fn quality_source(&self) -> IntelligenceSource {
+        if !self.nodes.is_empty() && self.nodes.iter().all(|n| n.report.service.is_some()) {
+            IntelligenceSource::Omniarchon
+        } else {
+            IntelligenceSource::Builtin
+        }
+    }
+
     /// The parts of status the core owns (analysis, nodes, quality, node count).
     pub fn fill_status(&self, status: &mut NodeGenerationStatus) {
         status.analysis = self.plan.as_ref().map(|p| AnalysisStatus {
             source: p.source,
+            quality_source: Some(self.quality_source()),
             confidence: p.confidence,
             correlation_id: self.correlation_id.clone(),
             domain: p.domain.clone(),

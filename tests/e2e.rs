@@ -623,14 +623,25 @@ fn kill_and_restart_mid_flight(c: &Cluster) -> Outcome {
     Ok(())
 }
 
+/// The broker binary, or None (after saying so) where there is none; under CI its absence
+/// fails the scenario.
+fn tansu() -> Result<Option<String>, String> {
+    match std::env::var("TANSU_BIN") {
+        Ok(bin) if !bin.is_empty() => Ok(Some(bin)),
+        _ if std::env::var("CI").is_ok() => {
+            Err("TANSU_BIN is not set; scripts/test-all.sh installs the broker".into())
+        }
+        _ => {
+            println!("    skipped: no Kafka broker (set TANSU_BIN)");
+            Ok(None)
+        }
+    }
+}
+
 /// With the real broker and the stand-in responder the analysis comes from the service; with
 /// the responder stopped, generations still complete from the built-in library.
 fn intelligence_service_and_fallback(c: &Cluster) -> Outcome {
-    let Ok(bin) = std::env::var("TANSU_BIN") else {
-        if std::env::var("CI").is_ok() {
-            return Err("TANSU_BIN is not set; scripts/test-all.sh installs the broker".into());
-        }
-        println!("    skipped: no Kafka broker (set TANSU_BIN)");
+    let Some(bin) = tansu()? else {
         return Ok(());
     };
     let port = support::kafka::free_port();
@@ -687,6 +698,82 @@ fn intelligence_service_and_fallback(c: &Cluster) -> Outcome {
             .split("; ")
             .last()
             .unwrap_or_default()
+    );
+    drop(broker);
+    Ok(())
+}
+
+/// The operator starts with its broker down: 20 generations are Ready from the built-in library
+/// within 30 s (no timeout per reconcile). Once the broker and a service are back, new
+/// generations get the service's answers within 60 s, without an operator restart.
+fn intelligence_broker_outage(c: &Cluster) -> Outcome {
+    let Some(bin) = tansu()? else {
+        return Ok(());
+    };
+    let port = support::kafka::free_port();
+    let servers = format!("127.0.0.1:{port}");
+    let prefix = "e2e-outage.";
+    let ns = "e2e-broker-outage";
+    c.create_namespace(ns)?;
+    let _op = Operator::start(
+        c,
+        ns,
+        &[
+            "--kafka-bootstrap-servers",
+            &servers,
+            "--kafka-topic-prefix",
+            prefix,
+            "--concurrency",
+            "4",
+            // A generation that reaches the broker before the responder listens opens the
+            // codegen breaker; 10 s instead of 30 keeps the wait for its probe short.
+            "--intelligence-breaker-recovery-ms",
+            "10000",
+        ],
+    )?;
+    let started = Instant::now();
+    c.apply(ns, &support::cluster::many_generations(20)?)?;
+    wait_until(
+        Duration::from_secs(30),
+        "20 Ready with the broker down",
+        || Ok(ready_count(c, ns)?.0 == 20),
+    )?;
+    let down_took = started.elapsed();
+    let (_, all) = ready_count(c, ns)?;
+    ensure!(
+        all.iter()
+            .all(|ng| ng["status"]["analysis"]["source"] == "builtin"),
+        "a generation did not fall back while the broker was down"
+    );
+
+    let broker = support::kafka::Broker::start(&bin, port);
+    let back = Instant::now();
+    // The operator's client recreates its topics once it reaches the broker; the responder
+    // waits for them.
+    let _responder = support::kafka::Responder::start(&servers, prefix, &[]);
+    let mut attempt = 0;
+    let answered = loop {
+        ensure!(
+            back.elapsed() < Duration::from_secs(60),
+            "no generation got the service's answers within 60 s of the broker's return"
+        );
+        attempt += 1;
+        let name = format!("after-outage-{attempt}");
+        let manifest = format!(
+            "apiVersion: codegen.omninode.ai/v1alpha1\nkind: NodeGeneration\nmetadata:\n  name: {name}\nspec:\n  prd: |\n    # Order Archiver {attempt}\n    ## Overview\n    Stores finished orders in PostgreSQL for auditing.\n    ## Functional Requirements\n    - Store a finished order record\n"
+        );
+        c.apply(ns, &manifest)?;
+        wait_ready(c, ns, &name)?;
+        let ng = generation_of(c, ns, &name)?;
+        let analysis = &ng["status"]["analysis"];
+        if analysis["source"] == "omniarchon" && analysis["qualitySource"] == "omniarchon" {
+            break back.elapsed();
+        }
+    };
+    println!(
+        "    20 Ready in {:.1} s with the broker down; service answers again {:.1} s after it returned ({attempt} generation(s))",
+        down_took.as_secs_f64(),
+        answered.as_secs_f64()
     );
     drop(broker);
     Ok(())
@@ -1364,7 +1451,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 15] = [
+    let scenarios: [Scenario; 16] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -1398,6 +1485,7 @@ fn main() -> ExitCode {
             "intelligence_service_and_fallback",
             intelligence_service_and_fallback,
         ),
+        ("intelligence_broker_outage", intelligence_broker_outage),
     ];
     let mut failed = Vec::new();
     for (name, scenario) in scenarios {

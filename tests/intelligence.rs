@@ -1,6 +1,7 @@
 //! The intelligence client against a real Kafka broker (tansu) and the stand-in responder
-//! (issue 3): both contract families, fallback and the circuit breaker, broker outages,
-//! correctness under load with hostile replies, and retries.
+//! (issues 3 and 7): both contract families, each with its own breaker, a service that serves
+//! only code analysis (like the live omniintelligence), fallback, broker outages, correctness
+//! under load with hostile replies, and retries.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use omninode_operator::intelligence::wire::{CodeAnalysisOperation, CodegenOperation};
 use omninode_operator::intelligence::{
-    CircuitState, IntelligenceClient, IntelligenceError, Metrics,
+    CircuitState, ContractFamily, IntelligenceClient, IntelligenceError, Metrics,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -176,14 +177,13 @@ async fn answers_both_contract_families() {
     }
     assert_eq!(analyze_req["event_type"], "codegen.request.analyze");
 
-    client
-        .publish_status(
-            "session-1",
-            omninode_operator::intelligence::wire::SessionStatus::Completed,
-            100.0,
-            "done",
-        )
-        .await;
+    client.publish_status(
+        "session-1",
+        omninode_operator::intelligence::wire::SessionStatus::Completed,
+        100.0,
+        "done",
+    );
+    client.flush(Duration::from_secs(5)).await;
     let status = read_topic(&broker.servers(), &cfg.codegen_status());
     assert_eq!(status.last().unwrap().0.as_deref(), Some("session-1"));
     let s: Value = serde_json::from_str(&status.last().unwrap().1).unwrap();
@@ -193,29 +193,71 @@ async fn answers_both_contract_families() {
     );
 }
 
-fn generate(servers: &str, prefix: &str, out: &std::path::Path) -> Value {
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/effect-postgres-writer.yaml"
-    );
+/// `generate` of `examples` (names in examples/) against a broker; the printed documents and
+/// how long the whole command took.
+fn generate_examples(
+    servers: &str,
+    prefix: &str,
+    out: &std::path::Path,
+    examples: &[&str],
+    extra: &[&str],
+) -> (Vec<Value>, Duration) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let started = Instant::now();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_omninode-operator"))
-        .args(["generate", example, "--output"])
+        .arg("generate")
+        .args(examples.iter().map(|e| dir.join(e)))
+        .arg("--output")
         .arg(out)
         .args([
+            "--format",
+            "json",
             "--kafka-bootstrap-servers",
             servers,
             "--kafka-topic-prefix",
             prefix,
         ])
+        .args(extra)
         .output()
         .unwrap();
+    let took = started.elapsed();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let doc: serde_norway::Value = serde_norway::from_slice(&output.stdout).unwrap();
-    serde_json::to_value(doc).unwrap()
+    let docs: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    (docs, took)
+}
+
+fn generate(servers: &str, prefix: &str, out: &std::path::Path, extra: &[&str]) -> Value {
+    let (mut docs, _) = generate_examples(
+        servers,
+        prefix,
+        out,
+        &["effect-postgres-writer.yaml"],
+        extra,
+    );
+    docs.remove(0)
+}
+
+/// Every example manifest, sorted.
+fn all_examples() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn condition<'a>(doc: &'a Value, type_: &str) -> &'a Value {
+    doc["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +268,7 @@ async fn generate_uses_the_service_and_falls_back_without_it() {
     let tmp = tempfile::tempdir().unwrap();
 
     let responder = Responder::start(&broker.servers(), "gen.", &[]);
-    let with = generate(&broker.servers(), "gen.", tmp.path());
+    let with = generate(&broker.servers(), "gen.", tmp.path(), &[]);
     let analysis = &with["status"]["analysis"];
     assert_eq!(analysis["source"], "omniarchon");
     assert_eq!(analysis["confidence"], 0.9);
@@ -249,6 +291,7 @@ async fn generate_uses_the_service_and_falls_back_without_it() {
     assert_eq!(quality["service"]["qualityScore"], 0.92);
     assert!(quality["merged"].as_f64().is_some());
     assert_eq!(with["status"]["nodes"][0]["serviceQuality"], 0.92);
+    assert_eq!(analysis["qualitySource"], "omniarchon");
     assert!(
         tmp.path()
             .join("postgres-writer")
@@ -257,16 +300,22 @@ async fn generate_uses_the_service_and_falls_back_without_it() {
     );
     drop(responder);
 
-    let without = generate(&broker.servers(), "gen.", tmp.path());
+    let without = generate(
+        &broker.servers(),
+        "gen.",
+        tmp.path(),
+        &["--intelligence-code-analysis-timeout-ms", "1000"],
+    );
     let analysis = &without["status"]["analysis"];
     assert_eq!(analysis["source"], "builtin");
+    assert_eq!(analysis["qualitySource"], "builtin");
     assert_eq!(analysis["confidence"], 0.7);
-    let analyzed = without["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Analyzed")
-        .unwrap();
+    assert!(
+        without["status"]["nodes"][0]
+            .get("serviceQuality")
+            .is_none()
+    );
+    let analyzed = condition(&without, "Analyzed");
     assert!(
         analyzed["message"]
             .as_str()
@@ -274,17 +323,116 @@ async fn generate_uses_the_service_and_falls_back_without_it() {
             .contains("built-in pattern library used"),
         "{analyzed}"
     );
-    let ready = without["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap();
-    assert_eq!(ready["status"], "True");
+    assert_eq!(condition(&without, "Ready")["status"], "True");
 }
 
+/// The live omniintelligence serves only code analysis: every node is still scored by it, and
+/// the unanswered codegen family costs one analyze timeout for the whole run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaker_opens_after_five_failures_and_a_probe_closes_it() {
+async fn a_code_analysis_only_service_scores_every_node_of_the_nine_examples() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let s = broker.servers();
+    let cfg = config(&s, "live.");
+    let _topics = ready_client(cfg.clone()).await;
+    let _responder = Responder::start(&s, "live.", &["--serve", "code-analysis"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let examples = all_examples();
+    let names: Vec<&str> = examples.iter().map(String::as_str).collect();
+    assert_eq!(names.len(), 9, "{names:?}");
+
+    let (docs, took) = generate_examples(&s, "live.", tmp.path(), &names, &[]);
+    println!("nine examples against a code-analysis-only service in {took:?}");
+    let mut nodes = 0;
+    for doc in &docs {
+        let name = &doc["metadata"]["name"];
+        assert_eq!(condition(doc, "Ready")["status"], "True", "{name}");
+        let analysis = &doc["status"]["analysis"];
+        assert_eq!(
+            analysis["source"], "builtin",
+            "{name}: codegen is not served"
+        );
+        assert_eq!(analysis["qualitySource"], "omniarchon", "{name}");
+        for node in doc["status"]["nodes"].as_array().unwrap() {
+            assert_eq!(node["serviceQuality"], 0.92, "{name}: {node}");
+            nodes += 1;
+        }
+    }
+    assert!(nodes >= 9, "{nodes} nodes");
+
+    let requests = read_topic(&s, &cfg.code_analysis_request());
+    assert_eq!(requests.len(), nodes, "one code-analysis request per node");
+    let asked: HashSet<Option<String>> = requests.into_iter().map(|(k, _)| k).collect();
+    let completed: HashSet<Option<String>> = read_topic(&s, &cfg.code_analysis_completed())
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(asked, completed, "every request was completed");
+    let analyze = read_topic(&s, &cfg.codegen_request(CodegenOperation::Analyze));
+    assert_eq!(
+        analyze.len(),
+        1,
+        "one analyze timeout opens the codegen breaker"
+    );
+    assert!(took <= Duration::from_secs(10), "took {took:?}");
+}
+
+/// Nothing listens at the bootstrap address: every generation goes straight to the built-in
+/// library, without a timeout per generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_costs_the_nine_examples_seconds_not_minutes() {
+    let servers = format!("127.0.0.1:{}", free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let examples = all_examples();
+    let names: Vec<&str> = examples.iter().map(String::as_str).collect();
+    let (docs, took) = generate_examples(&servers, "dead.", tmp.path(), &names, &[]);
+    println!("nine examples with no broker in {took:?}");
+    assert_eq!(docs.len(), 9);
+    for doc in &docs {
+        assert_eq!(condition(doc, "Ready")["status"], "True");
+        assert_eq!(doc["status"]["analysis"]["source"], "builtin");
+        assert_eq!(doc["status"]["analysis"]["qualitySource"], "builtin");
+    }
+    assert!(took <= Duration::from_secs(15), "took {took:?}");
+}
+
+/// The broker is stopped while `generate` runs: the generations before it use the service,
+/// the one in flight and those after it fall back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_mid_run_sends_the_rest_to_the_fallback() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = Broker::start(&bin, free_port());
+    let s = broker.servers();
+    let _topics = ready_client(config(&s, "midrun.")).await;
+    // Slow answers stretch the run so that the broker can be stopped in its middle.
+    let _responder = Responder::start(&s, "midrun.", &["--delay-ms", "400"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let examples = all_examples();
+    let names: Vec<&str> = examples.iter().map(String::as_str).collect();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2500));
+        broker.kill();
+    });
+    let (docs, took) = generate_examples(&s, "midrun.", tmp.path(), &names, &[]);
+    killer.join().unwrap();
+    println!("nine examples, broker stopped after 2.5 s, in {took:?}");
+    let sources: Vec<&str> = docs
+        .iter()
+        .map(|d| d["status"]["analysis"]["source"].as_str().unwrap_or("?"))
+        .collect();
+    println!("analysis sources: {sources:?}");
+    for doc in &docs {
+        assert_eq!(condition(doc, "Ready")["status"], "True");
+    }
+    assert_eq!(sources.first(), Some(&"omniarchon"), "{sources:?}");
+    assert_eq!(sources.last(), Some(&"builtin"), "{sources:?}");
+    assert!(took <= Duration::from_secs(15), "took {took:?}");
+}
+
+/// A timeout opens its family's breaker at once, leaves the other family alone, and a
+/// background probe closes it when the service answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_opens_its_family_breaker_and_a_background_probe_closes_it() {
     let Some(bin) = tansu_bin() else { return };
     let broker = Broker::start(&bin, free_port());
     let mut cfg = config(&broker.servers(), "breaker.");
@@ -292,21 +440,24 @@ async fn breaker_opens_after_five_failures_and_a_probe_closes_it() {
     cfg.intelligence_breaker_recovery_ms = 1500;
     let client = ready_client(cfg.clone()).await;
 
-    for i in 0..5 {
-        let t = Instant::now();
-        let err = client
-            .code_analysis("a.py", "x = 1", CodeAnalysisOperation::QualityAssessment)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            IntelligenceError::Timeout(Duration::from_millis(300)),
-            "request {i}"
-        );
-        assert!(t.elapsed() >= Duration::from_millis(290));
-    }
-    assert_eq!(client.circuit_state(), CircuitState::Open);
+    let t = Instant::now();
+    let err = client
+        .code_analysis("a.py", "x = 1", CodeAnalysisOperation::QualityAssessment)
+        .await
+        .unwrap_err();
+    assert_eq!(err, IntelligenceError::Timeout(Duration::from_millis(300)));
+    assert!(t.elapsed() >= Duration::from_millis(290));
+    assert_eq!(
+        client.circuit_state(ContractFamily::CodeAnalysis),
+        CircuitState::Open
+    );
+    assert_eq!(
+        client.circuit_state(ContractFamily::Codegen),
+        CircuitState::Closed,
+        "the other family is not affected"
+    );
     let sent = read_topic(&broker.servers(), &cfg.code_analysis_request()).len();
+    assert_eq!(sent, 1);
     let mut fast = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
@@ -331,12 +482,30 @@ async fn breaker_opens_after_five_failures_and_a_probe_closes_it() {
 
     let _responder = Responder::start(&broker.servers(), "breaker.", &[]);
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(client.circuit_state(), CircuitState::HalfOpen);
+    assert_eq!(
+        client.circuit_state(ContractFamily::CodeAnalysis),
+        CircuitState::HalfOpen
+    );
+    // The request that finds the breaker half-open falls back at once and sends the probe.
+    let t = Instant::now();
+    let err = client
+        .code_analysis("a.py", "x = 1", CodeAnalysisOperation::QualityAssessment)
+        .await
+        .unwrap_err();
+    assert_eq!(err, IntelligenceError::CircuitOpen);
+    assert!(t.elapsed() < Duration::from_millis(5), "{:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.circuit_state(ContractFamily::CodeAnalysis) != CircuitState::Closed {
+        assert!(
+            Instant::now() < deadline,
+            "the probe did not close the circuit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ok = client
         .code_analysis("a.py", "x = 1", CodeAnalysisOperation::QualityAssessment)
         .await;
     assert!(ok.is_ok(), "{ok:?}");
-    assert_eq!(client.circuit_state(), CircuitState::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,18 +514,26 @@ async fn survives_broker_down_at_start_and_killed_mid_run() {
     let port = free_port();
     let servers = format!("127.0.0.1:{port}");
     let mut cfg = config(&servers, "outage.");
-    cfg.intelligence_code_analysis_timeout_ms = 800;
+    cfg.intelligence_code_analysis_timeout_ms = 5000;
     cfg.intelligence_breaker_recovery_ms = 500;
     let client = IntelligenceClient::connect(cfg, Metrics::default()).unwrap();
 
-    // No broker: a bounded failure, no hang, no panic.
+    // No broker: known unreachable within a moment, then requests fail at once.
     let t = Instant::now();
     let err = client
         .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
         .await
         .unwrap_err();
-    assert!(matches!(err, IntelligenceError::Timeout(_)), "{err:?}");
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(err, IntelligenceError::BrokerUnavailable, "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(client.broker_down());
+    let t = Instant::now();
+    let err = client
+        .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+        .await
+        .unwrap_err();
+    assert_eq!(err, IntelligenceError::BrokerUnavailable);
+    assert!(t.elapsed() < Duration::from_millis(5), "{:?}", t.elapsed());
 
     // The broker comes: the client sets itself up and is answered.
     let data = tempfile::tempdir().unwrap();
@@ -368,16 +545,28 @@ async fn survives_broker_down_at_start_and_killed_mid_run() {
         "no answer after the broker came up"
     );
 
-    // Killed mid-run: requests fail within their timeout.
-    broker.kill();
+    // Killed mid-run: a request in flight is released when the broker goes, not at its timeout.
     drop(responder);
-    let t = Instant::now();
-    let err = client
-        .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
-        .await
-        .unwrap_err();
-    println!("with the broker gone: {err} after {:?}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(3));
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let t = Instant::now();
+            let r = client
+                .code_analysis("a.py", "x", CodeAnalysisOperation::QualityAssessment)
+                .await;
+            (r, t.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.kill();
+    let (r, took) = in_flight.await.unwrap();
+    println!("in flight when the broker went: {r:?} after {took:?}");
+    assert_eq!(r.unwrap_err(), IntelligenceError::BrokerUnavailable);
+    assert!(
+        took < Duration::from_secs(2),
+        "released at once, not at the 5 s timeout"
+    );
+    assert!(client.broker_down());
 
     // It returns, with its log: the client resumes on its own.
     let _broker = Broker::start_persistent(&bin, port, data.path());

@@ -336,7 +336,13 @@ pub enum IntelligenceSource {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisStatus {
+    /// Who planned the nodes: `omniarchon` when the service's codegen analysis answered.
     pub source: IntelligenceSource,
+    /// Who scored the code: `omniarchon` when the service's code analysis answered for every
+    /// node (each node's `serviceQuality`), `builtin` when only the local quality gate did.
+    /// The two contract families are independent: today's live service answers only this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_source: Option<IntelligenceSource>,
     /// Confidence of the source (0.7 built-in, 0.9 service).
     pub confidence: f64,
     pub correlation_id: String,

@@ -1,9 +1,12 @@
 //! A stand-in intelligence service for local development and tests. It speaks both contract
 //! families with the operator's own wire types and answers deterministically — or, on request,
 //! slowly, with failures, with malformed or foreign replies, twice, shuffled, or not at all.
+//! `--serve code-analysis` serves only the code-analysis family, as the live omniintelligence
+//! does today: the codegen request topics are then not even read.
 //!
-//! `omninode-responder --kafka-bootstrap-servers 127.0.0.1:9092 [--mode normal|fail|malformed|
-//! foreign|duplicate|silent] [--delay-ms N] [--jitter-ms N] [--fail-first N --retry-allowed]`
+//! `omninode-responder --kafka-bootstrap-servers 127.0.0.1:9092 [--serve all|code-analysis]
+//! [--mode normal|fail|malformed|foreign|duplicate|silent] [--delay-ms N] [--jitter-ms N]
+//! [--fail-first N --retry-allowed]`
 //! It prints `ready` on stdout once it consumes the request topics.
 
 use std::sync::Arc;
@@ -30,6 +33,9 @@ use serde_json::{Value, json};
 struct Args {
     #[command(flatten)]
     kafka: IntelligenceConfig,
+    /// Which contract families to serve.
+    #[arg(long, value_enum, default_value_t = Serve::All)]
+    serve: Serve,
     #[arg(long, value_enum, default_value_t = Mode::Normal)]
     mode: Mode,
     /// Delay before every reply.
@@ -57,6 +63,14 @@ struct Args {
     /// Quality score of validate and code-analysis replies.
     #[arg(long, default_value_t = 0.92)]
     quality_score: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Serve {
+    /// Code analysis and codegen.
+    All,
+    /// Code analysis only, like the live omniintelligence (omninode-intelligence 0.24).
+    CodeAnalysis,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,11 +139,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let mut requests = vec![args.kafka.code_analysis_request()];
-    requests.extend(
-        CodegenOperation::ALL
-            .iter()
-            .map(|op| args.kafka.codegen_request(*op)),
-    );
+    if args.serve == Serve::All {
+        requests.extend(
+            CodegenOperation::ALL
+                .iter()
+                .map(|op| args.kafka.codegen_request(*op)),
+        );
+    }
     let mut list = TopicPartitionList::new();
     for topic in &requests {
         // Wait for the operator (or the test) to have created the topics.

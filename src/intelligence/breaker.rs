@@ -1,6 +1,8 @@
-//! Circuit breaker: after `threshold` consecutive failures the service is presumed absent and
-//! requests fail at once (costing nothing) until `recovery` has passed; then one probe is let
-//! through (half-open) and its outcome closes or re-opens the circuit.
+//! Circuit breaker of one contract family: a timeout, or `threshold` consecutive other
+//! failures, presume the family unserved, and requests fail at once (costing nothing) until
+//! `recovery` has passed; then one probe is let through (half-open) and its outcome closes or
+//! re-opens the circuit. A timeout opens at once because a family the service does not serve
+//! answers nothing at all: waiting for five of them would cost five timeouts per window.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,15 @@ pub struct Breaker {
     failures: u32,
     opened_at: Option<Instant>,
     probe_in_flight: bool,
+}
+
+/// Why a request failed, as far as the breaker cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No reply in time: the family is not served (or the service is gone).
+    Timeout,
+    /// Anything else that got no answer (a refused send, say).
+    Error,
 }
 
 /// Permission to send one request; `probe` when it is the half-open probe.
@@ -77,7 +88,7 @@ impl Breaker {
         }
     }
 
-    pub fn on_failure(&mut self, permit: Permit, now: Instant) {
+    pub fn on_failure(&mut self, permit: Permit, failure: Failure, now: Instant) {
         if permit.probe {
             self.probe_in_flight = false;
             self.opened_at = Some(now);
@@ -85,9 +96,17 @@ impl Breaker {
         }
         if self.opened_at.is_none() {
             self.failures += 1;
-            if self.failures >= self.threshold {
+            if failure == Failure::Timeout || self.failures >= self.threshold {
                 self.opened_at = Some(now);
             }
+        }
+    }
+
+    /// The request ended without saying anything about the service (the broker was
+    /// unreachable, or the caller gave up): a probe may be sent again.
+    pub fn release(&mut self, permit: Permit) {
+        if permit.probe {
+            self.probe_in_flight = false;
         }
     }
 }
@@ -101,8 +120,9 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(3, Duration::from_secs(10));
         for _ in 0..3 {
+            assert_eq!(b.state(t0), State::Closed);
             let p = b.try_acquire(t0).unwrap();
-            b.on_failure(p, t0);
+            b.on_failure(p, Failure::Error, t0);
         }
         assert_eq!(b.state(t0), State::Open);
         assert!(b.try_acquire(t0 + Duration::from_secs(5)).is_none());
@@ -110,7 +130,7 @@ mod tests {
         let probe = b.try_acquire(later).unwrap();
         assert!(probe.probe);
         assert!(b.try_acquire(later).is_none(), "only one probe at a time");
-        b.on_failure(probe, later);
+        b.on_failure(probe, Failure::Timeout, later);
         assert_eq!(b.state(later), State::Open);
         let again = later + Duration::from_secs(11);
         let probe = b.try_acquire(again).unwrap();
@@ -123,11 +143,25 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(2, Duration::from_secs(1));
         let p = b.try_acquire(t0).unwrap();
-        b.on_failure(p, t0);
+        b.on_failure(p, Failure::Error, t0);
         let p = b.try_acquire(t0).unwrap();
         b.on_success(p);
         let p = b.try_acquire(t0).unwrap();
-        b.on_failure(p, t0);
+        b.on_failure(p, Failure::Error, t0);
         assert_eq!(b.state(t0), State::Closed);
+    }
+
+    #[test]
+    fn one_timeout_opens_and_a_released_probe_can_be_sent_again() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(5, Duration::from_secs(1));
+        let p = b.try_acquire(t0).unwrap();
+        b.on_failure(p, Failure::Timeout, t0);
+        assert_eq!(b.state(t0), State::Open);
+        let later = t0 + Duration::from_secs(2);
+        let probe = b.try_acquire(later).unwrap();
+        b.release(probe);
+        assert_eq!(b.state(later), State::HalfOpen);
+        assert!(b.try_acquire(later).is_some_and(|p| p.probe));
     }
 }

@@ -1,6 +1,12 @@
 //! The Kafka request/response client: one idempotent producer and one long-lived consumer per
 //! process, a pending-request map keyed by correlation id, per-operation timeouts, retries with
-//! exponential backoff, a circuit breaker, and a dead-letter topic for undecodable replies.
+//! exponential backoff, a circuit breaker per contract family, broker reachability, and a
+//! dead-letter topic for undecodable replies.
+//!
+//! The two contract families (code analysis and codegen, CONTRACTS.md §1) are independent: the
+//! live service serves only code analysis, so an unanswered codegen family must never cost
+//! code analysis anything. A broker that cannot be reached costs nothing either: requests fail
+//! at once while it is down, and in-flight ones are released when it goes.
 //!
 //! Replies are consumed by manual assignment of every partition of the reply topics, starting
 //! at the high watermark read before the client reports ready: no consumer-group rebalance to
@@ -12,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,10 +26,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Map, Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::breaker::{Breaker, Permit};
+use super::breaker::{Breaker, Failure, Permit};
 use super::config::IntelligenceConfig;
+use super::health::{Health, HealthContext, Reach, is_unreachable};
 use super::metrics::Metrics;
 use super::wire::{
     CodeAnalysisCompleted, CodeAnalysisFailed, CodeAnalysisOperation, CodeAnalysisRequest,
@@ -34,8 +40,10 @@ use super::wire::{
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum IntelligenceError {
-    #[error("the circuit breaker is open: the intelligence service is presumed absent")]
+    #[error("the circuit breaker is open: the service is presumed not to serve this family")]
     CircuitOpen,
+    #[error("the Kafka broker is unreachable")]
+    BrokerUnavailable,
     #[error("no reply within {0:?}")]
     Timeout(Duration),
     #[error("could not send the request: {0}")]
@@ -53,8 +61,29 @@ impl IntelligenceError {
     pub fn outcome(&self) -> &'static str {
         match self {
             IntelligenceError::CircuitOpen => "circuit_open",
+            IntelligenceError::BrokerUnavailable => "broker_unavailable",
             IntelligenceError::Timeout(_) => "timeout",
             IntelligenceError::Send(_) | IntelligenceError::Failed { .. } => "error",
+        }
+    }
+}
+
+/// The two contract families of CONTRACTS.md §1, each with its own breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContractFamily {
+    /// `onex.cmd.omniintelligence.code-analysis.v1`: what the live service serves.
+    CodeAnalysis,
+    /// `omninode.codegen.request.*`: optional, served by the stand-in responder's `all` mode.
+    Codegen,
+}
+
+impl ContractFamily {
+    pub const ALL: [ContractFamily; 2] = [ContractFamily::CodeAnalysis, ContractFamily::Codegen];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContractFamily::CodeAnalysis => "code_analysis",
+            ContractFamily::Codegen => "codegen",
         }
     }
 }
@@ -69,11 +98,12 @@ struct Reply {
 struct Inner {
     config: IntelligenceConfig,
     /// Replaced when the broker stops accepting its writes for good (see `heal_producer`).
-    producer: std::sync::RwLock<Arc<FutureProducer>>,
+    producer: std::sync::RwLock<Arc<FutureProducer<HealthContext>>>,
     last_heal: Mutex<Option<Instant>>,
     pending: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
-    breaker: Mutex<Breaker>,
-    ready: watch::Receiver<bool>,
+    /// One breaker per family, indexed like `ContractFamily::ALL`.
+    breakers: [Mutex<Breaker>; 2],
+    health: Health,
     metrics: Metrics,
     consumer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -88,7 +118,11 @@ impl Drop for Inner {
     }
 }
 
-fn make_producer(config: &IntelligenceConfig, servers: &str) -> Result<FutureProducer, KafkaError> {
+fn make_producer(
+    config: &IntelligenceConfig,
+    servers: &str,
+    health: &Health,
+) -> Result<FutureProducer<HealthContext>, KafkaError> {
     let mut pc = client_config(config, servers);
     pc.set("enable.idempotence", "true");
     // 1 ms lets concurrent requests share a produce request: p95 at concurrency 100 went from
@@ -101,11 +135,11 @@ fn make_producer(config: &IntelligenceConfig, servers: &str) -> Result<FuturePro
             .max(1000)
             .to_string(),
     );
-    pc.create()
+    pc.create_with_context(HealthContext::fresh(health))
 }
 
 impl Inner {
-    fn producer(&self) -> Arc<FutureProducer> {
+    fn producer(&self) -> Arc<FutureProducer<HealthContext>> {
         match self.producer.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -130,7 +164,7 @@ impl Inner {
             .kafka_bootstrap_servers
             .clone()
             .unwrap_or_default();
-        match make_producer(&self.config, &servers) {
+        match make_producer(&self.config, &servers, &self.health) {
             Ok(fresh) => {
                 if let Ok(mut slot) = self.producer.write() {
                     *slot = Arc::new(fresh);
@@ -173,7 +207,8 @@ impl IntelligenceClient {
     /// requests wait for it within their own timeout.
     pub fn connect(config: IntelligenceConfig, metrics: Metrics) -> Result<Self, KafkaError> {
         let servers = config.kafka_bootstrap_servers.clone().unwrap_or_default();
-        let producer = make_producer(&config, &servers)?;
+        let health = Health::new(metrics.broker_up.clone());
+        let producer = make_producer(&config, &servers, &health)?;
 
         let mut cc = client_config(&config, &servers);
         cc.set(
@@ -186,29 +221,29 @@ impl IntelligenceClient {
         // round trip through tansu against 5 ms (see docs/benchmarks.md).
         cc.set("fetch.wait.max.ms", "1");
         cc.set("fetch.error.backoff.ms", "50");
-        let consumer: StreamConsumer = cc.create()?;
-        let admin: AdminClient<DefaultClientContext> = client_config(&config, &servers).create()?;
+        let consumer: StreamConsumer<HealthContext> =
+            cc.create_with_context(HealthContext::queued(&health))?;
+        let admin: AdminClient<HealthContext> =
+            client_config(&config, &servers).create_with_context(HealthContext::queued(&health))?;
 
-        let (ready_tx, ready_rx) = watch::channel(false);
-        let inner = Arc::new(Inner {
-            breaker: Mutex::new(Breaker::new(
+        let breaker = || {
+            Mutex::new(Breaker::new(
                 config.intelligence_breaker_threshold,
                 Duration::from_millis(config.intelligence_breaker_recovery_ms),
-            )),
+            ))
+        };
+        let breakers = [breaker(), breaker()];
+        let inner = Arc::new(Inner {
+            breakers,
             config,
             producer: std::sync::RwLock::new(Arc::new(producer)),
             last_heal: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
-            ready: ready_rx,
+            health,
             metrics,
             consumer_task: Mutex::new(None),
         });
-        let task = tokio::spawn(consume(
-            Arc::downgrade(&inner),
-            Arc::new(consumer),
-            admin,
-            ready_tx,
-        ));
+        let task = tokio::spawn(consume(Arc::downgrade(&inner), Arc::new(consumer), admin));
         if let Ok(mut slot) = inner.consumer_task.lock() {
             *slot = Some(task);
         }
@@ -225,24 +260,42 @@ impl IntelligenceClient {
 
     /// Whether the reply consumer is assigned and requests can be answered.
     pub fn is_ready(&self) -> bool {
-        *self.inner.ready.borrow()
+        self.inner.health.get() == Reach::Up
     }
 
-    /// Wait until ready, at most `timeout`.
+    /// Whether the broker is known to be unreachable (requests then fail at once).
+    pub fn broker_down(&self) -> bool {
+        self.inner.health.get() == Reach::Down
+    }
+
+    /// Wait until ready, at most `timeout` (through outages: a Down broker may come back).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let mut rx = self.inner.ready.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
+        let mut rx = self.inner.health.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r == Reach::Up))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Circuit state for metrics and tests.
-    pub fn circuit_state(&self) -> super::breaker::State {
-        self.inner
-            .breaker
+    /// Circuit state of a family, for metrics and tests.
+    pub fn circuit_state(&self, family: ContractFamily) -> super::breaker::State {
+        self.inner.breakers[family as usize]
             .lock()
             .map(|b| b.state(Instant::now()))
             .unwrap_or(super::breaker::State::Closed)
+    }
+
+    /// Wait, at most `timeout`, for the status events already handed to the producer to be
+    /// delivered (nothing to wait for while the broker is down).
+    pub async fn flush(&self, timeout: Duration) {
+        if self.broker_down() {
+            return;
+        }
+        let producer = self.inner.producer();
+        let _ = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer.flush(Timeout::After(timeout))
+        })
+        .await;
     }
 
     /// Requests waiting for a reply (for tests and memory accounting).
@@ -262,19 +315,25 @@ impl IntelligenceClient {
         let timeout = self.inner.config.code_analysis_timeout();
         self.with_retries("code_analysis", || async {
             let reply = self
-                .exchange("code_analysis", &topic, timeout, |cid| {
-                    let req = CodeAnalysisRequest {
-                        correlation_id: cid.to_string(),
-                        source_path: source_path.to_string(),
-                        content: content.to_string(),
-                        operation_type: operation,
-                        language: "python".into(),
-                        options: Map::new(),
-                        project_id: Some("omninode-operator".into()),
-                        user_id: None,
-                    };
-                    serde_json::to_vec(&req).unwrap_or_default()
-                })
+                .exchange(
+                    "code_analysis",
+                    ContractFamily::CodeAnalysis,
+                    &topic,
+                    timeout,
+                    |cid| {
+                        let req = CodeAnalysisRequest {
+                            correlation_id: cid.to_string(),
+                            source_path: source_path.to_string(),
+                            content: content.to_string(),
+                            operation_type: operation,
+                            language: "python".into(),
+                            options: Map::new(),
+                            project_id: Some("omninode-operator".into()),
+                            user_id: None,
+                        };
+                        serde_json::to_vec(&req).unwrap_or_default()
+                    },
+                )
                 .await?;
             if reply.topic == failed_topic {
                 let f: CodeAnalysisFailed = serde_json::from_value(reply.body).unwrap_or_default();
@@ -315,7 +374,7 @@ impl IntelligenceClient {
         let label = format!("codegen_{}", op.as_str());
         self.with_retries(&label, || async {
             let reply = self
-                .exchange(&label, &topic, timeout, |cid| {
+                .exchange(&label, ContractFamily::Codegen, &topic, timeout, |cid| {
                     let event =
                         codegen_request(op, cid, session_id, &now_rfc3339(), fields.clone());
                     serde_json::to_vec(&event).unwrap_or_default()
@@ -340,8 +399,10 @@ impl IntelligenceClient {
         .await
     }
 
-    /// Publish a session status event (best effort: failures are logged, never raised).
-    pub async fn publish_status(
+    /// Publish a session status event. Best effort, and never waited for: the event is handed to
+    /// the producer (which keeps the order of one session's events) and nothing is sent while
+    /// the broker is down.
+    pub fn publish_status(
         &self,
         session_id: &str,
         status: SessionStatus,
@@ -355,17 +416,15 @@ impl IntelligenceClient {
             message: message.to_string(),
             metadata: Map::new(),
         };
+        if self.broker_down() {
+            return;
+        }
         let topic = self.inner.config.codegen_status();
         let Ok(bytes) = serde_json::to_vec(&event) else {
             return;
         };
         let record = FutureRecord::to(&topic).key(session_id).payload(&bytes);
-        if let Err((e, _)) = self
-            .inner
-            .producer()
-            .send(record, Timeout::After(Duration::from_secs(2)))
-            .await
-        {
+        if let Err((e, _)) = self.inner.producer().send_result(record) {
             tracing::debug!(error = %e, topic, "could not publish a codegen status event");
         }
     }
@@ -404,75 +463,83 @@ impl IntelligenceClient {
         }
     }
 
-    /// One request/reply exchange under the breaker, with a fresh correlation id.
+    /// One request/reply exchange under the family's breaker, with a fresh correlation id.
+    /// A half-open breaker's probe runs in the background: the caller falls back at once, and
+    /// the probe's answer closes the circuit for the requests after it.
     async fn exchange(
         &self,
         label: &str,
+        family: ContractFamily,
         topic: &str,
         timeout: Duration,
         value: impl Fn(&str) -> Vec<u8>,
     ) -> Result<Reply, IntelligenceError> {
         let inner = &self.inner;
-        let permit = {
-            let Ok(mut breaker) = inner.breaker.lock() else {
-                return Err(IntelligenceError::CircuitOpen);
-            };
-            let permit = breaker.try_acquire(Instant::now());
-            inner
-                .metrics
-                .circuit_state
-                .set(breaker.state(Instant::now()).gauge());
-            permit
-        };
-        let Some(permit) = permit else {
+        if inner.health.get() == Reach::Down {
+            inner.metrics.count(label, "broker_unavailable");
+            return Err(IntelligenceError::BrokerUnavailable);
+        }
+        let Some(permit) = inner.acquire(family) else {
             inner.metrics.count(label, "circuit_open");
             return Err(IntelligenceError::CircuitOpen);
         };
-        let started = Instant::now();
-        // If the caller drops this future mid-flight, the guard still settles the permit (as a
-        // failure), so a half-open probe can never stay in flight forever.
-        let mut guard = PermitGuard {
-            inner,
-            permit: Some(permit),
-        };
-        let result = self.send_and_wait(topic, timeout, value).await;
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(e) => e.outcome(),
-        };
-        inner.metrics.count(label, outcome);
-        if result.is_ok() {
-            inner
-                .metrics
-                .latency_seconds
-                .observe(started.elapsed().as_secs_f64());
+        let cid = uuid::Uuid::new_v4().to_string();
+        let bytes = value(&cid);
+        if permit.probe {
+            let probe = self.inner.clone();
+            let (probe_label, probe_topic) = (label.to_string(), topic.to_string());
+            tokio::spawn(async move {
+                let mut guard = PermitGuard::new(&probe, family, permit);
+                let result = send_and_wait(&probe, &probe_topic, timeout, cid, bytes).await;
+                tracing::debug!(
+                    family = family.as_str(),
+                    ok = result.is_ok(),
+                    "half-open probe"
+                );
+                guard.settle(&probe_label, &result);
+            });
+            inner.metrics.count(label, "circuit_open");
+            return Err(IntelligenceError::CircuitOpen);
         }
-        guard.settle(result.is_ok());
+        // If the caller drops this future mid-flight, the guard still releases the permit, so
+        // a half-open probe can never stay in flight forever.
+        let mut guard = PermitGuard::new(inner, family, permit);
+        let result = send_and_wait(inner, topic, timeout, cid, bytes).await;
+        guard.settle(label, &result);
         result
     }
+}
 
-    async fn send_and_wait(
-        &self,
-        topic: &str,
-        timeout: Duration,
-        value: impl Fn(&str) -> Vec<u8>,
-    ) -> Result<Reply, IntelligenceError> {
-        let inner = &self.inner;
-        let deadline = tokio::time::Instant::now() + timeout;
-        if !self.wait_ready(timeout).await {
-            return Err(IntelligenceError::Timeout(timeout));
-        }
-        let cid = uuid::Uuid::new_v4().to_string();
+impl Inner {
+    fn acquire(&self, family: ContractFamily) -> Option<Permit> {
+        let mut breaker = self.breakers[family as usize].lock().ok()?;
+        let now = Instant::now();
+        let permit = breaker.try_acquire(now);
+        self.metrics.set_circuit(family, breaker.state(now));
+        permit
+    }
+}
+
+/// Send one request and wait for its reply, at most `timeout`; at once `BrokerUnavailable` when
+/// the broker is (or goes) down meanwhile.
+async fn send_and_wait(
+    inner: &Inner,
+    topic: &str,
+    timeout: Duration,
+    cid: String,
+    bytes: Vec<u8>,
+) -> Result<Reply, IntelligenceError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    if inner.health.get() == Reach::Connecting && !inner.health.settled(timeout).await {
+        return Err(match inner.health.get() {
+            Reach::Down => IntelligenceError::BrokerUnavailable,
+            _ => IntelligenceError::Timeout(timeout),
+        });
+    }
+    let exchange = async {
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut pending) = inner.pending.lock() {
-            pending.insert(cid.clone(), tx);
-        }
-        let forget = || {
-            if let Ok(mut pending) = inner.pending.lock() {
-                pending.remove(&cid);
-            }
-        };
-        let bytes = value(&cid);
+        // Forgets the request however this ends: reply, timeout, error or cancellation.
+        let _pending = PendingGuard::insert(inner, &cid, tx);
         let mut backoff = Duration::from_millis(inner.config.intelligence_retry_backoff_ms.max(1));
         let mut sends = 0;
         loop {
@@ -492,7 +559,6 @@ impl IntelligenceClient {
                     backoff *= 2;
                 }
                 Err((e, _)) => {
-                    forget();
                     inner.heal_producer();
                     return Err(IntelligenceError::Send(e.to_string()));
                 }
@@ -500,42 +566,106 @@ impl IntelligenceClient {
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            _ => {
-                forget();
-                Err(IntelligenceError::Timeout(timeout))
-            }
+            _ => Err(IntelligenceError::Timeout(timeout)),
+        }
+    };
+    tokio::select! {
+        result = exchange => result,
+        () = inner.health.down() => Err(IntelligenceError::BrokerUnavailable),
+    }
+}
+
+/// A pending request's entry, removed when the exchange ends however it ends.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    cid: &'a str,
+}
+
+impl<'a> PendingGuard<'a> {
+    fn insert(inner: &'a Inner, cid: &'a str, tx: oneshot::Sender<Reply>) -> Self {
+        if let Ok(mut pending) = inner.pending.lock() {
+            pending.insert(cid.to_string(), tx);
+        }
+        PendingGuard { inner, cid }
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            pending.remove(self.cid);
         }
     }
 }
 
-/// Settles a breaker permit exactly once: explicitly, or as a failure when dropped unsettled.
+/// Settles a breaker permit exactly once: by the exchange's result, or released (saying
+/// nothing about the service) when dropped unsettled.
 struct PermitGuard<'a> {
     inner: &'a Inner,
+    family: ContractFamily,
     permit: Option<Permit>,
+    started: Instant,
 }
 
-impl PermitGuard<'_> {
-    fn settle(&mut self, success: bool) {
+impl<'a> PermitGuard<'a> {
+    fn new(inner: &'a Inner, family: ContractFamily, permit: Permit) -> Self {
+        PermitGuard {
+            inner,
+            family,
+            permit: Some(permit),
+            started: Instant::now(),
+        }
+    }
+
+    /// Count the outcome and tell the breaker what it says about the service.
+    fn settle(&mut self, label: &str, result: &Result<Reply, IntelligenceError>) {
+        let metrics = &self.inner.metrics;
+        metrics.count(
+            label,
+            match result {
+                Ok(_) => "success",
+                Err(e) => e.outcome(),
+            },
+        );
+        if result.is_ok() {
+            metrics
+                .latency_seconds
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+        let verdict = match result {
+            Ok(_) => None,
+            Err(IntelligenceError::Timeout(_)) => Some(Failure::Timeout),
+            Err(IntelligenceError::BrokerUnavailable | IntelligenceError::CircuitOpen) => {
+                self.release();
+                return;
+            }
+            Err(_) => Some(Failure::Error),
+        };
         let Some(permit) = self.permit.take() else {
             return;
         };
-        if let Ok(mut breaker) = self.inner.breaker.lock() {
-            if success {
-                breaker.on_success(permit);
-            } else {
-                breaker.on_failure(permit, Instant::now());
+        if let Ok(mut breaker) = self.inner.breakers[self.family as usize].lock() {
+            match verdict {
+                None => breaker.on_success(permit),
+                Some(failure) => breaker.on_failure(permit, failure, Instant::now()),
             }
-            self.inner
-                .metrics
-                .circuit_state
-                .set(breaker.state(Instant::now()).gauge());
+            metrics.set_circuit(self.family, breaker.state(Instant::now()));
+        }
+    }
+
+    fn release(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        if let Ok(mut breaker) = self.inner.breakers[self.family as usize].lock() {
+            breaker.release(permit);
         }
     }
 }
 
 impl Drop for PermitGuard<'_> {
     fn drop(&mut self) {
-        self.settle(false);
+        self.release();
     }
 }
 
@@ -543,12 +673,13 @@ impl Drop for PermitGuard<'_> {
 /// to its pending request, dropping the unknown and dead-lettering the undecodable.
 async fn consume(
     inner: std::sync::Weak<Inner>,
-    consumer: Arc<StreamConsumer>,
-    admin: AdminClient<DefaultClientContext>,
-    ready: watch::Sender<bool>,
+    consumer: Arc<StreamConsumer<HealthContext>>,
+    admin: AdminClient<HealthContext>,
 ) {
+    let Some(health) = inner.upgrade().map(|i| i.health.clone()) else {
+        return;
+    };
     'setup: loop {
-        let _ = ready.send(false);
         let mut backoff = Duration::from_millis(200);
         loop {
             let Some(strong) = inner.upgrade() else {
@@ -556,18 +687,31 @@ async fn consume(
             };
             let config = strong.config.clone();
             drop(strong);
+            // While the broker is down, a one-second metadata request tells when it is back;
+            // the set-up's own requests would each wait out their five-second timeouts.
+            if health.get() == Reach::Down && !answers_metadata(&consumer).await {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             match assign(&config, &consumer, &admin).await {
                 Ok(()) => break,
                 Err(e) => {
+                    if is_unreachable(&e) {
+                        health.set(Reach::Down);
+                    }
                     tracing::debug!(error = %e, "intelligence consumer not set up yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        let _ = ready.send(true);
+        health.set(Reach::Up);
         loop {
-            let message = consumer.recv().await;
+            let message = tokio::select! {
+                m = consumer.recv() => m,
+                // Another of our clients lost the broker: set up again once it is back.
+                () = health.down() => continue 'setup,
+            };
             let Some(inner) = inner.upgrade() else { return };
             match message {
                 Ok(m) => route(&inner, m.topic(), m.offset(), m.key(), m.payload()).await,
@@ -578,6 +722,18 @@ async fn consume(
                     tracing::info!(
                         "reply topics disappeared; setting the intelligence consumer up again"
                     );
+                    health.set(Reach::Connecting);
+                    continue 'setup;
+                }
+                // The consumer queues librdkafka's errors until they are read: after an outage
+                // it still holds the "all brokers down" of every failed reconnect. Only one the
+                // broker does not contradict right now means it is gone.
+                Err(e) if is_unreachable(&e) => {
+                    if answers_metadata(&consumer).await {
+                        tracing::debug!(error = %e, "stale consumer error; the broker answers");
+                        continue;
+                    }
+                    health.set(Reach::Down);
                     continue 'setup;
                 }
                 Err(e) => {
@@ -589,10 +745,22 @@ async fn consume(
     }
 }
 
+/// Whether the broker answers a metadata request within a second.
+async fn answers_metadata(consumer: &Arc<StreamConsumer<HealthContext>>) -> bool {
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(1))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
 async fn assign(
     config: &IntelligenceConfig,
-    consumer: &Arc<StreamConsumer>,
-    admin: &AdminClient<DefaultClientContext>,
+    consumer: &Arc<StreamConsumer<HealthContext>>,
+    admin: &AdminClient<HealthContext>,
 ) -> Result<(), KafkaError> {
     if config.kafka_ensure_topics {
         let names = config.all_topics();

@@ -8,11 +8,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::breaker::State;
+use super::client::ContractFamily;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub operation: String,
     /// success, timeout, error, fallback, circuit_open
     pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    /// code_analysis or codegen
+    pub family: &'static str,
 }
 
 #[derive(Clone)]
@@ -21,7 +30,9 @@ pub struct Metrics {
     pub latency_seconds: Histogram,
     pub mismatched_dropped: Counter,
     pub dead_lettered: Counter,
-    pub circuit_state: Gauge,
+    pub circuit_state: Family<FamilyLabels, Gauge>,
+    /// 1 while the broker is reachable and the reply consumer assigned.
+    pub broker_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -34,7 +45,8 @@ impl Default for Metrics {
             latency_seconds: Histogram::new(buckets),
             mismatched_dropped: Counter::default(),
             dead_lettered: Counter::default(),
-            circuit_state: Gauge::default(),
+            circuit_state: Family::default(),
+            broker_up: Gauge::default(),
         }
     }
 }
@@ -64,9 +76,26 @@ impl Metrics {
         );
         r.register(
             "circuit_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            "Circuit breaker of each contract family: 0 closed, 1 half-open, 2 open",
             self.circuit_state.clone(),
         );
+        r.register(
+            "broker_up",
+            "1 while the Kafka broker is reachable and replies are consumed",
+            self.broker_up.clone(),
+        );
+        // Both families show from the start, closed.
+        for family in ContractFamily::ALL {
+            self.set_circuit(family, State::Closed);
+        }
+    }
+
+    pub fn set_circuit(&self, family: ContractFamily, state: State) {
+        self.circuit_state
+            .get_or_create(&FamilyLabels {
+                family: family.as_str(),
+            })
+            .set(state.gauge());
     }
 
     pub fn count(&self, operation: &str, outcome: &str) {
@@ -92,7 +121,8 @@ mod tests {
         m.count("code_analysis", "timeout");
         m.latency_seconds.observe(0.004);
         m.mismatched_dropped.inc();
-        m.circuit_state.set(2);
+        m.set_circuit(ContractFamily::Codegen, State::Open);
+        m.broker_up.set(1);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for needle in [
@@ -100,7 +130,9 @@ mod tests {
             "omninode_intelligence_requests_total{operation=\"code_analysis\",outcome=\"timeout\"} 1",
             "omninode_intelligence_request_latency_seconds_bucket{le=\"0.005\"} 1",
             "omninode_intelligence_replies_dropped_total 1",
-            "omninode_intelligence_circuit_state 2",
+            "omninode_intelligence_circuit_state{family=\"codegen\"} 2",
+            "omninode_intelligence_circuit_state{family=\"code_analysis\"} 0",
+            "omninode_intelligence_broker_up 1",
         ] {
             assert!(text.contains(needle), "{needle} not in:\n{text}");
         }

@@ -5,10 +5,11 @@ pub mod advisor;
 mod breaker;
 mod client;
 mod config;
+mod health;
 mod metrics;
 pub mod wire;
 
 pub use breaker::State as CircuitState;
-pub use client::{IntelligenceClient, IntelligenceError};
+pub use client::{ContractFamily, IntelligenceClient, IntelligenceError};
 pub use config::IntelligenceConfig;
 pub use metrics::Metrics;
