@@ -3,4 +3,5 @@
 fn main() {
     println!("cargo:rerun-if-changed=templates");
     println!("cargo:rerun-if-changed=src/analysis/pattern_library.yaml");
+    println!("cargo:rerun-if-changed=python/omninode-runtime");
 }

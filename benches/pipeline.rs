@@ -125,6 +125,7 @@ fn main() {
             write_node(
                 &out.path().join(format!("{i}/{}", rendered.dir_name)),
                 &rendered,
+                None,
             )
             .unwrap();
             let t4 = Instant::now();

@@ -86,6 +86,15 @@ fi
 if [ -x "$SSHD_ROOT/usr/sbin/sshd" ]; then export SSHD_ROOT; fi
 
 cd "$ROOT"
+step "omninode-runtime's own suite: ruff, mypy --strict, pytest (python/omninode-runtime)"
+(
+  cd python/omninode-runtime
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/mypy" --cache-dir "$CACHE/mypy-runtime"
+  PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider
+)
+
 step "cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -112,7 +112,7 @@ pub async fn run(
     };
     if outcome.succeeded() {
         let scores = futures::future::join_all(outcome.nodes.iter().map(|n| {
-            let main = format!("{}/node.py", n.rendered.context.version_dir);
+            let main = format!("{}/node.py", n.rendered.context.package);
             let path = format!("{}/{main}", n.rendered.dir_name);
             let code = n
                 .rendered

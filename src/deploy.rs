@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{GeneratedNode, LABEL_MANAGED_BY, LABEL_NODE};
+use crate::api::{GeneratedNode, GeneratedNodeSpec, LABEL_MANAGED_BY, LABEL_NODE};
 use crate::publish::configmap::{CONTENT_HASH_ANNOTATION, path_for};
 
 /// Where the node directory is mounted in the container.
@@ -129,20 +129,31 @@ fn selector(name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The volume items of a node's ConfigMap: every key back to its path; the start-up script
-/// executable.
+/// The volume items of a node's ConfigMap: every key back to its path.
 pub fn items_from_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Vec<KeyToPath> {
     keys.into_iter()
-        .map(|key| {
-            let path = path_for(key);
-            let mode = path.ends_with("start_node.py").then_some(0o755);
-            KeyToPath {
-                key: key.clone(),
-                path,
-                mode,
-            }
+        .map(|key| KeyToPath {
+            key: key.clone(),
+            path: path_for(key),
+            mode: None,
         })
         .collect()
+}
+
+/// The Python package of a node, which `python -m` starts: `node_<domain>_<service>_<type>`, as
+/// the operator generates it (a hand-written GeneratedNode's code follows the same layout).
+pub fn package(spec: &GeneratedNodeSpec) -> String {
+    format!(
+        "node_{}_{}_{}",
+        spec.domain,
+        spec.service_name,
+        spec.node_type.as_str()
+    )
+}
+
+/// The file that makes the package startable: what a code source must hold.
+pub fn entry_file(spec: &GeneratedNodeSpec) -> String {
+    format!("{}/__main__.py", package(spec))
 }
 
 fn probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
@@ -188,8 +199,24 @@ pub fn deployment(
     let name = gn.metadata.name.clone().unwrap_or_default();
     let spec = &gn.spec;
     let port = spec.deploy.port;
-    let version_dir = format!("v{}", spec.version.replace('.', "_"));
     let mut env = vec![
+        // The node's package is below the code directory; the runtime is in the image.
+        EnvVar {
+            name: "PYTHONPATH".into(),
+            value: Some(CODE_DIR.into()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "POD_NAMESPACE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
         EnvVar {
             name: "PYTHONDONTWRITEBYTECODE".into(),
             value: Some("1".into()),
@@ -226,7 +253,8 @@ pub fn deployment(
         ),
         command: Some(vec![
             "python".into(),
-            format!("{CODE_DIR}/{version_dir}/start_node.py"),
+            "-m".into(),
+            package(spec),
             "--host".into(),
             "0.0.0.0".into(),
             "--port".into(),
@@ -508,8 +536,8 @@ mod tests {
     fn deployment_runs_the_start_script_restricted_with_probes() {
         let gn = gn();
         let keys = vec![
-            "v1_0_0-start_node.py".to_string(),
-            "v1_0_0-node.py".to_string(),
+            "node_data_order_writer_effect-__main__.py".to_string(),
+            "node_data_order_writer_effect-node.py".to_string(),
         ];
         let d = deployment(
             &gn,
@@ -523,8 +551,8 @@ mod tests {
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
         assert_eq!(
-            c.command.as_ref().unwrap()[1],
-            "/opt/node/v1_0_0/start_node.py"
+            c.command.as_ref().unwrap()[..3],
+            ["python", "-m", &package(&gn.spec)]
         );
         assert_eq!(c.image.as_deref(), Some("runtime:1"));
         assert_eq!(
@@ -590,8 +618,7 @@ mod tests {
             .items
             .as_ref()
             .unwrap();
-        assert_eq!(items[0].path, "v1_0_0/start_node.py");
-        assert_eq!(items[0].mode, Some(0o755));
+        assert_eq!(items[0].path, "node_data_order_writer_effect/__main__.py");
         let labels = d.metadata.labels.as_ref().unwrap();
         assert!(
             labels

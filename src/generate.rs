@@ -1,7 +1,7 @@
 //! The offline `generate` command: manifests in, node directories and the status each
 //! NodeGeneration would get out. No cluster, no broker.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -135,6 +135,23 @@ pub async fn generate(
             printed.push(p);
         }
     }
+    // Generated nodes require `omninode-runtime`; its wheel goes beside them for `--find-links`.
+    let written = |p: &Printed| p.report.output_dir.is_some();
+    if printed.iter().any(written)
+        && let Err(e) = crate::runtime_dist::write_runtime(output)
+    {
+        let msg = format!(
+            "writing the omninode-runtime wheel to {} failed: {e}",
+            output.display()
+        );
+        for p in printed.iter_mut().filter(|p| written(p)) {
+            for kind in [PUBLISHED, READY] {
+                let c = Condition::new(kind, ConditionStatus::False, "WriteFailed", msg.clone());
+                status::set_condition(&mut p.status.conditions, c, None);
+            }
+            p.status.phase = Some(status::phase(&p.status.conditions));
+        }
+    }
     printed
 }
 
@@ -259,6 +276,7 @@ fn finish(
 
 /// Write all nodes of one generation into `target`, replacing it whole: files go to a sibling
 /// temporary directory that is renamed into place, so a failure never leaves a partial tree.
+/// The user's files of the previous tree (handler modules) are carried over byte for byte.
 pub fn write_atomically(target: &Path, nodes: &[&RenderedNode]) -> std::io::Result<()> {
     let parent = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
@@ -272,7 +290,8 @@ pub fn write_atomically(target: &Path, nodes: &[&RenderedNode]) -> std::io::Resu
             std::fs::remove_dir_all(&tmp)?;
         }
         for node in nodes {
-            write_node(&tmp.join(&node.dir_name), node)?;
+            let previous = target.join(&node.dir_name);
+            write_node(&tmp.join(&node.dir_name), node, Some(&previous))?;
         }
         if target.exists() {
             std::fs::remove_dir_all(target)?;
@@ -285,24 +304,53 @@ pub fn write_atomically(target: &Path, nodes: &[&RenderedNode]) -> std::io::Resu
     result
 }
 
-/// Write one node's files below `dir` (each directory created once).
-pub fn write_node(dir: &Path, node: &RenderedNode) -> std::io::Result<()> {
-    let parents: BTreeSet<PathBuf> = node
-        .files
+/// Write one node's files below `dir` (each directory created once). With `previous` (the
+/// node's directory from an earlier run), the user's files are the ones found there, and every
+/// other file of the user's directories (a handler whose operation disappeared) is kept too.
+pub fn write_node(dir: &Path, node: &RenderedNode, previous: Option<&Path>) -> std::io::Result<()> {
+    let mut files: BTreeMap<String, Vec<u8>> = node.files.clone();
+    if let Some(previous) = previous {
+        for (path, bytes) in user_files_in(previous, node)? {
+            files.insert(path, bytes);
+        }
+    }
+    let parents: BTreeSet<PathBuf> = files
         .keys()
         .filter_map(|p| dir.join(p).parent().map(Path::to_path_buf))
         .collect();
     for p in &parents {
         std::fs::create_dir_all(p)?;
     }
-    for (path, bytes) in &node.files {
-        let file = dir.join(path);
-        std::fs::write(&file, bytes)?;
-        #[cfg(unix)]
-        if node.executable.contains(path) {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
-        }
+    for (path, bytes) in &files {
+        std::fs::write(dir.join(path), bytes)?;
     }
     Ok(())
+}
+
+/// The user's files of an earlier tree of `node`: every regular file in the directories that
+/// hold its user files (the handler modules), except the generated files among them.
+fn user_files_in(previous: &Path, node: &RenderedNode) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let dirs: BTreeSet<&str> = node
+        .user_files
+        .iter()
+        .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d))
+        .collect();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(previous.join(dir)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = format!("{dir}/{name}");
+            let generated = node.files.contains_key(&path) && !node.user_files.contains(&path);
+            if entry.file_type()?.is_file() && !generated {
+                out.push((path, std::fs::read(entry.path())?));
+            }
+        }
+    }
+    Ok(out)
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cluster::{Cluster, HOW_TO_ENABLE, Operator};
+use support::node_process::{NodeProcess, runtime_python, write_tree};
 use support::{chart, git_server};
 
 type Outcome = Result<(), String>;
@@ -59,6 +60,12 @@ fn apply_example(c: &Cluster, ns: &str, file: &str, name: &str) -> Outcome {
     let path = examples_dir().join(file).display().to_string();
     c.kubectl_ok(&["apply", "-n", ns, "-f", &path])?;
     wait_ready(c, ns, name)
+}
+
+/// An example's NodeGeneration as JSON, to change before applying it.
+fn example_manifest(file: &str) -> Result<Value, String> {
+    let text = std::fs::read_to_string(examples_dir().join(file)).map_err(|e| e.to_string())?;
+    serde_norway::from_str(&text).map_err(|e| e.to_string())
 }
 
 /// `kubectl wait` until NodeGeneration `name` is Ready (at most 60 s).
@@ -193,7 +200,7 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
             let container = &pod["containers"][0];
             let command = container["command"].to_string();
             ensure!(
-                command.contains("start_node.py"),
+                command.starts_with(r#"["python","-m","node_"#),
                 "{node_name}: command {command}"
             );
             ensure!(
@@ -461,8 +468,8 @@ fn hand_written_generated_node(c: &Cluster) -> Outcome {
 kind: ConfigMap
 metadata: {name: hello-code}
 data:
-  v1_0_0-start_node.py: "print('hello')\n"
-  v1_0_0-node.py: "X = 1\n"
+  node_api_hello_effect-__main__.py: "print('hello')\n"
+  node_api_hello_effect-node.py: "X = 1\n"
 ---
 apiVersion: codegen.omninode.ai/v1alpha1
 kind: GeneratedNode
@@ -1169,9 +1176,7 @@ fn git_output_closes_the_gitops_loop(c: &Cluster) -> Outcome {
     let ns = "e2e-git";
     c.create_namespace(ns)?;
     let _op = Operator::start(c, ns, &[])?;
-    let example = std::fs::read_to_string(examples_dir().join("effect-email-notifier.yaml"))
-        .map_err(|e| e.to_string())?;
-    let mut ng: Value = serde_norway::from_str(&example).map_err(|e| e.to_string())?;
+    let mut ng = example_manifest("effect-email-notifier.yaml")?;
     ng["spec"]["output"] = serde_json::json!({"git": {
         "repository": url, "branch": "main", "path": "clusters/e2e",
         "author": {"name": "E2E Bot", "email": "e2e@example.com"}}});
@@ -1277,7 +1282,7 @@ fn git_output_closes_the_gitops_loop(c: &Cluster) -> Outcome {
             init["securityContext"]
         );
         // Run the init container's own script here, against the same remote: the node's code at
-        // that commit lands in the code directory, start script executable.
+        // that commit lands in the code directory, the package `python -m` starts among it.
         let code = tempfile::tempdir().map_err(|e| e.to_string())?;
         let script = init["command"][2].as_str().unwrap_or_default();
         let out = Command::new("sh")
@@ -1294,26 +1299,28 @@ fn git_output_closes_the_gitops_loop(c: &Cluster) -> Outcome {
             "fetch script: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let start = code.path().join("v1_0_0/start_node.py");
+        let package = std::fs::read_dir(code.path())
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .find(|e| e.path().join("__main__.py").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .ok_or("the fetched code has no package with a __main__.py")?;
+        let main = format!("{package}/__main__.py");
+        let start = code.path().join(&main);
         let committed = repos.in_repo(
             "nodes",
-            &[
-                "show",
-                &format!("{commit}:{}/v1_0_0/start_node.py", env["SOURCE_PATH"]),
-            ],
+            &["show", &format!("{commit}:{}/{main}", env["SOURCE_PATH"])],
         )?;
         let fetched =
             std::fs::read_to_string(&start).map_err(|e| format!("{}: {e}", start.display()))?;
         ensure!(
             fetched == committed,
-            "fetched start_node.py differs from the commit"
+            "fetched {main} differs from the commit"
         );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&start)
-            .map_err(|e| e.to_string())?
-            .permissions()
-            .mode();
-        ensure!(mode & 0o111 != 0, "start_node.py not executable ({mode:o})");
+        ensure!(
+            code.path().join("pyproject.toml").is_file(),
+            "the fetched code has no pyproject.toml"
+        );
         println!(
             "    {node}: Deployment fetches {} ({}) — the script pulled {} files at that commit",
             env["REVISION"],
@@ -1361,9 +1368,7 @@ fn git_output_credentials_from_a_secret(c: &Cluster) -> Outcome {
         .to_string()
     };
     c.apply(ns, &secret(WRONG))?;
-    let example = std::fs::read_to_string(examples_dir().join("compute-price-calculator.yaml"))
-        .map_err(|e| e.to_string())?;
-    let mut ng: Value = serde_norway::from_str(&example).map_err(|e| e.to_string())?;
+    let mut ng = example_manifest("compute-price-calculator.yaml")?;
     let name = ng["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -1434,6 +1439,254 @@ fn git_output_credentials_from_a_secret(c: &Cluster) -> Outcome {
 
 type Scenario = (&'static str, fn(&Cluster) -> Outcome);
 
+/// The handler the e2e user writes: it counts the payload's fields instead of storing them.
+const USERS_HANDLER: &str = r#""""The user's insert handler: counts the payload's fields."""
+
+from pydantic import JsonValue
+
+from omninode_runtime import HandlerContext
+
+from ..models import ModelPostgresWriterInput
+
+
+async def handle_insert_single_record(
+    request: ModelPostgresWriterInput,
+    context: HandlerContext,
+) -> dict[str, JsonValue]:
+    """Count the payload's fields."""
+    return {"edited": True, "rows": len(request.payload)}
+"#;
+
+const WRITER_PACKAGE: &str = "node_data_postgres_writer_effect";
+const EDITED_HANDLER: &str = "handlers/handler_insert_single_record.py";
+
+/// Run the node whose code is in `code` and check that `POST /process` answers what the user's
+/// handler computes.
+fn runs_the_users_handler(code: &Path) -> Outcome {
+    let Some(python) = runtime_python()? else {
+        ensure!(
+            std::env::var("CI").is_err(),
+            "OMNINODE_PYTHON is not set (scripts/test-all.sh sets it)"
+        );
+        println!("    (not run as a process: set OMNINODE_PYTHON to a Python 3.11+)");
+        return Ok(());
+    };
+    let node = NodeProcess::start(&python, code, WRITER_PACKAGE)?;
+    let (status, answer) = node.process(&serde_json::json!({
+        "operation": "insert_single_record", "payload": {"a": 1, "b": 2, "c": 3}}))?;
+    ensure!(
+        status == 200 && answer["result"]["edited"] == true && answer["result"]["rows"] == 3,
+        "POST /process answered {status} {answer}"
+    );
+    let code = node.stop()?;
+    ensure!(code == 0, "exit code {code} after SIGTERM");
+    Ok(())
+}
+
+/// The generation gap in Git output: the user edits a handler on the branch, the PRD changes,
+/// and the operator's next commit regenerates the generated files, adds the new operation's
+/// stub and keeps the edited handler byte for byte; the node from that commit runs it.
+fn generation_gap_in_git(c: &Cluster) -> Outcome {
+    let repos = git_server::Repos::new();
+    repos.create("nodes");
+    let daemon = git_server::Daemon::start(&repos.root)?;
+    let url = daemon.url("nodes");
+    let ns = "e2e-gap-git";
+    c.create_namespace(ns)?;
+    let _op = Operator::start(c, ns, &[])?;
+    let mut ng = example_manifest("effect-postgres-writer.yaml")?;
+    ng["spec"]["output"] = serde_json::json!({"git": {
+        "repository": url, "branch": "main", "path": "clusters/e2e"}});
+    c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+    wait_ready(c, ns, "postgres-writer")?;
+    let generated = generation_of(c, ns, "postgres-writer")?;
+    let first = generated["status"]["output"]["git"]["commit"].clone();
+    let root = generated["status"]["output"]["git"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let node = generated["status"]["nodes"][0]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let node_dir = format!("{root}/nodes/{node}");
+    let handler = format!("{node_dir}/{WRITER_PACKAGE}/{EDITED_HANDLER}");
+
+    // The user's commit: an edited handler.
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let clone = work.path().join("nodes");
+    let clone_s = clone.to_string_lossy().to_string();
+    git_server::git(&["clone", "-q", &url, &clone_s])?;
+    std::fs::write(clone.join(&handler), USERS_HANDLER).map_err(|e| e.to_string())?;
+    for args in [
+        vec!["-C", &clone_s, "add", "-A"],
+        vec![
+            "-C",
+            &clone_s,
+            "-c",
+            "user.name=A User",
+            "-c",
+            "user.email=user@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "my insert handler",
+        ],
+        vec!["-C", &clone_s, "push", "-q", "origin", "main"],
+    ] {
+        git_server::git(&args)?;
+    }
+
+    // The PRD changes: one more functional requirement.
+    let first_requirement = "- Insert a single record";
+    let prd = ng["spec"]["prd"].as_str().unwrap_or_default().replacen(
+        first_requirement,
+        &format!("- Archive orders older than a year to cold storage\n{first_requirement}"),
+        1,
+    );
+    let patch = serde_json::json!({"spec": {"prd": prd}}).to_string();
+    c.kubectl_ok(&[
+        "patch",
+        "ng",
+        "postgres-writer",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ])?;
+    let mut regenerated = Value::Null;
+    wait_until(Duration::from_secs(60), "the regeneration's commit", || {
+        regenerated = generation_of(c, ns, "postgres-writer")?;
+        Ok(ready(&regenerated) && regenerated["status"]["output"]["git"]["commit"] != first)
+    })?;
+    let commit = regenerated["status"]["output"]["git"]["commit"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let kept = repos.in_repo("nodes", &["show", &format!("{commit}:{handler}")])?;
+    ensure!(kept == USERS_HANDLER, "the edited handler changed:\n{kept}");
+    let listing = repos.in_repo(
+        "nodes",
+        &[
+            "ls-tree",
+            "--name-only",
+            &format!("{commit}:{node_dir}/{WRITER_PACKAGE}/handlers"),
+        ],
+    )?;
+    let stubs: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.starts_with("handler_archive"))
+        .collect();
+    ensure!(
+        stubs.len() == 1,
+        "no stub for the new operation in {listing}"
+    );
+    let contract = repos.in_repo(
+        "nodes",
+        &[
+            "show",
+            &format!("{commit}:{node_dir}/{WRITER_PACKAGE}/contract.yaml"),
+        ],
+    )?;
+    ensure!(
+        contract.contains("archive"),
+        "contract.yaml was not regenerated"
+    );
+
+    // What the Deployment would get: the node directory at the manifest's revision.
+    let manifest = repos.in_repo(
+        "nodes",
+        &["show", &format!("{commit}:{root}/manifests/{node}.yaml")],
+    )?;
+    let gn: Value = serde_norway::from_str(&manifest).map_err(|e| e.to_string())?;
+    let revision = gn["spec"]["source"]["git"]["revision"]
+        .as_str()
+        .unwrap_or_default();
+    let code = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let archive = Command::new("sh")
+        .args([
+            "-c",
+            "git --git-dir=\"$REPO\" archive --format=tar \"$REV:$DIR\" | tar -x -C \"$OUT\"",
+        ])
+        .env("REPO", repos.root.join("nodes"))
+        .env("REV", revision)
+        .env("DIR", &node_dir)
+        .env("OUT", code.path())
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        archive.status.success(),
+        "git archive: {}",
+        String::from_utf8_lossy(&archive.stderr)
+    );
+    runs_the_users_handler(code.path())?;
+    println!(
+        "    the edited handler survived the regeneration at {}; {} added",
+        &commit[..12],
+        stubs[0]
+    );
+    Ok(())
+}
+
+/// ConfigMap output with `spec.handlers`: the user's handler from a ConfigMap replaces the default
+/// in the published code, and the node built from the published ConfigMap runs it.
+fn handlers_from_a_config_map(c: &Cluster) -> Outcome {
+    let ns = "e2e-gap-cm";
+    c.create_namespace(ns)?;
+    let _op = Operator::start(c, ns, &[])?;
+    let key = format!("{WRITER_PACKAGE}/{EDITED_HANDLER}").replace('/', "-");
+    let handlers = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "my-handlers"}, "data": {key.clone(): USERS_HANDLER}});
+    c.apply(ns, &handlers.to_string())?;
+    let mut ng = example_manifest("effect-postgres-writer.yaml")?;
+    ng["spec"]["handlers"] = serde_json::json!({"configMap": {"name": "my-handlers"}});
+    c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+    wait_ready(c, ns, "postgres-writer")?;
+    let generated = generation_of(c, ns, "postgres-writer")?;
+    let published = condition(&generated, "Published")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        published["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 handler module(s) from ConfigMap my-handlers"),
+        "Published: {published}"
+    );
+    let cm_name = &generated["status"]["output"]["configMaps"][0];
+    let cm = c.json(&[
+        "get",
+        "configmap",
+        cm_name.as_str().unwrap_or_default(),
+        "-n",
+        ns,
+    ])?;
+    let data = cm["data"].as_object().cloned().unwrap_or_default();
+    ensure!(
+        data.get(&key).and_then(Value::as_str) == Some(USERS_HANDLER),
+        "the published ConfigMap does not hold the user's handler"
+    );
+    let code = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let files: Vec<(String, String)> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.replace('-', "/"),
+                v.as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    write_tree(
+        code.path(),
+        files.iter().map(|(p, t)| (p.as_str(), t.as_str())),
+    )?;
+    runs_the_users_handler(code.path())?;
+    println!("    the published ConfigMap {cm_name} runs the user's handler");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -1451,7 +1704,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 16] = [
+    let scenarios: [Scenario; 18] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -1469,6 +1722,8 @@ fn main() -> ExitCode {
             "git_output_credentials_from_a_secret",
             git_output_credentials_from_a_secret,
         ),
+        ("generation_gap_in_git", generation_gap_in_git),
+        ("handlers_from_a_config_map", handlers_from_a_config_map),
         ("prd_edit_regenerates", prd_edit_regenerates),
         ("invalid_prd_fails_cleanly", invalid_prd_fails_cleanly),
         (

@@ -129,7 +129,7 @@ async fn a_generation_pushes_one_commit_then_nothing_when_unchanged() {
         "1"
     );
 
-    // The tree: exactly the files of the change, executables marked.
+    // The tree: exactly the files of the change.
     let tree = repos.in_repo("nodes", &["ls-tree", "-r", "main"]).unwrap();
     let paths: BTreeSet<String> = tree
         .lines()
@@ -142,9 +142,9 @@ async fn a_generation_pushes_one_commit_then_nothing_when_unchanged() {
         let dir = format!("clusters/dev/team-a/fraud-detection/nodes/{}", node.name);
         let start = tree
             .lines()
-            .find(|l| l.ends_with("/start_node.py") && l.contains(&dir))
-            .unwrap_or_else(|| panic!("no start_node.py for {}", node.name));
-        assert!(start.starts_with("100755 "), "{start}");
+            .find(|l| l.ends_with("/__main__.py") && l.contains(&dir))
+            .unwrap_or_else(|| panic!("no __main__.py for {}", node.name));
+        assert!(start.starts_with("100644 "), "{start}");
         let manifest = repos
             .in_repo(
                 "nodes",

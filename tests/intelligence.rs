@@ -295,7 +295,7 @@ async fn generate_uses_the_service_and_falls_back_without_it() {
     assert!(
         tmp.path()
             .join("postgres-writer")
-            .join("node_data_postgres_writer_effect/v1_0_0/mixins.py")
+            .join("node_data_postgres_writer_effect/node_data_postgres_writer_effect/node.py")
             .exists()
     );
     drop(responder);

@@ -52,9 +52,29 @@ pub struct NodeGenerationSpec {
     pub output: OutputSpec,
     #[serde(default)]
     pub deploy: DeploySpec,
+    /// The user's handler modules, for ConfigMap output (Git output keeps them on the branch):
+    /// they replace the generated defaults in the published code and the deployed node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handlers: Option<HandlersSource>,
     /// Stop all work on this object while true.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// Where the user's handler modules live.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HandlersSource {
+    /// A ConfigMap in the same namespace whose keys are the handler files' paths in the node
+    /// directory with `/` written as `-`, as in the code ConfigMaps
+    /// (`node_data_orders_writer_effect-handlers-handler_insert_order.py`).
+    pub config_map: LocalConfigMapRef,
+}
+
+/// A ConfigMap in the object's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct LocalConfigMapRef {
+    pub name: String,
 }
 
 /// Where a PRD kept outside the NodeGeneration lives.

@@ -222,10 +222,11 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
                 .flat_map(|d| d.keys().cloned())
                 .chain(found.binary_data.iter().flat_map(|d| d.keys().cloned()))
                 .collect();
-            if !keys.iter().any(|k| k.ends_with("start_node.py")) {
+            let entry = crate::deploy::entry_file(&gn.spec);
+            if !keys.contains(&key_for(&entry)) {
                 return Ok(Source::Missing {
                     reason: "StartScriptMissing",
-                    message: format!("ConfigMap {} has no start_node.py", cm.name),
+                    message: format!("ConfigMap {} has no {entry}", cm.name),
                 });
             }
             Ok(Source::Ready(Code::ConfigMap {
@@ -374,7 +375,8 @@ mod tests {
             "/api/v1/namespaces/ns/configmaps/hello-code",
             serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": "hello-code", "namespace": "ns"},
-                "data": {"v1_0_0-start_node.py": "print()", "v1_0_0-node.py": "x = 1"}}),
+                "data": {"node_api_hello_effect-__main__.py": "print()",
+                         "node_api_hello_effect-node.py": "x = 1"}}),
         );
         fake.put(
             "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
@@ -411,7 +413,11 @@ mod tests {
             .items
             .clone()
             .unwrap();
-        assert!(items.iter().any(|i| i.path == "v1_0_0/start_node.py"));
+        assert!(
+            items
+                .iter()
+                .any(|i| i.path == "node_api_hello_effect/__main__.py")
+        );
         assert_eq!(
             d.metadata.owner_references.as_ref().unwrap()[0].uid,
             "uid-gn"

@@ -22,6 +22,20 @@ pub struct Landed {
     /// `Pushed` or `NoChanges`.
     pub reason: &'static str,
     pub message: String,
+    /// The user's files kept on the branch that no operation routes to any more.
+    pub orphans: Vec<String>,
+}
+
+/// What the `Published` message adds about kept handlers whose operation is gone.
+fn orphan_note(orphans: &[String]) -> String {
+    if orphans.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; kept {} handler module(s) whose operation is no longer in the PRD (yours, never deleted): {}",
+        orphans.len(),
+        orphans.join(", ")
+    )
 }
 
 /// Why not, and when to try again (`None`: only a spec change helps).
@@ -83,18 +97,28 @@ pub async fn publish(
         Ok(p) if p.pushed => Ok(Ok(Landed {
             reason: "Pushed",
             message: format!(
-                "commit {} pushed to {} of {} ({} attempt(s)); manifests in {}/manifests",
-                p.commit, output.branch, output.repository, p.attempts, change.root
+                "commit {} pushed to {} of {} ({} attempt(s)); manifests in {}/manifests{}",
+                p.commit,
+                output.branch,
+                output.repository,
+                p.attempts,
+                change.root,
+                orphan_note(&p.orphans)
             ),
             status: status(&p.commit),
+            orphans: p.orphans,
         })),
         Ok(p) => Ok(Ok(Landed {
             reason: "NoChanges",
             message: format!(
-                "{} of {} already holds these files at commit {}",
-                output.branch, output.repository, p.commit
+                "{} of {} already holds these files at commit {}{}",
+                output.branch,
+                output.repository,
+                p.commit,
+                orphan_note(&p.orphans)
             ),
             status: status(&p.commit),
+            orphans: p.orphans,
         })),
         Err(e) => {
             tracing::warn!(reason = e.reason(), error = %e, "git output failed");

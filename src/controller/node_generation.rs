@@ -170,7 +170,13 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
     let current = ng.status.clone().unwrap_or_default();
 
     let prd = resolve_prd(ng, ctx, &ns).await?;
-    let input_hash = input_hash(ng, prd.as_ref().ok(), ctx.renderer.fingerprint());
+    let handlers = resolve_handlers(ng, ctx, &ns).await?;
+    let input_hash = input_hash(
+        ng,
+        prd.as_ref().ok(),
+        handlers.as_ref().ok().and_then(Option::as_ref),
+        ctx.renderer.fingerprint(),
+    );
     if current.observed_generation == Some(generation)
         && current.input_hash.as_deref() == Some(input_hash.as_str())
     {
@@ -185,14 +191,28 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
         }
     }
 
-    let settled = match prd {
-        Err(rejected) => Settled {
+    let settled = match (prd, handlers) {
+        (Err(rejected), _) => Settled {
             conditions: failure(ANALYZED, &rejected),
             outcome: None,
             output: OutputStatus::default(),
             requeue: Action::await_change(),
         },
-        Ok(prd) => generate_and_publish(ng, ctx, &ns, &name, generation, &prd).await?,
+        // The handlers' ConfigMap may be created after the NodeGeneration: look again soon.
+        (Ok(_), Err(rejected)) => Settled {
+            conditions: failure(ANALYZED, &rejected),
+            outcome: None,
+            output: OutputStatus::default(),
+            requeue: Action::requeue(Duration::from_secs(30)),
+        },
+        (Ok(prd), Ok(handlers)) => {
+            let run = Run {
+                generation,
+                prd: &prd,
+                handlers: handlers.as_ref(),
+            };
+            generate_and_publish(ng, ctx, &ns, &name, run).await?
+        }
     };
     write_status(
         ng,
@@ -207,15 +227,26 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
     Ok(settled.requeue)
 }
 
+/// What one generation runs on: the object's generation, its PRD and the user's handlers.
+struct Run<'a> {
+    generation: i64,
+    prd: &'a str,
+    handlers: Option<&'a BTreeMap<String, String>>,
+}
+
 /// Run the core and, when it succeeds, publish the nodes.
 async fn generate_and_publish(
     ng: &NodeGeneration,
     ctx: &Context,
     ns: &str,
     name: &str,
-    generation: i64,
-    prd: &str,
+    run: Run<'_>,
 ) -> Result<Settled, Error> {
+    let Run {
+        generation,
+        prd,
+        handlers,
+    } = run;
     let identity = Identity {
         namespace: ns,
         name,
@@ -259,6 +290,13 @@ async fn generate_and_publish(
     }
     if let Some(git) = &ng.spec.output.git {
         return publish_to_git(ng, ctx, ns, name, git, conditions, outcome).await;
+    }
+    let mut outcome = outcome;
+    let mut taken = 0;
+    if let Some(handlers) = handlers {
+        for node in &mut outcome.nodes {
+            taken += configmap::overlay_user_files(&mut node.rendered, handlers).len();
+        }
     }
 
     // Build every child first: a node that cannot be published stops the whole generation
@@ -323,7 +361,13 @@ async fn generate_and_publish(
         "{} node(s) generated and published; lowest quality {lowest:.3}",
         outcome.nodes.len()
     );
-    let published = format!("code published in ConfigMap(s) {}", cm_names.join(", "));
+    let mut published = format!("code published in ConfigMap(s) {}", cm_names.join(", "));
+    if let Some(source) = &ng.spec.handlers {
+        published.push_str(&format!(
+            "; {taken} handler module(s) from ConfigMap {}",
+            source.config_map.name
+        ));
+    }
     Ok(Settled::succeeded(
         conditions,
         outcome,
@@ -354,6 +398,9 @@ async fn publish_to_git(
     delete_unplanned(ng, ctx, ns, name, &[]).await?;
     match git_output::publish(ng, ctx, ns, git, &outcome.nodes).await? {
         Ok(landed) => {
+            if landed.reason == "Pushed" && !landed.orphans.is_empty() {
+                orphaned_handlers_event(ctx, ng, &landed.orphans).await;
+            }
             let deployed = format!(
                 "GeneratedNode manifests committed under {}/manifests; Argo CD (or kubectl apply) deploys them",
                 landed.status.path
@@ -388,6 +435,48 @@ async fn publish_to_git(
             })
         }
     }
+}
+
+/// A Warning Event naming the user's handler modules that no operation routes to any more: the
+/// operator keeps them, and a human decides.
+async fn orphaned_handlers_event(ctx: &Context, ng: &NodeGeneration, orphans: &[String]) {
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "OrphanedHandlers".into(),
+        note: Some(super::truncate(
+            &format!(
+                "kept {} handler module(s) whose operation is no longer in the PRD: {}",
+                orphans.len(),
+                orphans.join(", ")
+            ),
+            1000,
+        )),
+        action: "Publish".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ng.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record an event");
+    }
+}
+
+/// The user's handler modules (`spec.handlers`), or why they cannot be had.
+async fn resolve_handlers(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<Option<BTreeMap<String, String>>, Rejected>, Error> {
+    let Some(source) = &ng.spec.handlers else {
+        return Ok(Ok(None));
+    };
+    let name = &source.config_map.name;
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(match api.get_opt(name).await? {
+        Some(cm) => Ok(Some(cm.data.unwrap_or_default())),
+        None => Err(Rejected {
+            reason: "HandlersSourceNotFound".into(),
+            message: format!("ConfigMap {name} (spec.handlers.configMap) does not exist"),
+        }),
+    })
 }
 
 /// The PRD text, or why there is none (a terminal, user-facing reason).
@@ -428,7 +517,12 @@ async fn resolve_prd(
     }
 }
 
-fn input_hash(ng: &NodeGeneration, prd: Option<&String>, fingerprint: &str) -> String {
+fn input_hash(
+    ng: &NodeGeneration,
+    prd: Option<&String>,
+    handlers: Option<&BTreeMap<String, String>>,
+    fingerprint: &str,
+) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&ng.spec).unwrap_or_default());
     h.update([0]);
@@ -438,6 +532,10 @@ fn input_hash(ng: &NodeGeneration, prd: Option<&String>, fingerprint: &str) -> S
             h.update(p.as_bytes());
         }
         None => h.update([0]),
+    }
+    if let Some(handlers) = handlers {
+        h.update([2]);
+        h.update(serde_json::to_vec(handlers).unwrap_or_default());
     }
     h.update([0]);
     h.update(fingerprint.as_bytes());
@@ -826,7 +924,7 @@ mod tests {
             cm["metadata"]["annotations"][FILES_ANNOTATION]
                 .as_str()
                 .unwrap()
-                .contains("v1_0_0/start_node.py")
+                .contains("/__main__.py")
         );
         let gn = &fake.writes()[1].body;
         assert_eq!(

@@ -55,6 +55,40 @@ fn supported(path: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/'))
 }
 
+/// Put the user's handler files in place of the node's defaults. `data` is keyed like the code
+/// ConfigMaps (paths with `/` as `-`); every Python file it has below one of the node's user
+/// directories (`<package>/handlers/`) is taken, a generated file there (`__init__.py`) never.
+/// Returns the paths taken, sorted; the content hash then covers them, so pods roll when the
+/// user's code changes.
+pub fn overlay_user_files(node: &mut RenderedNode, data: &BTreeMap<String, String>) -> Vec<String> {
+    let dirs: std::collections::BTreeSet<&str> = node
+        .user_files
+        .iter()
+        .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d))
+        .collect();
+    let mut taken = Vec::new();
+    for key in data.keys() {
+        let path = path_for(key);
+        let in_user_dir = path
+            .rsplit_once('/')
+            .is_some_and(|(d, f)| dirs.contains(d) && f.ends_with(".py"));
+        let generated = node.files.contains_key(&path) && !node.user_files.contains(&path);
+        if supported(&path) && in_user_dir && !generated {
+            taken.push(path);
+        }
+    }
+    taken.sort();
+    for path in &taken {
+        if let Some(text) = data.get(&key_for(path)) {
+            node.files.insert(path.clone(), text.clone().into_bytes());
+        }
+    }
+    if !taken.is_empty() {
+        node.content_hash = crate::render::content_hash(&node.files);
+    }
+    taken
+}
+
 /// The ConfigMap of one node (without owner references: the caller adds them) and the volume
 /// items that restore its paths. Executable files get mode 0755.
 pub fn config_map(
@@ -92,7 +126,7 @@ pub fn config_map(
         items.push(KeyToPath {
             key,
             path: path.clone(),
-            mode: node.executable.contains(path).then_some(0o755),
+            mode: None,
         });
     }
     let cm = ConfigMap {
@@ -152,15 +186,45 @@ mod tests {
                 node.files[&item.path].as_slice()
             );
         }
-        let start = items
-            .iter()
-            .find(|i| i.path.ends_with("start_node.py"))
-            .unwrap();
-        assert_eq!(start.mode, Some(0o755));
+        assert!(items.iter().any(|i| i.path.ends_with("/__main__.py")));
         assert_eq!(
             cm.metadata.annotations.unwrap()[CONTENT_HASH_ANNOTATION],
             node.content_hash
         );
+    }
+
+    #[test]
+    fn the_users_handlers_replace_the_defaults_and_nothing_else() {
+        let mut node = rendered();
+        let handler = node.user_files.iter().next().unwrap().clone();
+        let package = handler.split('/').next().unwrap().to_string();
+        let before = node.content_hash.clone();
+        let data = BTreeMap::from([
+            (
+                key_for(&handler),
+                "async def mine() -> None: ...\n".to_string(),
+            ),
+            (
+                key_for(&format!("{package}/handlers/helpers.py")),
+                "X = 1\n".to_string(),
+            ),
+            // Not the user's to replace: generated files and other directories.
+            (
+                key_for(&format!("{package}/handlers/__init__.py")),
+                "evil\n".to_string(),
+            ),
+            (key_for(&format!("{package}/node.py")), "evil\n".to_string()),
+        ]);
+        let taken = overlay_user_files(&mut node, &data);
+        assert_eq!(
+            taken,
+            [handler.clone(), format!("{package}/handlers/helpers.py")]
+        );
+        assert_eq!(node.files[&handler], b"async def mine() -> None: ...\n");
+        assert!(
+            !String::from_utf8_lossy(&node.files[&format!("{package}/node.py")]).contains("evil")
+        );
+        assert_ne!(node.content_hash, before);
     }
 
     #[test]

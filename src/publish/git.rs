@@ -89,10 +89,15 @@ pub struct Signature {
 
 /// What one generation contributes: its directory `root`, replaced by exactly `files` (paths
 /// relative to the repository root), and tags that must name a commit holding these files.
+///
+/// The generation gap: files in `user_dirs` belong to the user. Whatever the branch already
+/// holds there is kept byte for byte, and the `files` of those directories are only defaults,
+/// written where the branch has no file of that path yet.
 #[derive(Clone, Debug)]
 pub struct Change {
     pub root: String,
     pub files: BTreeMap<String, File>,
+    pub user_dirs: BTreeSet<String>,
     pub tags: BTreeSet<String>,
     pub message: String,
     pub author: Signature,
@@ -106,6 +111,16 @@ pub struct Published {
     /// False when the branch already held exactly these files (no commit was made).
     pub pushed: bool,
     pub attempts: u32,
+    /// Files of the user's directories kept from the branch although the change has no default
+    /// for them (a handler whose operation disappeared): kept, never deleted, and reported.
+    pub orphans: Vec<String>,
+}
+
+/// A file the branch already holds: its mode and blob, reused as they are.
+#[derive(Clone, Debug, PartialEq)]
+struct Kept {
+    mode: String,
+    blob: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -199,8 +214,14 @@ fn lost_race(output: &str) -> bool {
         || output.contains("failed to update ref")
 }
 
-/// The `git fast-import` stream of a commit on `parent` replacing `change.root`.
-fn fast_import_stream(change: &Change, parent: Option<&str>, when: i64) -> Vec<u8> {
+/// The `git fast-import` stream of a commit on `parent` replacing `change.root`; `kept` are the
+/// user's files on the parent, which take the place of the change's defaults.
+fn fast_import_stream(
+    change: &Change,
+    kept: &BTreeMap<String, Kept>,
+    parent: Option<&str>,
+    when: i64,
+) -> Vec<u8> {
     let mut s = Vec::new();
     let sig = format!(
         "{} <{}> {when} +0000",
@@ -224,9 +245,15 @@ fn fast_import_stream(change: &Change, parent: Option<&str>, when: i64) -> Vec<u
         s.extend_from_slice(format!("D {}\n", quote(&change.root)).as_bytes());
     }
     for (path, file) in &change.files {
+        if kept.contains_key(path) {
+            continue;
+        }
         let mode = if file.executable { "100755" } else { "100644" };
         s.extend_from_slice(format!("M {mode} inline {}\n", quote(path)).as_bytes());
         data(&mut s, &file.data);
+    }
+    for (path, k) in kept {
+        s.extend_from_slice(format!("M {} {} {}\n", k.mode, k.blob, quote(path)).as_bytes());
     }
     s.extend_from_slice(b"done\n");
     s
@@ -443,12 +470,54 @@ impl Repo {
         Ok(run.stdout.trim().to_string())
     }
 
-    async fn build(&self, change: &Change, parent: Option<&str>) -> Result<String, GitError> {
+    /// The user's files on `tip`: every blob below `change.user_dirs`.
+    async fn user_files(
+        &self,
+        change: &Change,
+        tip: Option<&str>,
+    ) -> Result<BTreeMap<String, Kept>, GitError> {
+        let mut kept = BTreeMap::new();
+        let Some(tip) = tip else { return Ok(kept) };
+        if change.user_dirs.is_empty() {
+            return Ok(kept);
+        }
+        let mut args = vec!["ls-tree", "-r", "-z", "--full-tree", tip, "--"];
+        args.extend(change.user_dirs.iter().map(String::as_str));
+        let run = self.git(&args, None).await?;
+        if !run.ok {
+            return Err(GitError::Failed(format!("ls-tree: {}", run.text)));
+        }
+        for entry in run.stdout.split('\0').filter(|e| !e.is_empty()) {
+            // `<mode> SP <type> SP <object> TAB <path>`
+            let Some((meta, path)) = entry.split_once('\t') else {
+                continue;
+            };
+            let mut meta = meta.split(' ');
+            if let (Some(mode), Some("blob"), Some(blob)) = (meta.next(), meta.next(), meta.next())
+            {
+                kept.insert(
+                    path.to_string(),
+                    Kept {
+                        mode: mode.to_string(),
+                        blob: blob.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(kept)
+    }
+
+    async fn build(
+        &self,
+        change: &Change,
+        kept: &BTreeMap<String, Kept>,
+        parent: Option<&str>,
+    ) -> Result<String, GitError> {
         let when = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let stream = fast_import_stream(change, parent, when);
+        let stream = fast_import_stream(change, kept, parent, when);
         let run = self
             .git(
                 &["fast-import", "--quiet", "--force", "--done"],
@@ -496,7 +565,13 @@ pub async fn publish(
         let tip = repo.fetch_tip(remote).await?;
         let existing = repo.remote_tags(remote, &change.tags).await?;
         let missing: Vec<&String> = change.tags.difference(&existing).collect();
-        let commit = repo.build(change, tip.as_deref()).await?;
+        let kept = repo.user_files(change, tip.as_deref()).await?;
+        let orphans: Vec<String> = kept
+            .keys()
+            .filter(|p| !change.files.contains_key(*p))
+            .cloned()
+            .collect();
+        let commit = repo.build(change, &kept, tip.as_deref()).await?;
         let unchanged = match &tip {
             Some(tip) => {
                 repo.rev_parse(&format!("{tip}^{{tree}}")).await?
@@ -513,6 +588,7 @@ pub async fn publish(
                 commit: target,
                 pushed: false,
                 attempts: attempt,
+                orphans,
             });
         }
         let mut refspecs = Vec::new();
@@ -528,6 +604,7 @@ pub async fn publish(
                 commit: target,
                 pushed: branch_update,
                 attempts: attempt,
+                orphans,
             });
         }
         if !lost_race(&push.text) {
@@ -568,6 +645,7 @@ mod tests {
                     },
                 ),
             ]),
+            user_dirs: BTreeSet::from(["gen/ns/orders/nodes/a/pkg/handlers".into()]),
             tags: BTreeSet::new(),
             message: "omninode: ns/orders\n".into(),
             author: Signature {
@@ -579,7 +657,13 @@ mod tests {
 
     #[test]
     fn fast_import_replaces_the_generation_directory() {
-        let s = String::from_utf8(fast_import_stream(&change(), Some("abc"), 7)).unwrap();
+        let s = String::from_utf8(fast_import_stream(
+            &change(),
+            &BTreeMap::new(),
+            Some("abc"),
+            7,
+        ))
+        .unwrap();
         assert!(s.starts_with("reset refs/omninode/new\ncommit refs/omninode/new\nauthor Omni Node <bot@example.com> 7 +0000\n"));
         assert!(s.contains("from abc\nD gen/ns/orders\n"));
         assert!(s.contains(
@@ -587,6 +671,31 @@ mod tests {
         ));
         assert!(s.contains("M 100644 inline gen/ns/orders/manifests/a.yaml\n"));
         assert!(s.ends_with("done\n"));
+    }
+
+    #[test]
+    fn the_users_files_on_the_branch_replace_the_defaults() {
+        let mut change = change();
+        let handler = "gen/ns/orders/nodes/a/pkg/handlers/handler_x.py".to_string();
+        let orphan = "gen/ns/orders/nodes/a/pkg/handlers/handler_gone.py".to_string();
+        change.files.insert(
+            handler.clone(),
+            File {
+                data: b"default\n".to_vec(),
+                executable: false,
+            },
+        );
+        let blob = |b: &str| Kept {
+            mode: "100644".into(),
+            blob: b.repeat(40),
+        };
+        let kept = BTreeMap::from([(handler.clone(), blob("a")), (orphan.clone(), blob("b"))]);
+        let s = String::from_utf8(fast_import_stream(&change, &kept, Some("abc"), 7)).unwrap();
+        assert!(!s.contains("default"), "{s}");
+        assert!(s.contains(&format!("M 100644 {} {handler}\n", "a".repeat(40))));
+        assert!(s.contains(&format!("M 100644 {} {orphan}\n", "b".repeat(40))));
+        // The delete of the generation directory comes before the kept files.
+        assert!(s.find("D gen/ns/orders\n") < s.find(&handler));
     }
 
     #[test]

@@ -82,15 +82,23 @@ pub fn change(
     let name = ng.metadata.name.as_deref().unwrap_or_default();
     let root = generation_root(&output.path, namespace, name);
     let mut files = BTreeMap::new();
+    let mut user_dirs = BTreeSet::new();
     let mut tags = BTreeSet::new();
     for node in nodes {
         let node_dir = format!("{root}/nodes/{}", node.name);
+        user_dirs.extend(
+            node.rendered
+                .user_files
+                .iter()
+                .filter_map(|p| p.rsplit_once('/'))
+                .map(|(dir, _)| format!("{node_dir}/{dir}")),
+        );
         for (path, data) in &node.rendered.files {
             files.insert(
                 format!("{node_dir}/{path}"),
                 File {
                     data: data.clone(),
-                    executable: node.rendered.executable.contains(path),
+                    executable: false,
                 },
             );
         }
@@ -110,6 +118,7 @@ pub fn change(
         message: message(ng, output, nodes)?,
         root,
         files,
+        user_dirs,
         tags,
         author: Signature {
             name: author.map_or(DEFAULT_AUTHOR_NAME.into(), |a| a.name.clone()),

@@ -6,7 +6,7 @@
 mod file_cache;
 mod python;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +108,7 @@ impl Scorer<'_> {
     }
 
     fn path(&self, suffix: &str) -> String {
-        format!("{}/{suffix}", self.node.context.version_dir)
+        format!("{}/{suffix}", self.node.context.package)
     }
 }
 
@@ -259,37 +259,24 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
     }
     let no_any = (1.0 - 0.25 * any_uses as f64).max(0.0);
 
-    let method = |name: &str| {
-        node_class
-            .as_ref()
-            .and_then(|c| c.methods.iter().find(|m| m.name == name))
-    };
-    let mut eh = (0usize, 0usize);
-    let entry = method(&ctx.entry_point);
-    eh.1 += 1;
-    if entry.is_some_and(|m| m.has_try) {
-        eh.0 += 1;
-    } else {
-        s.deduct(
+    let contract = read_contract(&mut s, &contract_path);
+
+    // Error handling lives in the runtime base class, which turns a handler's exception into a
+    // failed output; a bare `except` in generated code would swallow SystemExit.
+    let mut eh = (0usize, 1usize);
+    let base = &ctx.runtime_base;
+    match &node_class {
+        Some(c) if c.bases.iter().any(|b| b == base) => eh.0 += 1,
+        Some(c) => s.deduct(
             &node_py,
-            entry.map(|m| m.line).unwrap_or(0),
+            c.line,
             "onex/error-handling",
             format!(
-                "{} does not catch errors into a failed output",
-                ctx.entry_point
+                "{} does not subclass omninode_runtime.{base}, which turns handler errors into failed outputs",
+                c.name
             ),
-        );
-    }
-    eh.1 += 1;
-    if method("validate_input").is_some_and(|m| m.has_raise) {
-        eh.0 += 1;
-    } else {
-        s.deduct(
-            &node_py,
-            method("validate_input").map(|m| m.line).unwrap_or(0),
-            "onex/error-handling",
-            "validate_input never raises on invalid input",
-        );
+        ),
+        None => {}
     }
     for (path, f) in &source_files {
         for line in &f.bare_except_lines {
@@ -304,35 +291,47 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
     }
     let error_handling = ratio(eh.0, eh.1);
 
-    let mut ep = 0usize;
-    match entry {
-        Some(m) if m.is_async => ep += 1,
-        Some(m) => s.deduct(
-            &node_py,
-            m.line,
-            "onex/async-entry-point",
-            format!("{} must be async", ctx.entry_point),
-        ),
-        None => s.deduct(
-            &node_py,
-            0,
-            "onex/async-entry-point",
-            format!("{} is missing", ctx.entry_point),
-        ),
-    }
-    for required in ["validate_input", "get_health_status"] {
-        if method(required).is_some() {
-            ep += 1;
-        } else {
-            s.deduct(
-                &node_py,
+    // Every operation's handler, as routed by the contract, is an async function.
+    let mut ep = (0usize, 0usize);
+    let routes = contract
+        .as_ref()
+        .map(|c| c.handler_routing.handlers.as_slice());
+    for route in routes.unwrap_or_default() {
+        ep.1 += 1;
+        let file = module_file(&route.handler.module);
+        let function = facts.get(&file).and_then(|f| {
+            f.functions
+                .iter()
+                .find(|x| x.name == route.handler.function)
+        });
+        match function {
+            Some(f) if f.is_async => ep.0 += 1,
+            Some(f) => s.deduct(
+                &file,
+                f.line,
+                "onex/async-entry-point",
+                format!("handler {} must be async", f.name),
+            ),
+            None => s.deduct(
+                &contract_path,
                 0,
-                "onex/required-method",
-                format!("{required} is missing"),
-            );
+                "onex/async-entry-point",
+                format!(
+                    "handler {}.{} of operation {} does not exist",
+                    route.handler.module, route.handler.function, route.operation
+                ),
+            ),
         }
     }
-    let async_entry_points = ratio(ep, 3);
+    if ep.1 == 0 {
+        s.deduct(
+            &contract_path,
+            0,
+            "onex/async-entry-point",
+            "handler_routing routes no operation",
+        );
+    }
+    let async_entry_points = ratio(ep.0, ep.1.max(1));
 
     let mut imp = (0usize, 0usize);
     for (path, f) in &source_files {
@@ -346,7 +345,9 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
                     "onex/imports-wildcard",
                     format!("wildcard import from {}", i.module),
                 );
-            } else if i.level > 0 && !relative_import_resolves(node, dir, i.level, &i.module) {
+            } else if (i.level > 0 && !relative_import_resolves(node, dir, i.level, &i.module))
+                || (i.level == 0 && !absolute_import_resolves(node, &i.module))
+            {
                 s.deduct(
                     path,
                     i.line,
@@ -383,7 +384,10 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
     }
 
     // --- Contract conformance ---
-    let contract_conformance = contract_score(&mut s, &contract_path, node_class.as_ref());
+    let contract_conformance = match &contract {
+        Some(c) => contract_score(&mut s, c, &facts, node_class.as_ref()),
+        None => 0.0,
+    };
 
     // --- Code quality ---
     let mut docs = (0usize, 0usize);
@@ -570,48 +574,79 @@ fn relative_import_resolves(node: &RenderedNode, dir: &str, level: u32, module: 
         || node.files.contains_key(&format!("{prefix}__init__.py"))
 }
 
-/// The subset of `contract.yaml` the conformance check reads.
+/// Whether an absolute import names a module of the node, when it names the node's package at
+/// all (other absolute imports are the runtime's or the standard library's).
+fn absolute_import_resolves(node: &RenderedNode, module: &str) -> bool {
+    let package = &node.context.package;
+    if module != package && !module.starts_with(&format!("{package}.")) {
+        return true;
+    }
+    let path = module.replace('.', "/");
+    node.files.contains_key(&format!("{path}.py"))
+        || node.files.contains_key(&format!("{path}/__init__.py"))
+}
+
+/// The file of a dotted module name, relative to the node's directory.
+fn module_file(module: &str) -> String {
+    format!("{}.py", module.replace('.', "/"))
+}
+
+/// The mixins `omninode_runtime` applies when a contract lists them.
+const RUNTIME_MIXINS: &[&str] = &[
+    "MixinCaching",
+    "MixinCircuitBreaker",
+    "MixinEventBus",
+    "MixinHealthCheck",
+    "MixinLogging",
+    "MixinMetrics",
+    "MixinRetry",
+    "MixinSecurity",
+    "MixinValidation",
+];
+
+/// The subset of `contract.yaml` the checks read.
 #[derive(Deserialize, Default)]
 struct ContractView {
     #[serde(default)]
-    actions: Vec<ActionView>,
+    input_model: ModelRef,
     #[serde(default)]
-    entry_points: Vec<NamedRef>,
+    output_model: ModelRef,
     #[serde(default)]
-    capabilities: Vec<String>,
+    handler_routing: RoutingView,
     #[serde(default)]
     mixins: Vec<String>,
 }
 
-/// An entry point given as a bare name or as a mapping with a `name`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NamedRef {
-    Name(String),
-    Object { name: String },
-}
-
-impl NamedRef {
-    fn name(&self) -> &str {
-        match self {
-            NamedRef::Name(n) | NamedRef::Object { name: n } => n,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct ActionView {
+#[derive(Deserialize, Default)]
+struct ModelRef {
     #[serde(default)]
     name: String,
     #[serde(default)]
-    handler: String,
+    module: String,
 }
 
-fn contract_score(
-    s: &mut Scorer<'_>,
-    contract_path: &str,
-    class: Option<&python::ClassFact>,
-) -> f64 {
+#[derive(Deserialize, Default)]
+struct RoutingView {
+    #[serde(default)]
+    handlers: Vec<RouteView>,
+}
+
+#[derive(Deserialize)]
+struct RouteView {
+    #[serde(default)]
+    operation: String,
+    handler: HandlerRef,
+}
+
+#[derive(Deserialize)]
+struct HandlerRef {
+    #[serde(default)]
+    function: String,
+    #[serde(default)]
+    module: String,
+}
+
+fn read_contract(s: &mut Scorer<'_>, contract_path: &str) -> Option<ContractView> {
     let Some(bytes) = s.node.files.get(contract_path) else {
         s.deduct(
             contract_path,
@@ -619,10 +654,10 @@ fn contract_score(
             "contract/missing",
             "contract.yaml is missing",
         );
-        return 0.0;
+        return None;
     };
-    let contract: ContractView = match serde_norway::from_slice(bytes) {
-        Ok(c) => c,
+    match serde_norway::from_slice(bytes) {
+        Ok(c) => Some(c),
         Err(e) => {
             s.deduct(
                 contract_path,
@@ -630,77 +665,136 @@ fn contract_score(
                 "contract/invalid",
                 e.to_string(),
             );
-            return 0.0;
+            None
         }
-    };
+    }
+}
+
+/// 0.5 what the contract names exists (its models, the node class's models, the handlers), 0.3
+/// its operations are exactly the enum's, 0.2 its mixins are ones the runtime applies.
+fn contract_score(
+    s: &mut Scorer<'_>,
+    contract: &ContractView,
+    facts: &BTreeMap<String, PythonFacts>,
+    class: Option<&python::ClassFact>,
+) -> f64 {
     let Some(class) = class else { return 0.0 };
     let node_py = s.path("node.py");
-
-    let named: Vec<String> = contract
-        .actions
-        .iter()
-        .map(|a| {
-            if a.handler.is_empty() {
-                a.name.clone()
-            } else {
-                a.handler.clone()
-            }
-        })
-        .chain(contract.entry_points.iter().map(|e| e.name().to_string()))
-        .collect();
-    let mut found = 0;
-    for m in &named {
-        if class.methods.iter().any(|x| &x.name == m) {
-            found += 1;
-        } else {
-            s.deduct(
-                &node_py,
-                class.line,
-                "contract/method-missing",
-                format!("contract names {m} but {} does not define it", class.name),
-            );
-        }
-    }
-    let methods = if named.is_empty() {
-        s.deduct(
-            contract_path,
-            0,
-            "contract/no-methods",
-            "contract names no actions or entry points",
-        );
-        0.0
-    } else {
-        ratio(found, named.len())
+    let contract_path = s.path("contract.yaml");
+    let ctx = &s.node.context;
+    let defines_class = |module: &str, name: &str| {
+        facts
+            .get(&module_file(module))
+            .is_some_and(|f| f.classes.iter().any(|c| c.name == name))
     };
-
-    let mut caps = 0;
-    for c in &contract.capabilities {
-        if class.capabilities.contains(c) {
-            caps += 1;
+    let attribute = |name: &str| {
+        class
+            .assignments
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut named = (0usize, 0usize);
+    for (role, model) in [
+        ("input_model", &contract.input_model),
+        ("output_model", &contract.output_model),
+    ] {
+        named.1 += 2;
+        if defines_class(&model.module, &model.name) {
+            named.0 += 1;
+        } else {
+            s.deduct(
+                &contract_path,
+                0,
+                "contract/model-missing",
+                format!("{role} {}.{} does not exist", model.module, model.name),
+            );
+        }
+        if attribute(role) == Some(model.name.as_str()) {
+            named.0 += 1;
         } else {
             s.deduct(
                 &node_py,
                 class.line,
-                "contract/capability-missing",
-                format!("capability {c} is not in {}.CAPABILITIES", class.name),
+                "contract/model-mismatch",
+                format!("{}.{role} is not {}", class.name, model.name),
             );
         }
     }
-    let capabilities = ratio(caps, contract.capabilities.len());
+    for route in &contract.handler_routing.handlers {
+        named.1 += 1;
+        let exists = facts
+            .get(&module_file(&route.handler.module))
+            .is_some_and(|f| f.functions.iter().any(|x| x.name == route.handler.function));
+        if exists {
+            named.0 += 1;
+        } else {
+            s.deduct(
+                &contract_path,
+                0,
+                "contract/method-missing",
+                format!(
+                    "contract names {}.{} but it does not exist",
+                    route.handler.module, route.handler.function
+                ),
+            );
+        }
+    }
+    let methods = ratio(named.0, named.1);
+
+    let enum_file = format!("{}/enums/{}.py", ctx.package, ctx.enum_module);
+    let members: BTreeSet<&str> = facts
+        .get(&enum_file)
+        .and_then(|f| f.classes.iter().find(|c| c.name == ctx.enum_name))
+        .map(|c| c.assignments.iter().map(|(_, v)| v.as_str()).collect())
+        .unwrap_or_default();
+    let routed: BTreeSet<&str> = contract
+        .handler_routing
+        .handlers
+        .iter()
+        .map(|r| r.operation.as_str())
+        .collect();
+    let mut ops = (0usize, 0usize);
+    for op in routed.union(&members) {
+        ops.1 += 1;
+        if routed.contains(op) && members.contains(op) {
+            ops.0 += 1;
+        } else {
+            s.deduct(
+                &enum_file,
+                0,
+                "contract/operation-mismatch",
+                format!(
+                    "operation {op} is {} but not {}",
+                    if routed.contains(op) {
+                        "routed"
+                    } else {
+                        "an enum member"
+                    },
+                    if routed.contains(op) {
+                        "an enum member"
+                    } else {
+                        "routed"
+                    }
+                ),
+            );
+        }
+    }
+    let operations = ratio(ops.0, ops.1);
 
     let mut mix = 0;
     for m in &contract.mixins {
-        if class.bases.contains(m) {
+        if RUNTIME_MIXINS.contains(&m.as_str()) {
             mix += 1;
         } else {
             s.deduct(
-                &node_py,
-                class.line,
-                "contract/mixin-missing",
-                format!("mixin {m} is not a base of {}", class.name),
+                &contract_path,
+                0,
+                "contract/mixin-unknown",
+                format!("mixin {m} is not one omninode_runtime applies"),
             );
         }
     }
     let mixins = ratio(mix, contract.mixins.len());
-    0.5 * methods + 0.3 * capabilities + 0.2 * mixins
+    0.5 * methods + 0.3 * operations + 0.2 * mixins
 }

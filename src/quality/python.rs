@@ -35,8 +35,9 @@ pub struct ClassFact {
     pub bases: Vec<String>,
     pub has_docstring: bool,
     pub methods: Vec<FunctionFact>,
-    /// String constants assigned to `CAPABILITIES` in the class body.
-    pub capabilities: Vec<String>,
+    /// `NAME = value` assignments of the class body whose value is a string constant or a
+    /// name (enum members, `input_model = Model…`): name → the string or the name assigned.
+    pub assignments: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -157,17 +158,13 @@ impl Walker<'_> {
                     let f = self.function(f);
                     fact.methods.push(f);
                 }
-                Stmt::Assign(a)
-                    if a.targets
-                        .iter()
-                        .any(|t| expr_name(t).as_deref() == Some("CAPABILITIES")) =>
-                {
-                    fact.capabilities = string_constants(&a.value);
-                }
-                Stmt::AnnAssign(a) if expr_name(&a.target).as_deref() == Some("CAPABILITIES") => {
-                    if let Some(v) = &a.value {
-                        fact.capabilities = string_constants(v);
+                Stmt::Assign(a) => {
+                    if let ([Expr::Name(n)], Some(value)) =
+                        (&a.targets[..], assigned_value(&a.value))
+                    {
+                        fact.assignments.push((n.id.to_string(), value));
                     }
+                    self.statement(stmt);
                 }
                 _ => self.statement(stmt),
             }
@@ -319,27 +316,13 @@ fn expr_name(e: &Expr) -> Option<String> {
     }
 }
 
-fn string_constants(e: &Expr) -> Vec<String> {
-    let elts: &[Expr] = match e {
-        Expr::Tuple(t) => &t.elts,
-        Expr::List(l) => &l.elts,
-        Expr::Set(s) => &s.elts,
-        Expr::Call(c) => {
-            return c
-                .arguments
-                .args
-                .first()
-                .map(string_constants)
-                .unwrap_or_default();
-        }
-        _ => return Vec::new(),
-    };
-    elts.iter()
-        .filter_map(|e| {
-            e.as_string_literal_expr()
-                .map(|s| s.value.to_str().to_string())
-        })
-        .collect()
+/// A string constant's value, or the name an expression refers to.
+fn assigned_value(e: &Expr) -> Option<String> {
+    match e {
+        Expr::StringLiteral(s) => Some(s.value.to_str().to_string()),
+        Expr::Name(n) => Some(n.id.to_string()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -355,6 +338,8 @@ class NodeXEffect(MixinA, base.MixinB):
     """Doc."""
 
     CAPABILITIES = ("a", "b")
+    MEMBER = "m"
+    model = ModelX
 
     async def process_effect(self, x: int) -> int:
         """Doc."""
@@ -376,13 +361,19 @@ class NodeXEffect(MixinA, base.MixinB):
         let c = &f.classes[0];
         assert_eq!(c.name, "NodeXEffect");
         assert_eq!(c.bases, ["MixinA", "MixinB"]);
-        assert_eq!(c.capabilities, ["a", "b"]);
+        assert_eq!(
+            c.assignments,
+            [
+                ("MEMBER".to_string(), "m".to_string()),
+                ("model".to_string(), "ModelX".to_string())
+            ]
+        );
         let m = &c.methods[0];
         assert!(m.is_async && m.fully_annotated && m.has_try && m.has_raise && m.has_docstring);
         assert!(!c.methods[1].fully_annotated);
-        assert_eq!(f.any_lines, [2, 20]);
-        assert_eq!(f.print_lines, [19]);
-        assert_eq!(f.bare_except_lines, [15]);
+        assert_eq!(f.any_lines, [2, 22]);
+        assert_eq!(f.print_lines, [21]);
+        assert_eq!(f.bare_except_lines, [17]);
         assert!(
             f.imports
                 .iter()

@@ -14,7 +14,17 @@ pub const INTROSPECTION_TOPIC: &str = "onex.evt.platform.node-introspection.v1";
 #[derive(Serialize, Debug, Clone)]
 pub struct NodeContext {
     pub dir_name: String,
+    /// The Python package of the node (the same as `dir_name`).
+    pub package: String,
+    /// The distribution name pip knows it by (`node-data-postgres-writer-effect`).
+    pub distribution: String,
     pub class_name: String,
+    /// The `omninode_runtime` base class (`NodeEffect`, …).
+    pub runtime_base: String,
+    /// The ONEX `EnumNodeType` value (`EFFECT_GENERIC`, …).
+    pub onex_node_type: String,
+    /// The runtime versions the node works with (`>=0.1.0,<0.2.0`).
+    pub runtime_requirement: String,
     pub node_type: String,
     pub node_type_upper: String,
     pub type_title: String,
@@ -23,28 +33,25 @@ pub struct NodeContext {
     pub service_pascal: String,
     pub version: Version,
     pub version_str: String,
-    pub version_dir: String,
     pub title: String,
     pub description: String,
     pub generation_name: String,
-    pub entry_point: String,
     pub input_model: String,
     pub output_model: String,
-    pub config_model: String,
     pub enum_name: String,
     pub input_module: String,
     pub output_module: String,
-    pub config_module: String,
     pub enum_module: String,
     pub operations: Vec<OperationContext>,
     pub mixins: Vec<String>,
-    pub capabilities: Vec<String>,
     pub external_systems: Vec<ExternalSystemContext>,
     pub dependencies: Vec<String>,
     pub joins_event_bus: bool,
     pub introspection_topic: String,
     pub publish_topics: Vec<String>,
     pub subscribe_topics: Vec<String>,
+    /// The topic a caller waits on for the result (`onex run-node`).
+    pub terminal_event: String,
     pub performance: Performance,
 }
 
@@ -59,7 +66,10 @@ pub struct Version {
 pub struct OperationContext {
     pub name: String,
     pub member: String,
-    pub handler: String,
+    /// The handler module (`handler_<operation>`), under `<package>/handlers/`.
+    pub module: String,
+    /// The handler function (`handle_<operation>`).
+    pub function: String,
     pub description: String,
 }
 
@@ -93,20 +103,21 @@ impl NodeContext {
             minor: 0,
             patch: 0,
         };
-        let entry_point = match t {
-            crate::api::NodeType::Effect => "process_effect",
-            crate::api::NodeType::Compute => "process_compute",
-            crate::api::NodeType::Reducer => "process_reduction",
-            crate::api::NodeType::Orchestrator => "process_orchestration",
-        };
+        let dir_name = dir_name(node);
         let joins_event_bus = matches!(
             t,
             crate::api::NodeType::Effect | crate::api::NodeType::Orchestrator
         );
         let topic_name = dns_label(&node.service);
+        let publish_topic = format!("onex.evt.{}.{topic_name}-completed.v1", node.domain);
         NodeContext {
-            dir_name: dir_name(node),
+            package: dir_name.clone(),
+            distribution: dir_name.replace('_', "-"),
+            dir_name,
             class_name: format!("Node{sp}{}", t.title()),
+            runtime_base: format!("Node{}", t.title()),
+            onex_node_type: format!("{}_GENERIC", t.as_str().to_uppercase()),
+            runtime_requirement: runtime_requirement(),
             node_type: t.as_str().to_string(),
             node_type_upper: t.as_str().to_uppercase(),
             type_title: t.title().to_string(),
@@ -115,18 +126,14 @@ impl NodeContext {
             service_pascal: sp.clone(),
             version,
             version_str: format!("{}.{}.{}", version.major, version.minor, version.patch),
-            version_dir: format!("v{}_{}_{}", version.major, version.minor, version.patch),
             title: node.title.clone(),
             description: node.description.clone(),
             generation_name: generation_name.to_string(),
-            entry_point: entry_point.to_string(),
             input_model: format!("Model{sp}Input"),
             output_model: format!("Model{sp}Output"),
-            config_model: format!("Model{sp}Config"),
             enum_name: format!("Enum{sp}OperationType"),
             input_module: format!("model_{}_input", node.service),
             output_module: format!("model_{}_output", node.service),
-            config_module: format!("model_{}_config", node.service),
             enum_module: format!("enum_{}_operation_type", node.service),
             operations: node
                 .operations
@@ -134,12 +141,12 @@ impl NodeContext {
                 .map(|o| OperationContext {
                     name: o.name.clone(),
                     member: o.name.to_uppercase(),
-                    handler: format!("_handle_{}", o.name),
+                    module: format!("handler_{}", o.name),
+                    function: format!("handle_{}", o.name),
                     description: o.description.clone(),
                 })
                 .collect(),
             mixins: node.mixins.clone(),
-            capabilities: node.operations.iter().map(|o| o.name.clone()).collect(),
             external_systems: external
                 .iter()
                 .map(|e| ExternalSystemContext {
@@ -150,12 +157,24 @@ impl NodeContext {
             dependencies: dependencies.to_vec(),
             joins_event_bus,
             introspection_topic: INTROSPECTION_TOPIC.to_string(),
-            publish_topics: vec![format!(
-                "onex.evt.{}.{topic_name}-completed.v1",
-                node.domain
-            )],
+            publish_topics: vec![publish_topic.clone()],
             subscribe_topics: vec![format!("onex.cmd.{}.{topic_name}.v1", node.domain)],
+            terminal_event: publish_topic,
             performance: node.performance.clone(),
         }
     }
+}
+
+/// The `omninode-runtime` versions a node generated by this operator works with: the runtime is
+/// versioned with the operator, and a minor release may change its API (0.x semantics).
+pub fn runtime_requirement() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let upper = if major == 0 {
+        format!("0.{}.0", minor + 1)
+    } else {
+        format!("{}.0.0", major + 1)
+    };
+    format!(">={version},<{upper}")
 }

@@ -18,40 +18,54 @@ use crate::analysis::{ExternalSystem, PlannedNode};
 
 static TEMPLATES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/templates");
 
-/// Entry templates and the file each renders to (`{v}` is the version directory, `{…}` the
-/// module names of the context). Templates whose file name starts with `_` are partials.
+/// Entry templates and the file each renders to, relative to the node's directory (`{pkg}` is
+/// the node's package, `{…}` the module names of the context). Templates whose file name starts
+/// with `_` are partials.
 const FILES: &[(&str, &str)] = &[
-    ("node.manifest.yaml.j2", "node.manifest.yaml"),
-    ("version/__init__.py.j2", "{v}/__init__.py"),
-    ("version/node.py.j2", "{v}/node.py"),
-    ("version/mixins.py.j2", "{v}/mixins.py"),
-    ("version/contract.yaml.j2", "{v}/contract.yaml"),
+    ("node/pyproject.toml.j2", "pyproject.toml"),
+    ("node/package/__init__.py.j2", "{pkg}/__init__.py"),
+    ("node/package/__main__.py.j2", "{pkg}/__main__.py"),
+    ("node/package/py.typed.j2", "{pkg}/py.typed"),
+    ("node/package/contract.yaml.j2", "{pkg}/contract.yaml"),
+    ("node/package/node.py.j2", "{pkg}/node.py"),
     (
-        "version/version.manifest.yaml.j2",
-        "{v}/version.manifest.yaml",
-    ),
-    ("version/start_node.py.j2", "{v}/start_node.py"),
-    ("version/models/__init__.py.j2", "{v}/models/__init__.py"),
-    ("version/models/model_input.py.j2", "{v}/models/{input}.py"),
-    (
-        "version/models/model_output.py.j2",
-        "{v}/models/{output}.py",
+        "node/package/models/__init__.py.j2",
+        "{pkg}/models/__init__.py",
     ),
     (
-        "version/models/model_config.py.j2",
-        "{v}/models/{config}.py",
+        "node/package/models/model_input.py.j2",
+        "{pkg}/models/{input}.py",
     ),
-    ("version/enums/__init__.py.j2", "{v}/enums/__init__.py"),
     (
-        "version/enums/enum_operation_type.py.j2",
-        "{v}/enums/{enum}.py",
+        "node/package/models/model_output.py.j2",
+        "{pkg}/models/{output}.py",
     ),
-    ("version/tests/__init__.py.j2", "{v}/tests/__init__.py"),
-    ("version/tests/test_node.py.j2", "{v}/tests/test_node.py"),
+    (
+        "node/package/enums/__init__.py.j2",
+        "{pkg}/enums/__init__.py",
+    ),
+    (
+        "node/package/enums/enum_operation_type.py.j2",
+        "{pkg}/enums/{enum}.py",
+    ),
+    (
+        "node/package/handlers/__init__.py.j2",
+        "{pkg}/handlers/__init__.py",
+    ),
+    (
+        "node/package/tests/__init__.py.j2",
+        "{pkg}/tests/__init__.py",
+    ),
+    (
+        "node/package/tests/test_contract.py.j2",
+        "{pkg}/tests/test_contract.py",
+    ),
 ];
 
-/// Files that must be executable.
-const EXECUTABLE: &[&str] = &["{v}/start_node.py"];
+/// The handler template, rendered once per operation (with `op` in the context) to
+/// `{pkg}/handlers/<op.module>.py`. Its output belongs to the user: written when the operation
+/// first appears, never replaced (the generation gap).
+const HANDLER: &str = "node/package/handlers/handler.py.j2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -73,7 +87,9 @@ pub struct RenderedNode {
     pub dir_name: String,
     /// Path relative to the node directory → content.
     pub files: BTreeMap<String, Vec<u8>>,
-    pub executable: BTreeSet<String>,
+    /// The paths of `files` that belong to the user (the handler modules, with their default
+    /// content): published only where no file of that path exists yet.
+    pub user_files: BTreeSet<String>,
     /// SHA-256 over paths and contents, hex.
     pub content_hash: String,
     pub context: NodeContext,
@@ -135,7 +151,7 @@ impl Renderer {
                     source,
                 })?;
         }
-        for (template, _) in FILES {
+        for template in FILES.iter().map(|(t, _)| *t).chain([HANDLER]) {
             env.get_template(template)
                 .map_err(|source| RenderError::Template {
                     template: template.to_string(),
@@ -176,12 +192,30 @@ impl Renderer {
             })?;
             files.insert(target_path(target, &ctx), out.into_bytes());
         }
-        let executable = EXECUTABLE.iter().map(|p| target_path(p, &ctx)).collect();
+        let handler = self
+            .env
+            .get_template(HANDLER)
+            .map_err(|source| RenderError::Template {
+                template: HANDLER.to_string(),
+                source,
+            })?;
+        let mut user_files = BTreeSet::new();
+        for op in &ctx.operations {
+            let out = handler
+                .render(minijinja::context! { node => &ctx, op => op })
+                .map_err(|source| RenderError::Template {
+                    template: HANDLER.to_string(),
+                    source,
+                })?;
+            let path = format!("{}/handlers/{}.py", ctx.package, op.module);
+            files.insert(path.clone(), out.into_bytes());
+            user_files.insert(path);
+        }
         Ok(RenderedNode {
             dir_name: ctx.dir_name.clone(),
             content_hash: content_hash(&files),
             files,
-            executable,
+            user_files,
             context: ctx,
         })
     }
@@ -189,10 +223,9 @@ impl Renderer {
 
 fn target_path(pattern: &str, ctx: &NodeContext) -> String {
     pattern
-        .replace("{v}", &ctx.version_dir)
+        .replace("{pkg}", &ctx.package)
         .replace("{input}", &ctx.input_module)
         .replace("{output}", &ctx.output_module)
-        .replace("{config}", &ctx.config_module)
         .replace("{enum}", &ctx.enum_module)
 }
 

@@ -28,26 +28,75 @@ def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
     assert result.returncode == 0, f"{what} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
 
 
-def version_dir(node_dir: Path) -> str:
-    dirs = sorted(p.name for p in node_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
-    assert dirs, f"{node_dir} has no version directory"
-    return dirs[-1]
+_runtime_envs: dict[Path, Path] = {}
+
+
+def base_python() -> str:
+    """The interpreter the tooling venv was made from: fresh venvs start from it."""
+    return str(getattr(sys, "_base_executable", sys.executable))
+
+
+def runtime_dir(node_dir: Path) -> Path:
+    """OUT/_runtime of the `generate --output OUT` that wrote `node_dir` (OUT/<generation>/<node>)."""
+    found = node_dir.parents[1] / "_runtime"
+    assert any(found.glob("omninode_runtime-*.whl")), f"no runtime wheel in {found}"
+    return found
+
+
+def runtime_python(node_dir: Path) -> Path:
+    """A fresh venv holding only the runtime (with its Kafka extra, from OUT/_runtime) and pytest:
+    what the node-runtime image holds. Made once per session; nodes run in it from their own
+    directory on PYTHONPATH, as in a pod."""
+    wheels = runtime_dir(node_dir)
+    key = next(iter(sorted(wheels.glob("*.whl"))))
+    digest = key.read_bytes()
+    for known, python in _runtime_envs.items():
+        if known.read_bytes() == digest:
+            return python
+    venv = Path(os.environ.get("OMNINODE_TEST_TMP", "/tmp")) / f"omninode-runtime-venv-{os.getpid()}-{len(_runtime_envs)}"
+    assert_ok(run([base_python(), "-m", "venv", "--clear", str(venv)], node_dir), "venv")
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    assert_ok(run([*pip, "--find-links", str(wheels), "omninode-runtime[kafka]", "pytest"], node_dir, 600), "pip install")
+    _runtime_envs[key] = python
+    return python
+
+
+def package_of(node_dir: Path) -> str:
+    """The node's Python package: the directory beside pyproject.toml with a __main__.py."""
+    found = sorted(p.parent.name for p in node_dir.glob("*/__main__.py"))
+    assert len(found) == 1, f"{node_dir}: expected one package with __main__.py, found {found}"
+    return found[0]
+
+
+def node_env(node_dir: Path) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "PYTHONPATH")}
+    environ["PYTHONPATH"] = str(node_dir)
+    environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    return environ
 
 
 def check_static(node_dir: Path) -> None:
-    """py_compile, ruff, mypy --strict, import and the node's own tests."""
-    v = version_dir(node_dir)
+    """py_compile, ruff, mypy --strict (against the installed runtime), import and the node's own
+    tests, run by the runtime's interpreter with the node on PYTHONPATH."""
+    python = runtime_python(node_dir)
+    package = package_of(node_dir)
     sources = sorted(str(p.relative_to(node_dir)) for p in node_dir.rglob("*.py"))
     assert len(sources) >= 10, f"{node_dir}: only {len(sources)} Python files"
     assert_ok(run([sys.executable, "-m", "py_compile", *sources], node_dir), "py_compile")
     assert_ok(run([str(BIN / "ruff"), "check", "--no-cache", "."], node_dir), "ruff check")
-    assert_ok(
-        run([str(BIN / "mypy"), "--strict", "--cache-dir", str(MYPY_CACHE), v], node_dir),
-        "mypy --strict",
+    mypy = [str(BIN / "mypy"), "--strict", "--python-executable", str(python), "--cache-dir", str(MYPY_CACHE), package]
+    assert_ok(run(mypy, node_dir), "mypy --strict")
+    env = node_env(node_dir)
+    imp = subprocess.run(
+        [str(python), "-c", f"import {package}.node, {package}.handlers"], cwd=node_dir, env=env,
+        capture_output=True, text=True, timeout=60, check=False,
     )
-    imp = run([sys.executable, "-c", f"import {v}.node, {v}.start_node"], node_dir)
     assert_ok(imp, "import")
-    tests = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{v}/tests"], node_dir)
+    tests = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs", f"{package}.tests"],
+        cwd=node_dir, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
     assert_ok(tests, "the node's own tests")
     assert " passed" in tests.stdout, tests.stdout
 
@@ -104,19 +153,29 @@ def wait_for_event_bus(base: str, state: str, deadline_s: float) -> dict[str, ob
 
 
 class RunningNode:
-    """A node started through its start_node.py on a free loopback port."""
+    """A node started with `python -m <package>` on a free loopback port, by the runtime's
+    interpreter with the node's directory on PYTHONPATH (as the Deployment runs it), or by
+    `python` when given (an installed node)."""
 
-    def __init__(self, node_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        node_dir: Path,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        python: Path | None = None,
+    ) -> None:
         self.port = free_port()
-        v = version_dir(node_dir)
-        script = node_dir / v / "start_node.py"
-        assert os.access(script, os.X_OK), f"{script} is not executable"
-        environ = {k: val for k, val in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+        package = package_of(node_dir)
+        cwd = node_dir if python is None else Path("/")
+        if python is None:
+            python = runtime_python(node_dir)
+            environ = node_env(node_dir)
+        else:
+            environ = {k: val for k, val in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "PYTHONPATH")}
         environ.update(env or {})
-        environ["PATH"] = f"{BIN}{os.pathsep}{environ.get('PATH', '')}"
         self.proc = subprocess.Popen(
-            [str(script), "--host", "127.0.0.1", "--port", str(self.port), *(extra or [])],
-            cwd=node_dir,
+            [str(python), "-m", package, "--host", "127.0.0.1", "--port", str(self.port), *(extra or [])],
+            cwd=cwd,
             env=environ,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -2,3 +2,4 @@ pub mod chart;
 pub mod cluster;
 pub mod git_server;
 pub mod kafka;
+pub mod node_process;

@@ -1,0 +1,849 @@
+"""Node base classes: contract-driven dispatch, lifecycle, health and metrics.
+
+A generated node is a declarative subclass of one of ``NodeEffect``,
+``NodeCompute``, ``NodeReducer`` or ``NodeOrchestrator`` naming its input and
+output models; everything else comes from the ``contract.yaml`` next to the
+module that defines it.  Each kind adds only what makes it that kind: effects
+journal side effects, computes cache pure results, reducers fold into state,
+orchestrators run a workflow of steps.
+"""
+
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import ClassVar, TypeVar, cast
+
+from pydantic import JsonValue, ValidationError
+
+import omninode_runtime
+
+from ._json import json_size
+from .bus import EnumBusState, EventBus, KafkaClients, build_envelope, parse_command
+from .context import HandlerContext, Outbox, RecordStore, ReducerState, SequenceCounter
+from .contract import (
+    ContractError,
+    EnumNodeKind,
+    ModelContract,
+    ModelHandlerRef,
+    check_runtime_version,
+    load_contract,
+)
+from .errors import HandlerError, InvalidInputError
+from .introspection import (
+    EnumIntrospectionReason,
+    advertised_base_url,
+    introspection_payload,
+    node_instance_id,
+)
+from .logs import correlation_scope, log_event, set_identity
+from .metrics import RequestMetrics, metric_family
+from .mixins import (
+    MixinCaching,
+    MixinHealthCheck,
+    RuntimeMixin,
+    build_mixins,
+    call_through,
+)
+from .models import ModelNodeInput, ModelNodeOutput, ModelNodeSettings
+
+HandlerFunction = Callable[
+    [ModelNodeInput, HandlerContext], Awaitable[dict[str, JsonValue]]
+]
+M = TypeVar("M", bound=RuntimeMixin)
+BUS_STATES = tuple(EnumBusState)
+
+
+def operation_name(operation: str) -> str:
+    """The plain string of an operation (a StrEnum member's value)."""
+    return operation.value if isinstance(operation, Enum) else str(operation)
+
+
+def resolve_handler(operation: str, ref: ModelHandlerRef) -> HandlerFunction:
+    """Import the handler ``ref`` names; ContractError unless it is ``async def``."""
+    where = f"{ref.module}.{ref.function}"
+    try:
+        module = importlib.import_module(ref.module)
+    except ImportError as exc:
+        raise ContractError(
+            f"operation {operation!r}: "
+            f"cannot import handler module {ref.module!r}: {exc}"
+        ) from exc
+    function: object = getattr(module, ref.function, None)
+    if function is None:
+        raise ContractError(
+            f"operation {operation!r}: {ref.module!r} has no {ref.function!r}"
+        )
+    if not inspect.iscoroutinefunction(function):
+        raise ContractError(
+            f"operation {operation!r}: "
+            f"handler {where} must be an async function (async def)"
+        )
+    return cast(HandlerFunction, function)
+
+
+def validation_details(exc: ValidationError) -> list[JsonValue]:
+    """Pydantic errors as ``[{"location": "payload.x", "message": ...}]``."""
+    return [
+        {"location": ".".join(map(str, error["loc"])), "message": error["msg"]}
+        for error in exc.errors()
+    ]
+
+
+class NodeRuntime:
+    """Everything a node does, driven by its contract; use a kind's subclass.
+
+    ``process`` never raises for a failed operation: the output then has
+    ``success=False`` and ``error`` says why (``result`` keeps a partial result).
+    """
+
+    input_model: ClassVar[type[ModelNodeInput]] = ModelNodeInput
+    output_model: ClassVar[type[ModelNodeOutput]] = ModelNodeOutput
+    kind: ClassVar[EnumNodeKind | None] = None
+    budget_key: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        settings: ModelNodeSettings | None = None,
+        *,
+        kafka_clients: KafkaClients | None = None,
+    ) -> None:
+        """Load and check the contract, import the handlers; nothing runs yet."""
+        if self.kind is None:
+            raise TypeError(
+                "subclass NodeEffect, NodeCompute, NodeReducer or NodeOrchestrator"
+            )
+        self.settings = settings or ModelNodeSettings()
+        self.contract: ModelContract = load_contract(self.contract_path())
+        check_runtime_version(self.contract, omninode_runtime.RUNTIME_VERSION)
+        self._check_contract_matches_class()
+        self.node_name = self.contract.name
+        self.node_id = self.settings.node_id or node_instance_id(
+            self.settings.namespace, self.node_name, self.settings.replica
+        )
+        self.port = self.settings.port
+        self.logger = logging.getLogger(f"omninode_runtime.node.{self.node_name}")
+        self.mixins, unknown = build_mixins(self.contract.mixins, self.settings)
+        for name in unknown:
+            log_event(self.logger, logging.WARNING, "unknown_mixin_ignored", mixin=name)
+        self.routes: dict[str, HandlerFunction] = {
+            route.operation: resolve_handler(route.operation, route.handler)
+            for route in self.contract.handler_routing.handlers
+        }
+        health = self.mixin(MixinHealthCheck)
+        if health is not None:
+            health.register(
+                "handlers", lambda: set(self.routes) == set(self.contract.operations)
+            )
+        self.records = RecordStore(self.settings.max_records)
+        self.outbox = Outbox(self.settings.max_outbox)
+        self.state = ReducerState(
+            self.performance("aggregation_window_ms", 60_000.0),
+            self.settings.idempotency_window,
+        )
+        self.sequence = SequenceCounter()
+        self.request_metrics = RequestMetrics(self.contract.operations)
+        self.budget_exceeded = 0
+        self.bus = EventBus(
+            servers=self.settings.kafka_servers,
+            client_id=f"{self.node_name}-{self.settings.replica}",
+            group_id=self.node_name,
+            timeout_s=self.settings.kafka_timeout_s,
+            clients=kafka_clients,
+        )
+        self._init_bus_state()
+        self._bus_task: asyncio.Task[None] | None = None
+        self._phase = "created"
+        self._created_at = time.monotonic()
+
+    @classmethod
+    def contract_path(cls) -> Path:
+        """``contract.yaml`` next to the module that defines the node class."""
+        module = sys.modules.get(cls.__module__)
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str):
+            raise ContractError(
+                f"cannot locate contract.yaml: {cls.__module__} has no file"
+            )
+        return Path(filename).resolve().parent / "contract.yaml"
+
+    def _check_contract_matches_class(self) -> None:
+        contract, name = self.contract, type(self).__name__
+        if contract.kind != self.kind:
+            raise ContractError(
+                f"{name} is a {self.kind} node "
+                f"but contract.yaml declares {contract.node_type}"
+            )
+        for declared, model in (
+            (contract.input_model.name, self.input_model),
+            (contract.output_model.name, self.output_model),
+        ):
+            if (
+                model not in (ModelNodeInput, ModelNodeOutput)
+                and declared != model.__name__
+            ):
+                raise ContractError(
+                    f"contract.yaml names {declared}; {name} uses {model.__name__}"
+                )
+        annotation = self.input_model.model_fields["operation"].annotation
+        if isinstance(annotation, type) and issubclass(annotation, Enum):
+            enum_values = sorted(str(member.value) for member in annotation)
+            if enum_values != sorted(contract.operations):
+                raise ContractError(
+                    f"{annotation.__name__} has operations {enum_values} but "
+                    f"handler_routing routes {sorted(contract.operations)}"
+                )
+
+    def performance(self, key: str, default: float) -> float:
+        """A performance value: settings, else the contract, else ``default``."""
+        return self.settings.performance.get(
+            key, self.contract.performance.get(key, default)
+        )
+
+    def mixin(self, kind: type[M]) -> M | None:
+        """The contract's instance of mixin class ``kind``, or None if not listed."""
+        found = self.mixins.get(kind.name)
+        return found if isinstance(found, kind) else None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve requests; join the event bus in the background (see health)."""
+        if self._phase in ("starting", "running"):
+            return
+        self._phase = "starting"
+        set_identity(node_name=self.node_name, node_id=str(self.node_id))
+        if self._bus_wanted() and self.bus.state is not EnumBusState.DISABLED:
+            self._bus_task = asyncio.get_running_loop().create_task(self._run_bus())
+        self._phase = "running"
+
+    async def stop(self) -> None:
+        """Stop: leave the bus (shutdown introspection, bounded flush)."""
+        if self._phase in ("stopping", "stopped"):
+            return
+        if self._phase == "created":
+            self._phase = "stopped"
+            return
+        self._phase = "stopping"
+        task, self._bus_task = self._bus_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.contract.introspection.member:
+            self._announce(EnumIntrospectionReason.SHUTDOWN)
+        await self.bus.close(self.settings.shutdown_timeout_s)
+        self._phase = "stopped"
+
+    def is_ready(self) -> bool:
+        """True while started and no health check objects."""
+        return not self.not_ready_reasons()
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why the node should not get traffic now (empty when ready)."""
+        reasons = [] if self._phase == "running" else [f"node is {self._phase}"]
+        for mixin in self.mixins.values():
+            reasons += mixin.not_ready_reasons()
+        return reasons
+
+    def uptime_seconds(self) -> float:
+        """Seconds since the node object was created."""
+        return time.monotonic() - self._created_at
+
+    # -- processing ----------------------------------------------------------
+
+    async def process(self, request: ModelNodeInput) -> ModelNodeOutput:
+        """Validate ``request``, run its operation, report the outcome."""
+        output, _ = await self._process(request)
+        return output
+
+    async def process_json(self, data: object) -> tuple[int, dict[str, JsonValue]]:
+        """Process a decoded JSON request: ``(HTTP status, response body)``.
+
+        422 for input the model or a mixin refuses, 500 for a failed operation.
+        """
+        return await self._process_json(data, from_bus=False)
+
+    async def _process_json(
+        self, data: object, *, from_bus: bool
+    ) -> tuple[int, dict[str, JsonValue]]:
+        try:
+            request = self.input_model.model_validate(data)
+        except ValidationError as exc:
+            operation = data.get("operation") if isinstance(data, dict) else None
+            self._record(str(operation), "invalid", 0.0)
+            body: dict[str, JsonValue] = {
+                "success": False,
+                "error": "invalid input",
+                "details": validation_details(exc),
+            }
+            return 422, body
+        output, outcome = await self._process(request, from_bus=from_bus)
+        status = 200 if output.success else 422 if outcome == "invalid" else 500
+        return status, output.model_dump(mode="json")
+
+    async def _process(
+        self, request: ModelNodeInput, *, from_bus: bool = False
+    ) -> tuple[ModelNodeOutput, str]:
+        if not isinstance(request, self.input_model):
+            raise TypeError(
+                f"expected {self.input_model.__name__}, got {type(request).__name__}"
+            )
+        started = time.perf_counter()
+        operation = operation_name(request.operation)
+        result: dict[str, JsonValue] = {}
+        error: str | None = None
+        outcome = "success"
+        with correlation_scope(request.correlation_id):
+            try:
+                self.validate_input(request)
+                result = await self._dispatch(request)
+            except InvalidInputError as exc:
+                outcome, error = "invalid", f"invalid input: {exc}"
+            except HandlerError as exc:
+                outcome, error, result = "error", str(exc), exc.result
+            except Exception as exc:
+                log_event(
+                    self.logger, logging.ERROR, "operation_failed", operation=operation
+                )
+                self.logger.debug("traceback", exc_info=True)
+                outcome, error = "error", f"{type(exc).__name__}: {exc}"
+            elapsed = time.perf_counter() - started
+            try:
+                output = self._output(request, result, error, elapsed)
+            except ValidationError as exc:
+                outcome = "error"
+                output = self._output(
+                    request, {}, f"handler returned invalid JSON: {exc}", elapsed
+                )
+            self._record(operation, outcome, elapsed)
+        if not from_bus and "MixinEventBus" in self.mixins:
+            self._publish_result(
+                str(output.correlation_id), output.model_dump(mode="json")
+            )
+        return output, outcome
+
+    def _output(
+        self,
+        request: ModelNodeInput,
+        result: dict[str, JsonValue],
+        error: str | None,
+        elapsed_s: float,
+    ) -> ModelNodeOutput:
+        return self.output_model(
+            success=error is None,
+            operation=request.operation,
+            correlation_id=request.correlation_id,
+            result=result,
+            error=error,
+            processing_time_ms=elapsed_s * 1000.0,
+        )
+
+    def validate_input(self, request: ModelNodeInput) -> None:
+        """Raise InvalidInputError unless the runtime and mixins accept ``request``."""
+        operation = operation_name(request.operation)
+        if operation not in self.routes:
+            known = ", ".join(sorted(self.routes))
+            raise InvalidInputError(
+                f"unsupported operation {operation!r}; expected one of: {known}"
+            )
+        try:
+            size = json_size(request.payload)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        if size > self.settings.max_payload_bytes:
+            raise InvalidInputError(
+                f"payload is {size} bytes; "
+                f"the limit is {self.settings.max_payload_bytes}"
+            )
+        for mixin in self.mixins.values():
+            mixin.check_input(request)
+
+    async def _dispatch(self, request: ModelNodeInput) -> dict[str, JsonValue]:
+        """Run the request's handler (kinds override this to add their semantics)."""
+        return await self.run_handler(request, operation_name(request.operation))
+
+    async def run_handler(
+        self,
+        request: ModelNodeInput,
+        operation: str,
+        *,
+        step_outputs: dict[str, JsonValue] | None = None,
+    ) -> dict[str, JsonValue]:
+        """Call ``operation``'s handler through the resilience mixins."""
+        handler = self.routes[operation]
+        context = HandlerContext(
+            node_name=self.node_name,
+            node_kind=self.contract.kind,
+            contract=self.contract,
+            operation=operation,
+            correlation_id=request.correlation_id,
+            records=self.records,
+            outbox=self.outbox,
+            state=self.state,
+            sequence=self.sequence,
+            logger=self.logger,
+            workflow=self.contract.operations,
+            step=operation if step_outputs is not None else None,
+            step_outputs=dict(step_outputs or {}),
+        )
+
+        async def call() -> dict[str, JsonValue]:
+            result: object = await handler(request, context)
+            if not isinstance(result, dict):
+                raise TypeError(
+                    f"handler of {operation!r} returned "
+                    f"{type(result).__name__}, not a dict"
+                )
+            return cast(dict[str, JsonValue], result)
+
+        return await call_through(self.mixins, call)
+
+    def _record(self, operation: str, outcome: str, seconds: float) -> None:
+        self.request_metrics.record(operation, outcome, seconds)
+        for mixin in self.mixins.values():
+            mixin.observe(operation, outcome, seconds)
+        if self.budget_key is not None:
+            budget_ms = self.performance(self.budget_key, float("inf"))
+            if seconds * 1000.0 > budget_ms:
+                self.budget_exceeded += 1
+                log_event(
+                    self.logger,
+                    logging.WARNING,
+                    "budget_exceeded",
+                    operation=operation,
+                    elapsed_ms=round(seconds * 1000.0, 3),
+                    budget_ms=budget_ms,
+                )
+        if "MixinLogging" not in self.mixins:
+            level = logging.DEBUG if outcome == "success" else logging.WARNING
+            log_event(
+                self.logger,
+                level,
+                "request_processed",
+                operation=operation,
+                outcome=outcome,
+            )
+
+    # -- event bus -----------------------------------------------------------
+
+    def _bus_wanted(self) -> bool:
+        return bool(
+            self.contract.introspection.member
+            or self.contract.event_bus.subscribe_topics
+            or "MixinEventBus" in self.mixins
+        )
+
+    def _init_bus_state(self) -> None:
+        if self.settings.skip_event_bus:
+            self.bus.set_state(
+                EnumBusState.DISABLED, "event bus disabled (--skip-event-bus)"
+            )
+        elif not self._bus_wanted():
+            self.bus.set_state(
+                EnumBusState.DISABLED,
+                "the contract neither joins introspection nor subscribes",
+            )
+        elif self.bus.servers is None:
+            self.bus.set_state(
+                EnumBusState.DEGRADED,
+                "no Kafka bootstrap servers configured "
+                "(--kafka-servers or KAFKA_BOOTSTRAP_SERVERS)",
+            )
+
+    def _bus_topics(self) -> list[str]:
+        topics: list[str] = []
+        if self.contract.introspection.member:
+            topics.append(self.contract.introspection.topic)
+        topics += self.contract.event_bus.subscribe_topics[:1]
+        if self.contract.terminal_event:
+            topics.append(self.contract.terminal_event)
+        return list(dict.fromkeys(topics))
+
+    async def _run_bus(self) -> None:
+        """Connect (retrying with backoff), announce, consume, send heartbeats."""
+        try:
+            backoff_s = 1.0
+            while not await self.bus.connect(self._bus_topics()):
+                if self.bus.servers is None or "not installed" in self.bus.reason:
+                    return
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2.0, 30.0)
+            introspection = self.contract.introspection
+            if introspection.member:
+                await self.bus.publish_and_wait(
+                    introspection.topic, str(self.node_id), self.introspection_event()
+                )
+            subscribe = self.contract.event_bus.subscribe_topics
+            if subscribe:
+                self.bus.start_consumer(subscribe[0], self._on_command)
+            while introspection.member:
+                await asyncio.sleep(introspection.heartbeat_seconds)
+                self._announce(EnumIntrospectionReason.HEARTBEAT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.logger.debug("event bus failure", exc_info=True)
+            self.bus.set_state(EnumBusState.DEGRADED, f"event bus failed: {exc}")
+
+    def introspection_event(
+        self, reason: EnumIntrospectionReason = EnumIntrospectionReason.STARTUP
+    ) -> dict[str, JsonValue]:
+        """The introspection envelope announcing this node for ``reason``."""
+        payload = introspection_payload(
+            node_id=self.node_id,
+            kind=self.contract.kind,
+            node_name=self.node_name,
+            node_version=self.contract.node_version,
+            base_url=advertised_base_url(
+                self.settings.advertised_host or self.settings.host, self.port
+            ),
+            reason=reason,
+        )
+        return build_envelope(
+            payload=payload,
+            event_type=self.contract.introspection.topic,
+            source_tool=self.node_name,
+            correlation_id=str(payload["correlation_id"]),
+        )
+
+    def _announce(self, reason: EnumIntrospectionReason) -> None:
+        topic = self.contract.introspection.topic
+        self.bus.publish(topic, str(self.node_id), self.introspection_event(reason))
+
+    async def _on_command(self, raw: bytes) -> None:
+        """Answer one command message with a result envelope on ``terminal_event``."""
+        try:
+            data, reply_id = parse_command(raw)
+        except ValueError as exc:
+            log_event(
+                self.logger, logging.WARNING, "command_unreadable", error=str(exc)
+            )
+            return
+        _, body = await self._process_json(data, from_bus=True)
+        correlation = (
+            reply_id or body.get("correlation_id") or data.get("correlation_id")
+        )
+        self._publish_result(str(correlation or uuid.uuid4()), body)
+
+    def _publish_result(self, correlation_id: str, body: dict[str, JsonValue]) -> None:
+        topic = self.contract.terminal_event
+        if topic:
+            envelope = build_envelope(
+                payload=body,
+                event_type=topic,
+                source_tool=self.node_name,
+                correlation_id=correlation_id,
+            )
+            self.bus.publish(topic, correlation_id, envelope)
+
+    # -- health and metrics --------------------------------------------------
+
+    def get_health_status(self) -> dict[str, JsonValue]:
+        """Health body (JSON): readiness and why, identity, event bus, counters."""
+        reasons = self.not_ready_reasons()
+        if self._phase != "running":
+            status = self._phase
+        elif reasons:
+            status = "unhealthy"
+        elif self.bus.state is EnumBusState.DEGRADED:
+            status = "degraded"
+        else:
+            status = "healthy"
+        total, failed = self.request_metrics.totals()
+        reason_list: list[JsonValue] = [*reasons]
+        health: dict[str, JsonValue] = {
+            "status": status,
+            "ready": not reasons,
+            "reasons": reason_list,
+            "phase": self._phase,
+            "node_id": str(self.node_id),
+            "node_name": self.node_name,
+            "node_type": self.contract.kind.value,
+            "version": str(self.contract.node_version),
+            "runtime_version": omninode_runtime.RUNTIME_VERSION,
+            "uptime_seconds": round(self.uptime_seconds(), 3),
+            "event_bus": self.bus.state.value,
+            "event_bus_reason": self.bus.reason,
+            "event_bus_stats": self.bus.stats(),
+            "requests": {"total": total, "failed": failed},
+            "mixins": {
+                name: mixin.stats() for name, mixin in sorted(self.mixins.items())
+            },
+        }
+        if self.budget_key is not None:
+            health["budget_exceeded"] = self.budget_exceeded
+        health.update(self._kind_health())
+        return health
+
+    def _kind_health(self) -> dict[str, JsonValue]:
+        return {}
+
+    def render_metrics(self) -> str:
+        """The node's metrics in the Prometheus text format (version 0.0.4)."""
+        base = {"node": self.node_name, "node_type": self.contract.kind.value}
+        version = str(self.contract.node_version)
+        lines = metric_family(
+            "onex_node_info",
+            "gauge",
+            "Static information about the node.",
+            [
+                (
+                    "",
+                    {
+                        **base,
+                        "version": version,
+                        "runtime_version": omninode_runtime.RUNTIME_VERSION,
+                    },
+                    1,
+                )
+            ],
+        )
+        lines += metric_family(
+            "onex_node_up",
+            "gauge",
+            "1 while the node is started and ready.",
+            [("", base, int(self.is_ready()))],
+        )
+        lines += metric_family(
+            "onex_node_uptime_seconds",
+            "gauge",
+            "Seconds since the node was created.",
+            [("", base, round(self.uptime_seconds(), 3))],
+        )
+        lines += self.request_metrics.render(base)
+        if self.budget_key is not None:
+            lines += metric_family(
+                "onex_node_budget_exceeded_total",
+                "counter",
+                "Requests slower than the budget.",
+                [("", base, self.budget_exceeded)],
+            )
+        lines += metric_family(
+            "onex_node_event_bus_state",
+            "gauge",
+            "Event-bus state (1 for the current one).",
+            [
+                ("", {**base, "state": s.value}, int(s is self.bus.state))
+                for s in BUS_STATES
+            ],
+        )
+        lines += metric_family(
+            "onex_node_event_bus_messages_total",
+            "counter",
+            "Events sent, by result.",
+            [
+                ("", {**base, "result": "delivered"}, self.bus.delivered),
+                ("", {**base, "result": "failed"}, self.bus.failed),
+            ],
+        )
+        for mixin in self.mixins.values():
+            lines += mixin.render_metrics(base)
+        return "\n".join(lines) + "\n"
+
+
+class NodeEffect(NodeRuntime):
+    """Side effects, once per correlation id: a replay gets the first result."""
+
+    kind = EnumNodeKind.EFFECT
+    budget_key = "max_response_time_ms"
+
+    def __init__(
+        self,
+        settings: ModelNodeSettings | None = None,
+        *,
+        kafka_clients: KafkaClients | None = None,
+    ) -> None:
+        """Create the node with an empty journal of side effects."""
+        super().__init__(settings, kafka_clients=kafka_clients)
+        self._journal: OrderedDict[str, tuple[str, dict[str, JsonValue]]] = (
+            OrderedDict()
+        )
+
+    async def _dispatch(self, request: ModelNodeInput) -> dict[str, JsonValue]:
+        correlation_id = str(request.correlation_id)
+        operation = operation_name(request.operation)
+        previous = self._journal.get(correlation_id)
+        if previous is not None:
+            first_operation, first_result = previous
+            if first_operation != operation:
+                raise InvalidInputError(
+                    f"correlation_id {correlation_id} was already used for "
+                    f"operation {first_operation!r}"
+                )
+            self._journal.move_to_end(correlation_id)
+            return {**first_result, "replayed": True}
+        result = await self.run_handler(request, operation)
+        self._journal[correlation_id] = (operation, result)
+        while len(self._journal) > self.settings.idempotency_window:
+            self._journal.popitem(last=False)
+        return {**result, "replayed": False}
+
+    def _kind_health(self) -> dict[str, JsonValue]:
+        return {
+            "store": {
+                "records": len(self.records),
+                "max_records": self.records.max_records,
+                "outbox": len(self.outbox),
+                "journal": len(self._journal),
+                "sequence": self.sequence.value,
+            }
+        }
+
+
+class NodeCompute(NodeRuntime):
+    """Pure computations; results are cached when the contract lists MixinCaching."""
+
+    kind = EnumNodeKind.COMPUTE
+    budget_key = "single_operation_max_ms"
+
+    async def _dispatch(self, request: ModelNodeInput) -> dict[str, JsonValue]:
+        operation = operation_name(request.operation)
+        cache = self.mixin(MixinCaching)
+        if cache is None:
+            return await self.run_handler(request, operation)
+        key = cache.key(operation, request.payload)
+        cached = cache.get(key)
+        if cached is not None:
+            return {**cached, "cached": True}
+        result = await self.run_handler(request, operation)
+        cache.put(key, result)
+        return {**result, "cached": False}
+
+
+class NodeReducer(NodeRuntime):
+    """Folds requests into a bounded, windowed ``ReducerState``."""
+
+    kind = EnumNodeKind.REDUCER
+
+    def _kind_health(self) -> dict[str, JsonValue]:
+        return {
+            "reductions": self.state.reductions,
+            "window_events": self.state.window_events,
+        }
+
+
+@dataclass
+class WorkflowStep:
+    """Status of one step of a workflow run."""
+
+    step: str
+    status: str = "pending"
+    duration_ms: float = 0.0
+    error: str | None = None
+    output: dict[str, JsonValue] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """The step as JSON."""
+        return {
+            "step": self.step,
+            "status": self.status,
+            "duration_ms": round(self.duration_ms, 3),
+            "error": self.error,
+            "output": self.output,
+        }
+
+
+class NodeOrchestrator(NodeRuntime):
+    """Runs a workflow: one step per operation, in contract order.
+
+    A request runs the steps from its operation to the end, each step seeing
+    the outputs of the earlier ones; the whole run is limited by
+    ``performance.workflow_timeout_ms``.  Replays get the first result.
+    """
+
+    kind = EnumNodeKind.ORCHESTRATOR
+
+    def __init__(
+        self,
+        settings: ModelNodeSettings | None = None,
+        *,
+        kafka_clients: KafkaClients | None = None,
+    ) -> None:
+        """Create the node with no finished workflows."""
+        super().__init__(settings, kafka_clients=kafka_clients)
+        self._workflows: OrderedDict[str, dict[str, JsonValue]] = OrderedDict()
+        self.workflow_outcomes = {"completed": 0, "failed": 0, "timed_out": 0}
+
+    @property
+    def workflow(self) -> tuple[str, ...]:
+        """The steps, in order."""
+        return self.contract.operations
+
+    async def _dispatch(self, request: ModelNodeInput) -> dict[str, JsonValue]:
+        correlation_id = str(request.correlation_id)
+        previous = self._workflows.get(correlation_id)
+        if previous is not None:
+            return {**previous, "replayed": True}
+        result = await self.run_workflow(request)
+        self._workflows[correlation_id] = result
+        while len(self._workflows) > self.settings.idempotency_window:
+            self._workflows.popitem(last=False)
+        return {**result, "replayed": False}
+
+    async def run_workflow(self, request: ModelNodeInput) -> dict[str, JsonValue]:
+        """Run the steps from the request's operation on; HandlerError on failure."""
+        plan = self.workflow[self.workflow.index(operation_name(request.operation)) :]
+        records = [WorkflowStep(step) for step in plan]
+        outputs: dict[str, JsonValue] = {}
+        timeout_ms = self.performance("workflow_timeout_ms", 30_000.0)
+        current = 0
+        try:
+            async with asyncio.timeout(timeout_ms / 1000.0):
+                for current, step in enumerate(plan):
+                    record = records[current]
+                    record.status = "running"
+                    began = time.perf_counter()
+                    try:
+                        record.output = await self.run_handler(
+                            request, step, step_outputs=outputs
+                        )
+                    except Exception as exc:
+                        record.status, record.error = (
+                            "failed",
+                            f"{type(exc).__name__}: {exc}",
+                        )
+                        self.workflow_outcomes["failed"] += 1
+                        raise HandlerError(
+                            f"workflow step {step!r} failed: {exc}",
+                            self._result(records, outputs),
+                        ) from exc
+                    finally:
+                        record.duration_ms = (time.perf_counter() - began) * 1000.0
+                    record.status = "completed"
+                    outputs[step] = record.output
+        except TimeoutError as exc:
+            records[current].status = "timed_out"
+            self.workflow_outcomes["timed_out"] += 1
+            raise HandlerError(
+                f"workflow exceeded workflow_timeout_ms={timeout_ms:g}",
+                self._result(records, outputs),
+            ) from exc
+        self.workflow_outcomes["completed"] += 1
+        return self._result(records, outputs)
+
+    @staticmethod
+    def _result(
+        records: list[WorkflowStep], outputs: dict[str, JsonValue]
+    ) -> dict[str, JsonValue]:
+        for record in records:
+            if record.status == "pending":
+                record.status = "skipped"
+        steps: list[JsonValue] = [record.to_json() for record in records]
+        return {
+            "steps": steps,
+            "completed_steps": sum(record.status == "completed" for record in records),
+            "total_steps": len(records),
+            "outputs": dict(outputs),
+        }
+
+    def _kind_health(self) -> dict[str, JsonValue]:
+        outcomes: dict[str, JsonValue] = dict(sorted(self.workflow_outcomes.items()))
+        return {"workflows": outcomes}

@@ -1,0 +1,1 @@
+"""Handler modules, one per operation."""

@@ -1,0 +1,193 @@
+//! Generated nodes run as real processes: a venv holding only the runtime wheel the binary
+//! carries (what the node-runtime image holds), and a node started from a code directory with
+//! `python -m <package>`, exactly as its Deployment starts it.
+
+#![allow(dead_code)] // shared by every test crate that declares `mod support`
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The interpreter of a fresh venv with the runtime installed from the binary's wheel, made once
+/// per test process. `None` when no Python is configured (`OMNINODE_PYTHON`, which
+/// scripts/test-all.sh sets); fresh venvs start from that Python's base interpreter.
+pub fn runtime_python() -> Result<Option<PathBuf>, String> {
+    static VENV: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> Result<Option<PathBuf>, String> {
+    let Ok(tooling) = std::env::var("OMNINODE_PYTHON") else {
+        return Ok(None);
+    };
+    let base =
+        output(Command::new(&tooling).args(["-c", "import sys; print(sys._base_executable)"]))?;
+    let dir = std::env::temp_dir().join(format!("omninode-runtime-venv-{}", std::process::id()));
+    let wheels = dir.join("dist");
+    let wheel = omninode_operator::runtime_dist::write_runtime(&wheels)
+        .map_err(|e| format!("writing the runtime wheel: {e}"))?;
+    let venv = dir.join("venv");
+    output(
+        Command::new(base.trim())
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    let python = venv.join("bin/python");
+    output(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .arg(&wheel)
+            .arg("confluent-kafka"),
+    )?;
+    Ok(Some(python))
+}
+
+fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Write `files` (path → content, relative to the code directory) below `dir`.
+pub fn write_tree<'a>(
+    dir: &Path,
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    for (path, text) in files {
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&target, text).map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// A node process on a free loopback port; killed when dropped.
+pub struct NodeProcess {
+    child: Child,
+    pub port: u16,
+}
+
+impl NodeProcess {
+    /// `python -m <package>` with `code` on PYTHONPATH, as the Deployment runs it.
+    pub fn start(python: &Path, code: &Path, package: &str) -> Result<NodeProcess, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let child = Command::new(python)
+            .args([
+                "-m",
+                package,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .env("PYTHONPATH", code)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .current_dir(code)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut node = NodeProcess { child, port };
+        node.wait_ready(Duration::from_secs(10))?;
+        Ok(node)
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = self.request("GET", "/health/ready", None) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("the node exited with {status} before it was ready"));
+            }
+            if start.elapsed() > within {
+                return Err(format!("the node was not ready within {within:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `POST /process` with `body`: the status code and the JSON answer.
+    pub fn process(&self, body: &Value) -> Result<(u16, Value), String> {
+        let (status, text) = self.request("POST", "/process", Some(&body.to_string()))?;
+        let value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        Ok((status, value))
+    }
+
+    /// One HTTP/1.0 exchange (the connection closes after it).
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let body = body.unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status line in {answer:?}"))?;
+        let text = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, text))
+    }
+
+    /// SIGTERM, and the exit code once it stopped (within 5 s, or it is killed).
+    pub fn stop(mut self) -> Result<i32, String> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                return Err("the node did not stop within 5 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
