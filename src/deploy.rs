@@ -27,6 +27,8 @@ const RUN_AS: i64 = 10001;
 #[derive(Clone, Debug)]
 pub struct DeployDefaults {
     pub image: String,
+    /// The `omninode-runtime` version `image` carries.
+    pub image_runtime_version: String,
     pub kafka_bootstrap_servers: Option<String>,
     /// Image of the init container that fetches code from Git (needs `git` and `tar`).
     pub git_image: String,
@@ -432,6 +434,7 @@ mod tests {
                 },
                 content_hash: "abc123".into(),
                 deploy: GeneratedNodeDeploy::default(),
+                runtime: None,
             },
         );
         gn.metadata.namespace = Some("ns".into());
@@ -449,6 +452,7 @@ mod tests {
     fn defaults() -> DeployDefaults {
         DeployDefaults {
             image: "runtime:1".into(),
+            image_runtime_version: "0.1.0".into(),
             kafka_bootstrap_servers: Some("kafka:9092".into()),
             git_image: "git:1".into(),
         }

@@ -17,6 +17,7 @@ pub mod prd;
 pub mod publish;
 pub mod quality;
 pub mod render;
+pub mod runtime_compat;
 pub mod runtime_dist;
 pub mod status;
 pub mod telemetry;

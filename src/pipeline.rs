@@ -56,6 +56,7 @@ impl NodeOutcome {
             version: self.rendered.context.version_str.clone(),
             source,
             content_hash: self.rendered.content_hash.clone(),
+            runtime: Some(self.rendered.context.runtime_requirement.clone()),
             deploy: GeneratedNodeDeploy {
                 enabled: deploy.enabled,
                 image: deploy.image.clone(),

@@ -41,6 +41,12 @@ pub struct GeneratedNodeSpec {
     pub content_hash: String,
     #[serde(default)]
     pub deploy: GeneratedNodeDeploy,
+    /// The `omninode-runtime` versions the code works with (its contract.yaml's
+    /// `runtime.version`, e.g. `>=0.1.0,<0.2.0`). When the node runs on the operator's node image,
+    /// a range that excludes that image's runtime is a `RuntimeVersionUnsupported` condition
+    /// instead of a Deployment; on other images the node itself refuses to start (exit code 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 fn default_version() -> String {

@@ -43,6 +43,10 @@ pub struct RunConfig {
     /// Image of the node runtime for GeneratedNode Deployments.
     #[arg(long, env = "NODE_IMAGE", default_value = DEFAULT_NODE_IMAGE)]
     pub node_image: String,
+    /// The `omninode-runtime` version `--node-image` carries (default: this operator's, which its
+    /// own node image has); GeneratedNodes whose `spec.runtime` excludes it are not deployed.
+    #[arg(long, env = "NODE_IMAGE_RUNTIME_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub node_image_runtime_version: String,
     /// Image of the init container that fetches a node's code from Git (`source.git`); needs
     /// `git` and `tar` (the node runtime image has both).
     #[arg(long, env = "GIT_IMAGE", default_value = DEFAULT_NODE_IMAGE)]

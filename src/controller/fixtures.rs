@@ -195,6 +195,7 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
         None,
         DeployDefaults {
             image: "runtime:test".into(),
+            image_runtime_version: env!("CARGO_PKG_VERSION").into(),
             kafka_bootstrap_servers: None,
             git_image: "runtime:test".into(),
         },

@@ -21,8 +21,8 @@ use tracing::Instrument;
 
 use super::node_generation::{APPLIED_HASH_ANNOTATION, FILES_ANNOTATION};
 use super::{Context, Error, apply_params, apply_status, delete_ignoring_missing, ready_event};
-use crate::api::{Condition, ConditionStatus, GeneratedNode};
-use crate::deploy::{self, Code, child_labels, items_from_keys};
+use crate::api::{Condition, ConditionStatus, GeneratedNode, GeneratedNodeSpec};
+use crate::deploy::{self, Code, DeployDefaults, child_labels, items_from_keys};
 use crate::publish::configmap::key_for;
 use crate::status;
 
@@ -92,6 +92,18 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
                 "DeployDisabled",
                 "nothing to run: spec.deploy.enabled is false",
             ),
+        ];
+        write_status(gn, ctx, conditions, None).await?;
+        return Ok(Action::await_change());
+    }
+
+    if let Some(message) = runtime_refusal(&gn.spec, &ctx.defaults) {
+        // Pods already running (on an earlier image) are left alone: they still work.
+        let reason = "RuntimeVersionUnsupported";
+        let conditions = vec![
+            Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
+            Condition::new(PROGRESSING, ConditionStatus::False, reason, message.clone()),
+            Condition::new(READY, ConditionStatus::False, reason, message),
         ];
         write_status(gn, ctx, conditions, None).await?;
         return Ok(Action::await_change());
@@ -167,6 +179,32 @@ fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
 
 fn hash_of<T: serde::Serialize>(obj: &T) -> Result<String, Error> {
     Ok(hex::encode(Sha256::digest(serde_json::to_vec(obj)?)))
+}
+
+/// Why the node must not run on the operator's node image: its `spec.runtime` range excludes the
+/// runtime that image carries. `None` when it fits, or when the node names an image of its own
+/// (whose runtime the operator cannot know; the node checks at start-up).
+fn runtime_refusal(spec: &GeneratedNodeSpec, defaults: &DeployDefaults) -> Option<String> {
+    let range = spec.runtime.as_deref()?;
+    if spec
+        .deploy
+        .image
+        .as_deref()
+        .is_some_and(|i| i != defaults.image)
+    {
+        return None;
+    }
+    let have = &defaults.image_runtime_version;
+    match crate::runtime_compat::satisfies(have, range) {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "the code needs omninode-runtime {range} (spec.runtime) but the node image {} has {have}; \
+             regenerate the node with this operator, or run it on an image with a matching runtime \
+             (spec.deploy.image)",
+            defaults.image
+        )),
+        Err(e) => Some(format!("spec.runtime {range:?}: {e}")),
+    }
 }
 
 /// Where the code is: a ConfigMap the operator published (its file list is in an annotation the
@@ -493,6 +531,48 @@ mod tests {
             fake.writes()[0]
                 .path()
                 .ends_with("deployments/hello-effect")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_runtime_range_the_node_image_misses_is_a_reason_not_a_deployment() {
+        let fake = FakeApi::default();
+        let (ctx, _caches) = context(&fake);
+        hand_written_code(&fake);
+        let mut node = gn();
+        node.spec.runtime = Some(">=9.0.0,<10.0.0".into());
+        fake.put(
+            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
+            serde_json::to_value(&node).unwrap(),
+        );
+        reconcile(Arc::new(node.clone()), ctx.clone())
+            .await
+            .unwrap();
+        let writes = fake.writes();
+        assert!(
+            !writes.iter().any(|w| w.path().contains("deployments")),
+            "{writes:#?}"
+        );
+        let status: GeneratedNodeStatus =
+            serde_json::from_value(writes[0].body["status"].clone()).unwrap();
+        let ready = status::get(&status.conditions, READY).unwrap();
+        assert_eq!(ready.reason, "RuntimeVersionUnsupported");
+        assert!(
+            ready.message.contains(">=9.0.0,<10.0.0"),
+            "{}",
+            ready.message
+        );
+
+        // On an image of its own the node checks for itself: the operator deploys it.
+        node.spec.deploy.image = Some("registry.example/custom:1".into());
+        fake.clear();
+        reconcile(Arc::new(node), ctx).await.unwrap();
+        assert!(
+            fake.writes()
+                .iter()
+                .any(|w| w.path().contains("deployments")),
+            "{:#?}",
+            fake.writes()
         );
     }
 }

@@ -377,6 +377,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let defaults = DeployDefaults {
         image: config.node_image.clone(),
+        image_runtime_version: config.node_image_runtime_version.clone(),
         git_image: config.git_image.clone(),
         kafka_bootstrap_servers: config
             .node_kafka_bootstrap_servers

@@ -11,6 +11,7 @@ local terminal = {
   SourceNotFound = true,
   StartScriptMissing = true,
   GitSourceNotSupported = true,
+  RuntimeVersionUnsupported = true,
   ProgressDeadlineExceeded = true,
 }
 
