@@ -171,6 +171,13 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         peak_rss as f64 / 1024.0
     );
     report_cpu(&cpu_before, &cpu(c, &op));
+    match c.etcd_db_bytes() {
+        Some(bytes) => println!(
+            "  etcd database file:             {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        ),
+        None => println!("  etcd database file:             unknown (not this harness's etcd)"),
+    }
     report_api_server_time(c);
     if let Some(hwm) = op
         .pid()

@@ -37,6 +37,18 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// Size of the code ConfigMap the controller would apply for `node`, as JSON.
+fn code_config_map_bytes(node: &omninode_operator::render::RenderedNode) -> usize {
+    let (cm, _) = omninode_operator::publish::configmap::config_map(
+        "bench-code",
+        Some("bench"),
+        Default::default(),
+        node,
+    )
+    .unwrap();
+    serde_json::to_vec(&cm).unwrap().len()
+}
+
 fn corpus(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
     let mut stack = vec![root.join("tests/corpus"), root.join("examples")];
@@ -95,6 +107,7 @@ fn main() {
     let (mut t_render, mut t_score, mut t_write, mut t_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut per_node = Vec::new();
+    let mut cm_bytes = Vec::new();
     let mut per_prd = Vec::new();
     let mut nodes = 0usize;
     for i in 0..1000 {
@@ -129,6 +142,7 @@ fn main() {
             )
             .unwrap();
             let t4 = Instant::now();
+            cm_bytes.push(code_config_map_bytes(&rendered));
             per_node.push(t4 - t1);
             t_render.push(t2 - t1);
             t_score.push(t3 - t2);
@@ -146,6 +160,12 @@ fn main() {
     summary("    of which write", t_write);
     summary("  render+validate (CPU only) per node", t_cpu);
     summary("  whole pipeline per PRD", per_prd);
+    cm_bytes.sort_unstable();
+    println!(
+        "  code ConfigMap per node (JSON as applied): median={:.1} KiB max={:.1} KiB",
+        cm_bytes[cm_bytes.len() / 2] as f64 / 1024.0,
+        *cm_bytes.last().unwrap() as f64 / 1024.0
+    );
     println!(
         "  peak RSS of the benchmark process: {} KiB",
         peak_rss_kib("VmHWM:")

@@ -1,7 +1,7 @@
 //! The `omninode-runtime` Python package that generated nodes import, carried in the binary and
 //! shipped as a pure-Python wheel next to the generated nodes.
 //!
-//! `python/omninode-runtime` is embedded at compile time; [`build_wheel`] turns its
+//! `python/omninode-runtime`'s sources are embedded at compile time (build.rs lists them); [`build_wheel`] turns its
 //! `pyproject.toml`, `README.md` and `src/omninode_runtime/**` into a `py3-none-any` wheel, with
 //! no Python and no build backend involved. The archive is byte-for-byte deterministic: entries in
 //! sorted order, every timestamp 1980-01-01 00:00:00, every mode 0o644, Unix as the creator
@@ -14,13 +14,14 @@ use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use include_dir::{Dir, DirEntry, include_dir};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, System, ZipWriter};
 
-static RUNTIME_SRC: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/python/omninode-runtime");
+/// The runtime's files, relative to `python/omninode-runtime` and sorted: its `pyproject.toml`,
+/// `README.md` and package sources, listed by build.rs (which leaves the caches out).
+static RUNTIME_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/runtime_files.rs"));
 
 /// Directory below an output directory that holds the runtime wheel.
 pub const RUNTIME_DIR: &str = "_runtime";
@@ -471,32 +472,17 @@ pub fn build_wheel(
 
 /// Every file of the embedded project, relative to its directory, sorted by path.
 fn embedded_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(dir: &Dir<'static>, out: &mut Vec<(String, Vec<u8>)>) {
-        for entry in dir.entries() {
-            match entry {
-                DirEntry::Dir(d) => walk(d, out),
-                DirEntry::File(f) => {
-                    let path = f
-                        .path()
-                        .components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/");
-                    out.push((path, f.contents().to_vec()));
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&RUNTIME_SRC, &mut out);
-    out.sort();
-    out
+    RUNTIME_FILES
+        .iter()
+        .map(|(path, bytes)| (path.to_string(), bytes.to_vec()))
+        .collect()
 }
 
 fn embedded_pyproject() -> &'static str {
-    RUNTIME_SRC
-        .get_file("pyproject.toml")
-        .and_then(|f| f.contents_utf8())
+    RUNTIME_FILES
+        .iter()
+        .find(|(path, _)| *path == "pyproject.toml")
+        .and_then(|(_, bytes)| std::str::from_utf8(bytes).ok())
         .unwrap_or("")
 }
 

@@ -1,6 +1,6 @@
 //! Recently checked files by content. What a file's check finds depends only on its bytes, and
-//! many files repeat across nodes and reconciles (`mixins.py` depends only on the mixin set,
-//! package `__init__`s on the names), so a small cache saves much of the parsing. Hits compare
+//! many files repeat across nodes and reconciles (package `__init__`s, `__main__.py`, `py.typed`
+//! depend only on the names), so a small cache saves much of the parsing. Hits compare
 //! the full content: no hash collision can return another file's result.
 //!
 //! Two generations bound it by bytes: new entries go into `hot`; when `hot` is full it becomes

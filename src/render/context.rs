@@ -46,7 +46,6 @@ pub struct NodeContext {
     pub mixins: Vec<String>,
     pub external_systems: Vec<ExternalSystemContext>,
     pub dependencies: Vec<String>,
-    pub joins_event_bus: bool,
     pub introspection_topic: String,
     pub publish_topics: Vec<String>,
     pub subscribe_topics: Vec<String>,
@@ -104,10 +103,6 @@ impl NodeContext {
             patch: 0,
         };
         let dir_name = dir_name(node);
-        let joins_event_bus = matches!(
-            t,
-            crate::api::NodeType::Effect | crate::api::NodeType::Orchestrator
-        );
         let topic_name = dns_label(&node.service);
         let publish_topic = format!("onex.evt.{}.{topic_name}-completed.v1", node.domain);
         NodeContext {
@@ -155,7 +150,6 @@ impl NodeContext {
                 })
                 .collect(),
             dependencies: dependencies.to_vec(),
-            joins_event_bus,
             introspection_topic: INTROSPECTION_TOPIC.to_string(),
             publish_topics: vec![publish_topic.clone()],
             subscribe_topics: vec![format!("onex.cmd.{}.{topic_name}.v1", node.domain)],

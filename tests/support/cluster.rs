@@ -384,6 +384,12 @@ impl Cluster {
         }
     }
 
+    /// Size of etcd's database file (`member/snap/db`) when this harness runs etcd.
+    pub fn etcd_db_bytes(&self) -> Option<u64> {
+        let db = self.dir.join("etcd/member/snap/db");
+        std::fs::metadata(db).ok().map(|m| m.len())
+    }
+
     /// CPU seconds each control-plane process (etcd, kube-apiserver, kube-controller-manager)
     /// has used so far, by program name.
     pub fn cpu_seconds(&self) -> Vec<(String, f64)> {
