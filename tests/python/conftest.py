@@ -70,8 +70,13 @@ def broker() -> Iterator[str]:
         pytest.skip("no Kafka broker: set TANSU_BIN (scripts/test-all.sh installs tansu)")
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
+    # SQLite storage, on tmpfs when there is one: tansu's in-memory engine can leave the newest
+    # records of concurrent produces invisible (tests/support/kafka.rs says more).
+    shm = Path("/dev/shm")
+    storage = tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None)
     proc = subprocess.Popen(
-        [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "sqlite://tansu.db"],
+        cwd=storage.name,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -99,3 +104,4 @@ def broker() -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        storage.cleanup()

@@ -16,8 +16,10 @@ from pydantic import JsonValue
 from fixture_node.node import NodeFixtureWriterEffect
 from omninode_runtime import ModelNodeSettings
 from omninode_runtime.bus import (
+    AssignmentCallback,
     DeliveryCallback,
     KafkaConsumer,
+    KafkaMessage,
     KafkaProducer,
     parse_command,
 )
@@ -69,12 +71,21 @@ class FakeConsumer:
     def __init__(self, inbox: list[bytes]) -> None:
         self.inbox = inbox
         self.topics: list[str] = []
+        self.stored = 0
 
-    def subscribe(self, topics: list[str]) -> None:
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: AssignmentCallback | None = None,
+        on_revoke: AssignmentCallback | None = None,
+    ) -> None:
         self.topics = topics
 
     def poll(self, timeout: float = -1) -> FakeMessage | None:
         return FakeMessage(self.inbox.pop(0)) if self.inbox else None
+
+    def store_offsets(self, message: KafkaMessage) -> None:
+        self.stored += 1
 
     def close(self) -> None:
         pass
@@ -84,7 +95,7 @@ class FakeClients:
     def __init__(self) -> None:
         self.sent: list[Sent] = []
         self.inbox: list[bytes] = []
-        self.topics: list[str] = []
+        self.topics: dict[str, int] = {}
 
     def producer(self, config: dict[str, object]) -> KafkaProducer:
         return FakeProducer(self.sent)
@@ -93,7 +104,7 @@ class FakeClients:
         return FakeConsumer(self.inbox)
 
     def create_topics(
-        self, config: dict[str, object], topics: list[str], timeout_s: float
+        self, config: dict[str, object], topics: dict[str, int], timeout_s: float
     ) -> None:
         self.topics = topics
 
@@ -149,11 +160,11 @@ def test_a_member_announces_itself_answers_commands_and_says_goodbye() -> None:
     }
     node = asyncio.run(_serve_one_command(clients, json.dumps(command).encode()))
 
-    assert clients.topics == [
-        "onex.evt.platform.node-introspection.v1",
-        "onex.cmd.test.fixture-writer.v1",
-        "onex.evt.test.fixture-writer-completed.v1",
-    ]
+    assert clients.topics == {
+        "onex.evt.platform.node-introspection.v1": 1,
+        "onex.cmd.test.fixture-writer.v1": 6,
+        "onex.evt.test.fixture-writer-completed.v1": 1,
+    }
     introspection = [
         v for t, _, v in clients.sent if t.endswith("node-introspection.v1")
     ]

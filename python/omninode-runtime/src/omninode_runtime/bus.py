@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import ModuleType
-from typing import Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 from pydantic import JsonValue
@@ -29,6 +29,7 @@ ENVELOPE_VERSION = "2.1.0"
 T = TypeVar("T")
 DeliveryCallback = Callable[[object, object], None]
 MessageCallback = Callable[[bytes], Coroutine[object, object, None]]
+AssignmentCallback = Callable[[object, list[Any]], None]
 
 _logger = logging.getLogger("omninode_runtime.bus")
 
@@ -79,12 +80,21 @@ class KafkaProducer(Protocol):
 class KafkaConsumer(Protocol):
     """The part of ``confluent_kafka.Consumer`` the bus uses."""
 
-    def subscribe(self, topics: list[str]) -> None:
-        """Join the group for ``topics``."""
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: AssignmentCallback | None = None,
+        on_revoke: AssignmentCallback | None = None,
+    ) -> None:
+        """Join the group for ``topics``; the callbacks see each rebalance."""
         ...
 
     def poll(self, timeout: float = -1) -> KafkaMessage | None:
         """The next message, or None after ``timeout`` seconds."""
+        ...
+
+    def store_offsets(self, message: KafkaMessage) -> None:
+        """Mark ``message`` processed: the next commit covers it."""
         ...
 
     def close(self) -> None:
@@ -104,9 +114,9 @@ class KafkaClients(Protocol):
         ...
 
     def create_topics(
-        self, config: dict[str, object], topics: list[str], timeout_s: float
+        self, config: dict[str, object], topics: dict[str, int], timeout_s: float
     ) -> None:
-        """Create ``topics``; topics that already exist are fine."""
+        """Create ``topics`` (name -> partitions); existing topics are fine."""
         ...
 
 
@@ -127,13 +137,13 @@ class ConfluentClients:
         return cast(KafkaConsumer, self._kafka.Consumer(config))
 
     def create_topics(
-        self, config: dict[str, object], topics: list[str], timeout_s: float
+        self, config: dict[str, object], topics: dict[str, int], timeout_s: float
     ) -> None:
         """Create missing topics (tansu does not create them on first use)."""
         admin = self._admin.AdminClient(config)
         wanted = [
-            self._admin.NewTopic(topic, num_partitions=1, replication_factor=1)
-            for topic in topics
+            self._admin.NewTopic(topic, num_partitions=partitions, replication_factor=1)
+            for topic, partitions in topics.items()
         ]
         futures = admin.create_topics(wanted, request_timeout=timeout_s)
         for future in futures.values():
@@ -254,6 +264,7 @@ class EventBus:
         self.delivered = 0
         self.failed = 0
         self.consumed = 0
+        self.assigned: list[int] = []
         self._clients = clients
         self._producer: KafkaProducer | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -278,6 +289,7 @@ class EventBus:
             "delivered": self.delivered,
             "failed": self.failed,
             "consumed": self.consumed,
+            "assigned_partitions": [*self.assigned],
         }
 
     def _config(self, **extra: object) -> dict[str, object]:
@@ -296,8 +308,9 @@ class EventBus:
             **extra,
         }
 
-    async def connect(self, topics: list[str]) -> bool:
-        """Create the producer and the ``topics``; True when the broker answered."""
+    async def connect(self, topics: dict[str, int]) -> bool:
+        """Create the producer and ``topics`` (name -> partitions); True when the
+        broker answered."""
         if self.state is EnumBusState.DISABLED:
             return False
         if self._clients is None:
@@ -418,11 +431,29 @@ class EventBus:
                 **{
                     "group.id": self.group_id,
                     "auto.offset.reset": "earliest",
+                    # An offset is stored once its message is processed; stored
+                    # offsets are committed every second, on a rebalance and on
+                    # close: replicas in the group neither skip nor repeat one.
                     "enable.auto.commit": True,
+                    "enable.auto.offset.store": False,
+                    "auto.commit.interval.ms": 1_000,
                 }
             )
         )
-        consumer.subscribe([topic])
+
+        def on_assign(_consumer: object, partitions: list[Any]) -> None:
+            self.assigned = sorted(int(p.partition) for p in partitions)
+            log_event(
+                _logger,
+                logging.INFO,
+                "partitions_assigned",
+                partitions=[*self.assigned],
+            )
+
+        def on_revoke(_consumer: object, _partitions: list[Any]) -> None:
+            self.assigned = []
+
+        consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
         loop = asyncio.get_running_loop()
         self._consumer_thread = threading.Thread(
             target=self._consume,
@@ -455,6 +486,7 @@ class EventBus:
                     asyncio.run_coroutine_threadsafe(on_message(value), loop).result()
                 except Exception:
                     _logger.exception("processing a consumed message failed")
+                consumer.store_offsets(message)
         except Exception:
             _logger.exception("the consumer stopped")
         finally:

@@ -85,6 +85,12 @@ class ModelNodeSettings(BaseModel):
         default=None, description="Kafka bootstrap servers; None: no broker."
     )
     skip_event_bus: bool = Field(default=False, description="Never use the bus.")
+    command_partitions: int = Field(
+        default=6,
+        ge=1,
+        description="Partitions of the command topic when the node creates it "
+        "(replicas share the commands of different partitions).",
+    )
     kafka_timeout_s: float = Field(
         default=5.0, gt=0.0, description="Broker acknowledgement / admin timeout."
     )

@@ -458,14 +458,20 @@ class NodeRuntime:
                 "(--kafka-servers or KAFKA_BOOTSTRAP_SERVERS)",
             )
 
-    def _bus_topics(self) -> list[str]:
-        topics: list[str] = []
+    def _bus_topics(self) -> dict[str, int]:
+        """Topics the node uses, with the partitions each gets if it creates it.
+
+        The command topic gets several, so that replicas in the node's consumer
+        group share the commands; the others need no more than one.
+        """
+        topics: dict[str, int] = {}
         if self.contract.introspection.member:
-            topics.append(self.contract.introspection.topic)
-        topics += self.contract.event_bus.subscribe_topics[:1]
+            topics[self.contract.introspection.topic] = 1
+        for topic in self.contract.event_bus.subscribe_topics[:1]:
+            topics[topic] = self.settings.command_partitions
         if self.contract.terminal_event:
-            topics.append(self.contract.terminal_event)
-        return list(dict.fromkeys(topics))
+            topics.setdefault(self.contract.terminal_event, 1)
+        return topics
 
     async def _run_bus(self) -> None:
         """Connect (retrying with backoff), announce, consume, send heartbeats."""
