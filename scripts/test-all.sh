@@ -27,6 +27,27 @@ fi
 # The e2e chart scenarios install the Helm chart through this venv's helm-python-sdk.
 export OMNINODE_PYTHON=$VENV/bin/python
 
+step "ONEX packages (Python 3.12 venv in $CACHE/onex-venv) for the interop tests"
+# omnibase-core and omnibase-infra need Python >= 3.12: pyenv's 3.12 on these machines.
+ONEX_VENV=$CACHE/onex-venv
+ONEX_REQUIREMENTS=$ROOT/tests/python/onex-requirements.txt
+want=$(sha256sum "$ONEX_REQUIREMENTS" | cut -d' ' -f1)
+PY312=$(PYENV_VERSION=3.12.1 command -v python3.12 2>/dev/null || true)
+if [ -z "$PY312" ] && [ -x "$HOME/.pyenv/versions/3.12.1/bin/python3.12" ]; then
+  PY312=$HOME/.pyenv/versions/3.12.1/bin/python3.12
+fi
+if [ -n "$PY312" ]; then
+  if [ ! -x "$ONEX_VENV/bin/onex" ] || [ "$(cat "$ONEX_VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$ONEX_VENV"
+    PYENV_VERSION=3.12.1 "$PY312" -m venv "$ONEX_VENV"
+    "$ONEX_VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r "$ONEX_REQUIREMENTS"
+    echo "$want" >"$ONEX_VENV/.requirements.sha256"
+  fi
+  export OMNINODE_ONEX_PYTHON=$ONEX_VENV/bin/python
+else
+  echo "no Python 3.12 found; the ONEX interop tests will skip (fail in CI)"
+fi
+
 step "Kafka broker (tansu $TANSU_VERSION, features $TANSU_FEATURES, in $CACHE)"
 # The tests run it on SQLite storage (libsql), the latency benchmark on in-memory storage
 # (dynostore); tests/support/kafka.rs says why.

@@ -182,6 +182,21 @@ def test_a_member_announces_itself_answers_commands_and_says_goodbye() -> None:
         "process": "http://node.example:8080/process",
     }
     assert datetime.fromisoformat(str(payload["timestamp"])).tzinfo is not None
+    assert event["envelope_version"] == {"major": 2, "minor": 1, "patch": 0}
+    assert payload["event_bus"] == {
+        "subscribe_topics": [
+            {"topic": "onex.cmd.test.fixture-writer.v1", "message_category": "COMMAND"}
+        ],
+        "publish_topics": [
+            {
+                "topic": "onex.evt.test.fixture-writer-completed.v1",
+                "message_category": "EVENT",
+            }
+        ],
+    }
+    capabilities = payload["declared_capabilities"]
+    assert isinstance(capabilities, dict)
+    assert capabilities["supported_types"] == list(node.contract.operations)
     UUID(str(payload["correlation_id"]))
     # Exactly the registry's fields: ModelNodeIntrospectionEvent forbids extras.
     assert set(payload) <= {

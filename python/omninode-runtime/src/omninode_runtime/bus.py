@@ -25,7 +25,8 @@ from pydantic import JsonValue
 from ._json import canonical_json
 from .logs import log_event
 
-ENVELOPE_VERSION = "2.1.0"
+# omnibase_core's ModelEventEnvelope takes its version as a semver mapping only.
+ENVELOPE_VERSION: dict[str, JsonValue] = {"major": 2, "minor": 1, "patch": 0}
 T = TypeVar("T")
 DeliveryCallback = Callable[[object, object], None]
 MessageCallback = Callable[[bytes], Coroutine[object, object, None]]
@@ -179,7 +180,7 @@ def build_envelope(
         "source_tool": source_tool,
         "event_type": event_type,
         "payload": payload,
-        "envelope_version": ENVELOPE_VERSION,
+        "envelope_version": dict(ENVELOPE_VERSION),
         "priority": 5,
         "metadata": {},
     }

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import JsonValue
 
-from .contract import EnumNodeKind, ModelSemVer
+from .contract import EnumNodeKind, ModelContract, ModelSemVer
 
 
 class EnumIntrospectionReason(StrEnum):
@@ -53,6 +53,27 @@ def endpoints(base_url: str) -> dict[str, JsonValue]:
     }
 
 
+def topic_entries(topics: list[str], category: str) -> list[JsonValue]:
+    """``ModelEventBusTopicEntry`` objects (category EVENT, COMMAND or INTENT)."""
+    return [{"topic": topic, "message_category": category} for topic in topics]
+
+
+def bus_and_capabilities(contract: ModelContract) -> dict[str, JsonValue]:
+    """What the registry routes by: the node's topics, and its operations."""
+    bus = contract.event_bus
+    publish = list(
+        dict.fromkeys([*bus.publish_topics, *filter(None, [contract.terminal_event])])
+    )
+    operations: list[JsonValue] = [*contract.operations]
+    return {
+        "event_bus": {
+            "subscribe_topics": topic_entries(bus.subscribe_topics, "COMMAND"),
+            "publish_topics": topic_entries(publish, "EVENT"),
+        },
+        "declared_capabilities": {"processing": True, "supported_types": operations},
+    }
+
+
 def introspection_payload(
     *,
     node_id: UUID,
@@ -61,6 +82,7 @@ def introspection_payload(
     node_version: ModelSemVer,
     base_url: str,
     reason: EnumIntrospectionReason,
+    contract: ModelContract | None = None,
 ) -> dict[str, JsonValue]:
     """The ``ModelNodeIntrospectionEvent`` payload (a fresh correlation id)."""
     return {
@@ -76,4 +98,5 @@ def introspection_payload(
         },
         "endpoints": endpoints(base_url),
         "reason": reason.value,
+        **(bus_and_capabilities(contract) if contract is not None else {}),
     }

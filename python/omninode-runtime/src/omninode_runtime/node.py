@@ -512,6 +512,7 @@ class NodeRuntime:
                 self.settings.advertised_host or self.settings.host, self.port
             ),
             reason=reason,
+            contract=self.contract,
         )
         return build_envelope(
             payload=payload,
