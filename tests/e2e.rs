@@ -1610,7 +1610,7 @@ fn generation_gap_in_git(c: &Cluster) -> Outcome {
             "-c",
             "git --git-dir=\"$REPO\" archive --format=tar \"$REV:$DIR\" | tar -x -C \"$OUT\"",
         ])
-        .env("REPO", repos.root.join("nodes"))
+        .env("REPO", repos.root.join("nodes.git"))
         .env("REV", revision)
         .env("DIR", &node_dir)
         .env("OUT", code.path())
@@ -1622,8 +1622,55 @@ fn generation_gap_in_git(c: &Cluster) -> Outcome {
         String::from_utf8_lossy(&archive.stderr)
     );
     runs_the_users_handler(code.path())?;
+
+    // The requirement goes again: its handler is kept, named in Published and in a Warning Event.
+    let original = serde_json::json!({"spec": {"prd": ng["spec"]["prd"]}}).to_string();
+    let merge = [
+        "patch",
+        "ng",
+        "postgres-writer",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+    ];
+    c.kubectl_ok(&[&merge[..], &[original.as_str()]].concat())?;
+    let orphan = format!("{node_dir}/{WRITER_PACKAGE}/handlers/{}", stubs[0]);
+    let mut reverted = Value::Null;
+    wait_until(Duration::from_secs(60), "the revert's commit", || {
+        reverted = generation_of(c, ns, "postgres-writer")?;
+        Ok(ready(&reverted) && reverted["status"]["output"]["git"]["commit"] != commit.as_str())
+    })?;
+    let last = reverted["status"]["output"]["git"]["commit"]
+        .as_str()
+        .unwrap_or_default();
+    repos.in_repo("nodes", &["cat-file", "-e", &format!("{last}:{orphan}")])?;
+    let published = condition(&reverted, "Published")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        published["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(stubs[0]),
+        "Published does not name the kept handler: {published}"
+    );
+    wait_until(Duration::from_secs(10), "an OrphanedHandlers Event", || {
+        let events = c.json(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "type=Warning",
+        ])?;
+        Ok(items(&events)
+            .iter()
+            .any(|e| e["reason"] == "OrphanedHandlers"))
+    })?;
     println!(
-        "    the edited handler survived the regeneration at {}; {} added",
+        "    the edited handler survived the regeneration at {}; {} added, then kept and reported when its operation went",
         &commit[..12],
         stubs[0]
     );
