@@ -171,13 +171,7 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
         peak_rss as f64 / 1024.0
     );
     report_cpu(&cpu_before, &cpu(c, &op));
-    match c.etcd_db_bytes() {
-        Some(bytes) => println!(
-            "  etcd database file:             {:.1} MiB",
-            bytes as f64 / (1024.0 * 1024.0)
-        ),
-        None => println!("  etcd database file:             unknown (not this harness's etcd)"),
-    }
+    report_etcd(c);
     report_api_server_time(c);
     if let Some(hwm) = op
         .pid()
@@ -256,6 +250,27 @@ fn is_ready(ng: &NodeGeneration) -> bool {
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.is_true())
     })
+}
+
+/// etcd's database as the run left it (with every revision), then compacted and defragmented
+/// (the objects a cluster keeps).
+fn report_etcd(c: &Cluster) {
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    let sizes = |c: &Cluster| match c.etcd_db_sizes() {
+        Ok((total, in_use)) => format!("{:.1} MiB, {:.1} MiB in use", mib(total), mib(in_use)),
+        Err(e) => format!("unknown ({e})"),
+    };
+    println!("  etcd database after the run:    {}", sizes(c));
+    if let Some(bytes) = c.etcd_db_bytes() {
+        println!(
+            "  etcd database file:             {:.1} MiB",
+            mib(bytes as f64)
+        );
+    }
+    match c.etcd_compact_and_defrag() {
+        Ok(()) => println!("  etcd after compaction+defrag:   {}", sizes(c)),
+        Err(e) => println!("  etcd after compaction+defrag:   not measured ({e})"),
+    }
 }
 
 fn report_cpu(before: &[(String, f64)], after: &[(String, f64)]) {

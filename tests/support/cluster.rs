@@ -32,6 +32,8 @@ pub struct Cluster {
     dir: PathBuf,
     tmp: Option<tempfile::TempDir>,
     processes: Vec<Child>,
+    /// Client URL of the etcd this harness runs (none for an existing cluster).
+    etcd_url: Option<String>,
 }
 
 fn run(cmd: &mut Command) -> Result<Output, String> {
@@ -169,6 +171,7 @@ impl Cluster {
                 dir: tmp.path().to_path_buf(),
                 tmp: Some(tmp),
                 processes: Vec::new(),
+                etcd_url: None,
             };
             cluster.install_crds()?;
             return Ok(Some(cluster));
@@ -194,6 +197,7 @@ impl Cluster {
             dir: d.clone(),
             tmp: Some(tmp),
             processes: Vec::new(),
+            etcd_url: Some(format!("http://127.0.0.1:{etcd_port}")),
         };
         let p = |f: &str| d.join(f).display().to_string();
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -388,6 +392,50 @@ impl Cluster {
     pub fn etcd_db_bytes(&self) -> Option<u64> {
         let db = self.dir.join("etcd/member/snap/db");
         std::fs::metadata(db).ok().map(|m| m.len())
+    }
+
+    /// Compact etcd's history up to now and defragment it, through etcd's JSON gateway: what
+    /// remains is the data a cluster keeps (the API server compacts every 5 minutes on its own).
+    pub fn etcd_compact_and_defrag(&self) -> Result<(), String> {
+        let url = self.etcd_url.as_deref().ok_or("not this harness's etcd")?;
+        let post = |path: &str, body: &str| -> Result<serde_json::Value, String> {
+            let out = run(Command::new("curl").args([
+                "-sf",
+                "-X",
+                "POST",
+                &format!("{url}{path}"),
+                "-d",
+                body,
+            ]))?;
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        };
+        let status = post("/v3/maintenance/status", "{}")?;
+        let revision = status["header"]["revision"]
+            .as_str()
+            .ok_or("no revision in etcd's status")?
+            .to_string();
+        post(
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+        )?;
+        post("/v3/maintenance/defragment", "{}")?;
+        Ok(())
+    }
+
+    /// etcd's `etcd_mvcc_db_total_size_in_bytes` and `…_in_use_in_bytes`.
+    pub fn etcd_db_sizes(&self) -> Result<(f64, f64), String> {
+        let url = self.etcd_url.as_deref().ok_or("not this harness's etcd")?;
+        let out = run(Command::new("curl").args(["-sf", &format!("{url}/metrics")]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .ok_or(format!("{name} not in etcd's metrics"))
+        };
+        Ok((
+            value("etcd_mvcc_db_total_size_in_bytes ")?,
+            value("etcd_mvcc_db_total_size_in_use_in_bytes ")?,
+        ))
     }
 
     /// CPU seconds each control-plane process (etcd, kube-apiserver, kube-controller-manager)
