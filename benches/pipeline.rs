@@ -39,7 +39,7 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
 
 /// Size of the code ConfigMap the controller would apply for `node`, as JSON.
 fn code_config_map_bytes(node: &omninode_operator::render::RenderedNode) -> usize {
-    let (cm, _) = omninode_operator::publish::configmap::config_map(
+    let cm = omninode_operator::publish::configmap::config_map(
         "bench-code",
         Some("bench"),
         Default::default(),

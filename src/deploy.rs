@@ -1,5 +1,5 @@
-//! GeneratedNode → Deployment (+ Service): the node's code mounted from its ConfigMap, its
-//! start-up script as the entry point, probes on its own health server, and the restricted
+//! GeneratedNode → Deployment (+ Service): the node's code mounted from its ConfigMap (or fetched
+//! from Git), `python -m` as the entry point, probes on its own health server, and the restricted
 //! Pod Security profile. The pod template carries the content hash so new code rolls the pods.
 
 use std::collections::BTreeMap;
@@ -7,16 +7,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{GeneratedNode, GeneratedNodeSpec, LABEL_MANAGED_BY, LABEL_NODE};
-use crate::publish::configmap::{CONTENT_HASH_ANNOTATION, path_for};
+use crate::publish::configmap::CONTENT_HASH_ANNOTATION;
 
 /// Where the node directory is mounted in the container.
 pub const CODE_DIR: &str = "/opt/node";
@@ -37,8 +37,10 @@ pub struct DeployDefaults {
 /// Where a node's Deployment gets its code.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Code {
-    /// A ConfigMap whose keys `items` map back to paths.
-    ConfigMap { name: String, items: Vec<KeyToPath> },
+    /// A ConfigMap whose keys are the node's file paths with `/` written as `-`: mounted whole
+    /// and laid out by the runtime at start-up (`omninode_runtime.launch`), so the pod template
+    /// (copied into every ReplicaSet and Pod) carries no per-file list.
+    ConfigMap { name: String },
     /// A directory of a Git revision, fetched by an init container into an emptyDir.
     Git {
         repository: String,
@@ -131,17 +133,6 @@ fn selector(name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The volume items of a node's ConfigMap: every key back to its path.
-pub fn items_from_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Vec<KeyToPath> {
-    keys.into_iter()
-        .map(|key| KeyToPath {
-            key: key.clone(),
-            path: path_for(key),
-            mode: None,
-        })
-        .collect()
-}
-
 /// The Python package of a node, which `python -m` starts: `node_<domain>_<service>_<type>`, as
 /// the operator generates it (a hand-written GeneratedNode's code follows the same layout).
 pub fn package(spec: &GeneratedNodeSpec) -> String {
@@ -156,6 +147,28 @@ pub fn package(spec: &GeneratedNodeSpec) -> String {
 /// The file that makes the package startable: what a code source must hold.
 pub fn entry_file(spec: &GeneratedNodeSpec) -> String {
     format!("{}/__main__.py", package(spec))
+}
+
+/// The node's command: `python -m <package>` on a Git checkout; on a ConfigMap's flat files the
+/// runtime's launcher first lays the package out below `/tmp`.
+fn command(spec: &GeneratedNodeSpec, code: &Code) -> Vec<String> {
+    let mut command: Vec<String> = match code {
+        Code::ConfigMap { .. } => vec![
+            "python".into(),
+            "-m".into(),
+            "omninode_runtime.launch".into(),
+            CODE_DIR.into(),
+            package(spec),
+        ],
+        Code::Git { .. } => vec!["python".into(), "-m".into(), package(spec)],
+    };
+    command.extend([
+        "--host".into(),
+        "0.0.0.0".into(),
+        "--port".into(),
+        spec.deploy.port.to_string(),
+    ]);
+    command
 }
 
 fn probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
@@ -253,15 +266,7 @@ pub fn deployment(
                 .clone()
                 .unwrap_or_else(|| defaults.image.clone()),
         ),
-        command: Some(vec![
-            "python".into(),
-            "-m".into(),
-            package(spec),
-            "--host".into(),
-            "0.0.0.0".into(),
-            "--port".into(),
-            port.to_string(),
-        ]),
+        command: Some(command(spec, &code)),
         working_dir: Some(CODE_DIR.into()),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -278,12 +283,11 @@ pub fn deployment(
         ..Default::default()
     };
     let (code_volume, init_containers) = match code {
-        Code::ConfigMap { name, items } => (
+        Code::ConfigMap { name } => (
             Volume {
                 name: "code".into(),
                 config_map: Some(ConfigMapVolumeSource {
                     name,
-                    items: Some(items),
                     default_mode: Some(0o644),
                     ..Default::default()
                 }),
@@ -520,7 +524,6 @@ mod tests {
         )]));
         let code = Code::ConfigMap {
             name: "x-code".into(),
-            items: Vec::new(),
         };
         let d = deployment(&gn, code, child_labels(&gn), &defaults());
         let svc = service(&gn, child_labels(&gn));
@@ -539,15 +542,10 @@ mod tests {
     #[test]
     fn deployment_runs_the_start_script_restricted_with_probes() {
         let gn = gn();
-        let keys = vec![
-            "node_data_order_writer_effect-__main__.py".to_string(),
-            "node_data_order_writer_effect-node.py".to_string(),
-        ];
         let d = deployment(
             &gn,
             Code::ConfigMap {
                 name: "orders-writer-effect-code".into(),
-                items: items_from_keys(&keys),
             },
             child_labels(&gn),
             &defaults(),
@@ -555,8 +553,14 @@ mod tests {
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
         assert_eq!(
-            c.command.as_ref().unwrap()[..3],
-            ["python", "-m", &package(&gn.spec)]
+            c.command.as_ref().unwrap()[..5],
+            [
+                "python",
+                "-m",
+                "omninode_runtime.launch",
+                CODE_DIR,
+                &package(&gn.spec)
+            ]
         );
         assert_eq!(c.image.as_deref(), Some("runtime:1"));
         assert_eq!(
@@ -615,14 +619,15 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(annotations[CONTENT_HASH_ANNOTATION], "abc123");
-        let items = pod.volumes.as_ref().unwrap()[0]
+        let volume = pod.volumes.as_ref().unwrap()[0]
             .config_map
             .as_ref()
-            .unwrap()
-            .items
-            .as_ref()
             .unwrap();
-        assert_eq!(items[0].path, "node_data_order_writer_effect/__main__.py");
+        assert_eq!(volume.name, "orders-writer-effect-code");
+        assert!(
+            volume.items.is_none(),
+            "no per-file list in the pod template"
+        );
         let labels = d.metadata.labels.as_ref().unwrap();
         assert!(
             labels

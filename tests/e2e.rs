@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cluster::{Cluster, HOW_TO_ENABLE, Operator};
-use support::node_process::{NodeProcess, runtime_python, write_tree};
+use support::node_process::{NodeProcess, runtime_python};
 use support::{chart, git_server};
 
 type Outcome = Result<(), String>;
@@ -200,7 +200,9 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
             let container = &pod["containers"][0];
             let command = container["command"].to_string();
             ensure!(
-                command.starts_with(r#"["python","-m","node_"#),
+                command
+                    .starts_with(r#"["python","-m","omninode_runtime.launch","/opt/node","node_"#)
+                    && pod["volumes"][0]["configMap"]["items"].is_null(),
                 "{node_name}: command {command}"
             );
             ensure!(
@@ -1460,9 +1462,12 @@ async def handle_insert_single_record(
 const WRITER_PACKAGE: &str = "node_data_postgres_writer_effect";
 const EDITED_HANDLER: &str = "handlers/handler_insert_single_record.py";
 
-/// Run the node whose code is in `code` and check that `POST /process` answers what the user's
-/// handler computes.
-fn runs_the_users_handler(code: &Path) -> Outcome {
+/// Run the node whose code is in `code` (started by `start`, as its Deployment would) and check
+/// that `POST /process` answers what the user's handler computes.
+fn runs_the_users_handler(
+    code: &Path,
+    start: fn(&Path, &Path, &str) -> Result<NodeProcess, String>,
+) -> Outcome {
     let Some(python) = runtime_python()? else {
         ensure!(
             std::env::var("CI").is_err(),
@@ -1471,7 +1476,7 @@ fn runs_the_users_handler(code: &Path) -> Outcome {
         println!("    (not run as a process: set OMNINODE_PYTHON to a Python 3.11+)");
         return Ok(());
     };
-    let node = NodeProcess::start(&python, code, WRITER_PACKAGE)?;
+    let node = start(&python, code, WRITER_PACKAGE)?;
     let (status, answer) = node.process(&serde_json::json!({
         "operation": "insert_single_record", "payload": {"a": 1, "b": 2, "c": 3}}))?;
     ensure!(
@@ -1621,7 +1626,7 @@ fn generation_gap_in_git(c: &Cluster) -> Outcome {
         "git archive: {}",
         String::from_utf8_lossy(&archive.stderr)
     );
-    runs_the_users_handler(code.path())?;
+    runs_the_users_handler(code.path(), NodeProcess::start)?;
 
     // The requirement goes again: its handler is kept, named in Published and in a Warning Event.
     let original = serde_json::json!({"spec": {"prd": ng["spec"]["prd"]}}).to_string();
@@ -1715,22 +1720,16 @@ fn handlers_from_a_config_map(c: &Cluster) -> Outcome {
         data.get(&key).and_then(Value::as_str) == Some(USERS_HANDLER),
         "the published ConfigMap does not hold the user's handler"
     );
-    let code = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let files: Vec<(String, String)> = data
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.replace('-', "/"),
-                v.as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    write_tree(
-        code.path(),
-        files.iter().map(|(p, t)| (p.as_str(), t.as_str())),
-    )?;
-    runs_the_users_handler(code.path())?;
-    println!("    the published ConfigMap {cm_name} runs the user's handler");
+    // The ConfigMap's keys as files, as its volume shows them to the node container.
+    let files = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for (key, text) in &data {
+        std::fs::write(files.path().join(key), text.as_str().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+    }
+    runs_the_users_handler(files.path(), NodeProcess::start_flat)?;
+    println!(
+        "    the published ConfigMap {cm_name}, laid out by the runtime's launcher, runs the user's handler"
+    );
     Ok(())
 }
 

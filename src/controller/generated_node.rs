@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::node_generation::{APPLIED_HASH_ANNOTATION, FILES_ANNOTATION};
 use super::{Context, Error, apply_params, apply_status, delete_ignoring_missing, ready_event};
 use crate::api::{Condition, ConditionStatus, GeneratedNode, GeneratedNodeSpec};
-use crate::deploy::{self, Code, DeployDefaults, child_labels, items_from_keys};
+use crate::deploy::{self, Code, DeployDefaults, child_labels};
 use crate::publish::configmap::key_for;
 use crate::status;
 
@@ -239,10 +239,7 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
             .filter(|p| !p.is_empty())
             .map(key_for)
             .collect();
-        return Ok(Source::Ready(Code::ConfigMap {
-            name: cm.name.clone(),
-            items: items_from_keys(&keys),
-        }));
+        return Ok(entry_in(gn, &cm.name, &keys));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     match api.get_opt(&cm.name).await? {
@@ -260,17 +257,22 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
                 .flat_map(|d| d.keys().cloned())
                 .chain(found.binary_data.iter().flat_map(|d| d.keys().cloned()))
                 .collect();
-            let entry = crate::deploy::entry_file(&gn.spec);
-            if !keys.contains(&key_for(&entry)) {
-                return Ok(Source::Missing {
-                    reason: "StartScriptMissing",
-                    message: format!("ConfigMap {} has no {entry}", cm.name),
-                });
-            }
-            Ok(Source::Ready(Code::ConfigMap {
-                name: cm.name.clone(),
-                items: items_from_keys(&keys),
-            }))
+            Ok(entry_in(gn, &cm.name, &keys))
+        }
+    }
+}
+
+/// The ConfigMap as the code source if its keys hold the package's `__main__.py`.
+fn entry_in(gn: &GeneratedNode, config_map: &str, keys: &[String]) -> Source {
+    let entry = crate::deploy::entry_file(&gn.spec);
+    if keys.contains(&key_for(&entry)) {
+        Source::Ready(Code::ConfigMap {
+            name: config_map.to_string(),
+        })
+    } else {
+        Source::Missing {
+            reason: "StartScriptMissing",
+            message: format!("ConfigMap {config_map} has no {entry}"),
         }
     }
 }
@@ -444,17 +446,19 @@ mod tests {
         );
         let d: Deployment = serde_json::from_value(fake.writes()[1].body.clone()).unwrap();
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-        let items = pod.volumes.as_ref().unwrap()[0]
+        let volume = pod.volumes.as_ref().unwrap()[0]
             .config_map
             .as_ref()
-            .unwrap()
-            .items
-            .clone()
             .unwrap();
-        assert!(
-            items
-                .iter()
-                .any(|i| i.path == "node_api_hello_effect/__main__.py")
+        assert_eq!(volume.name, "hello-code");
+        let command = pod.containers[0].command.clone().unwrap();
+        assert_eq!(
+            command[2..5],
+            [
+                "omninode_runtime.launch",
+                deploy::CODE_DIR,
+                "node_api_hello_effect"
+            ]
         );
         assert_eq!(
             d.metadata.owner_references.as_ref().unwrap()[0].uid,

@@ -592,8 +592,7 @@ fn children_of(
 ) -> Result<(ConfigMap, GeneratedNode), configmap::ConfigMapError> {
     let labels = node.labels(generation);
     let cm_name = code_config_map_name(&node.name);
-    let (mut cm, _items) =
-        configmap::config_map(&cm_name, Some(ns), labels.clone(), &node.rendered)?;
+    let mut cm = configmap::config_map(&cm_name, Some(ns), labels.clone(), &node.rendered)?;
     cm.metadata.owner_references = Some(vec![owner.clone()]);
     let files: Vec<&str> = node.rendered.files.keys().map(String::as_str).collect();
     cm.metadata

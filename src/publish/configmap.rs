@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::render::RenderedNode;
@@ -89,14 +89,14 @@ pub fn overlay_user_files(node: &mut RenderedNode, data: &BTreeMap<String, Strin
     taken
 }
 
-/// The ConfigMap of one node (without owner references: the caller adds them) and the volume
-/// items that restore its paths. Executable files get mode 0755.
+/// The ConfigMap of one node (without owner references: the caller adds them): one key per file,
+/// its path with `/` as `-`, which the runtime's launcher maps back at start-up.
 pub fn config_map(
     name: &str,
     namespace: Option<&str>,
     labels: BTreeMap<String, String>,
     node: &RenderedNode,
-) -> Result<(ConfigMap, Vec<KeyToPath>), ConfigMapError> {
+) -> Result<ConfigMap, ConfigMapError> {
     let bytes = node.total_bytes();
     if bytes > MAX_CONFIGMAP_BYTES {
         return Err(ConfigMapError::TooLarge {
@@ -106,7 +106,6 @@ pub fn config_map(
     }
     let mut data = BTreeMap::new();
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
-    let mut items = Vec::new();
     for (path, content) in &node.files {
         if !supported(path) {
             return Err(ConfigMapError::UnsupportedPath {
@@ -122,12 +121,7 @@ pub fn config_map(
                 b: path.clone(),
             });
         }
-        data.insert(key.clone(), String::from_utf8_lossy(content).into_owned());
-        items.push(KeyToPath {
-            key,
-            path: path.clone(),
-            mode: None,
-        });
+        data.insert(key, String::from_utf8_lossy(content).into_owned());
     }
     let cm = ConfigMap {
         metadata: ObjectMeta {
@@ -143,7 +137,7 @@ pub fn config_map(
         data: Some(data),
         ..Default::default()
     };
-    Ok((cm, items))
+    Ok(cm)
 }
 
 #[cfg(test)]
@@ -172,21 +166,16 @@ mod tests {
     }
 
     #[test]
-    fn every_file_has_a_key_and_an_item_back_to_its_path() {
+    fn every_file_has_a_key_that_maps_back_to_its_path() {
         let node = rendered();
-        let (cm, items) = config_map("orders-code", Some("ns"), BTreeMap::new(), &node).unwrap();
+        let cm = config_map("orders-code", Some("ns"), BTreeMap::new(), &node).unwrap();
         let data = cm.data.unwrap();
         assert_eq!(data.len(), node.files.len());
-        assert_eq!(items.len(), node.files.len());
-        for item in &items {
-            assert!(!item.key.contains('/'));
-            assert_eq!(path_for(&item.key), item.path);
-            assert_eq!(
-                data[&item.key].as_bytes(),
-                node.files[&item.path].as_slice()
-            );
+        for (key, text) in &data {
+            assert!(!key.contains('/'));
+            assert_eq!(text.as_bytes(), node.files[&path_for(key)].as_slice());
         }
-        assert!(items.iter().any(|i| i.path.ends_with("/__main__.py")));
+        assert!(data.keys().any(|k| k.ends_with("-__main__.py")));
         assert_eq!(
             cm.metadata.annotations.unwrap()[CONTENT_HASH_ANNOTATION],
             node.content_hash

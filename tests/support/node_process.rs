@@ -60,21 +60,6 @@ fn output(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-/// Write `files` (path → content, relative to the code directory) below `dir`.
-pub fn write_tree<'a>(
-    dir: &Path,
-    files: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<(), String> {
-    for (path, text) in files {
-        let target = dir.join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(&target, text).map_err(|e| format!("{}: {e}", target.display()))?;
-    }
-    Ok(())
-}
-
 /// A node process on a free loopback port; killed when dropped.
 pub struct NodeProcess {
     child: Child,
@@ -82,25 +67,41 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// `python -m <package>` with `code` on PYTHONPATH, as the Deployment runs it.
+    /// `python -m <package>` with `code` on PYTHONPATH, as a Deployment with a Git source runs it.
     pub fn start(python: &Path, code: &Path, package: &str) -> Result<NodeProcess, String> {
+        NodeProcess::spawn(python, &["-m", package], Some(code), code)
+    }
+
+    /// `python -m omninode_runtime.launch <files> <package>` on a code ConfigMap's flat files
+    /// (keys as file names), as a Deployment with a ConfigMap source runs it.
+    pub fn start_flat(python: &Path, files: &Path, package: &str) -> Result<NodeProcess, String> {
+        let files_arg = files.to_string_lossy().into_owned();
+        let args = ["-m", "omninode_runtime.launch", files_arg.as_str(), package];
+        NodeProcess::spawn(python, &args, None, files)
+    }
+
+    fn spawn(
+        python: &Path,
+        args: &[&str],
+        pythonpath: Option<&Path>,
+        cwd: &Path,
+    ) -> Result<NodeProcess, String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
-        let child = Command::new(python)
-            .args([
-                "-m",
-                package,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .env("PYTHONPATH", code)
+        let mut command = Command::new(python);
+        command
+            .args(args)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env_remove("PYTHONPATH");
+        if let Some(path) = pythonpath {
+            command.env("PYTHONPATH", path);
+        }
+        let child = command
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env_remove("KAFKA_BOOTSTRAP_SERVERS")
-            .current_dir(code)
+            .current_dir(cwd)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

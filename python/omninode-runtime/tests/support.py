@@ -4,6 +4,9 @@ import asyncio
 import copy
 import json
 import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine, Sequence
@@ -102,6 +105,43 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_node(
+    module: str, args: Sequence[str], env: dict[str, str]
+) -> tuple[str, "subprocess.Popen[str]"]:
+    """``python -m module *args --host 127.0.0.1 --port P``, live within 10 s:
+    its base URL and process (output piped, merged)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if http("GET", base + "/health/live")[0] == 200:
+                return base, process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            output, _ = process.communicate()
+            raise AssertionError(f"{module} did not come up:\n{output}")
+        time.sleep(0.05)
 
 
 def http(

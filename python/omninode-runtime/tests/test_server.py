@@ -4,43 +4,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from support import SRC_DIR, TESTS_DIR, as_dict, free_port, http, http_json
+from support import SRC_DIR, TESTS_DIR, as_dict, http, http_json, start_node
 
 
 @pytest.fixture
 def node_url() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{SRC_DIR}:{TESTS_DIR}"}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fixture_node",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if http("GET", base + "/health/live")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.05)
+    base, process = start_node("fixture_node", [], env)
     yield base, process
     if process.poll() is None:
         process.kill()
