@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::node_generation::{APPLIED_HASH_ANNOTATION, FILES_ANNOTATION};
+use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
 use super::{Context, Error, apply_params, apply_status, delete_ignoring_missing, ready_event};
 use crate::api::{Condition, ConditionStatus, GeneratedNode, GeneratedNodeSpec};
 use crate::deploy::{self, Code, DeployDefaults, child_labels};
@@ -227,19 +227,14 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
         .caches
         .config_maps
         .get(&ObjectRef::new(&cm.name).within(ns));
-    if let Some(files) = cached.as_ref().and_then(|c| {
+    if let Some(entry) = cached.as_ref().and_then(|c| {
         c.metadata
             .annotations
             .as_ref()?
-            .get(FILES_ANNOTATION)
+            .get(ENTRY_ANNOTATION)
             .cloned()
     }) {
-        let keys: Vec<String> = files
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(key_for)
-            .collect();
-        return Ok(entry_in(gn, &cm.name, &keys));
+        return Ok(entry_in(gn, &cm.name, &[key_for(&entry)]));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     match api.get_opt(&cm.name).await? {

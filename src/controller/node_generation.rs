@@ -36,8 +36,9 @@ pub const CONTROLLER: &str = "nodegeneration";
 /// Hash of the spec the operator last applied to a child; a child whose own spec no longer
 /// hashes to it was edited by someone else and is re-applied.
 pub const APPLIED_HASH_ANNOTATION: &str = "codegen.omninode.ai/applied-hash";
-/// The file paths a code ConfigMap holds (its keys are the paths with `/` → `-`).
-pub const FILES_ANNOTATION: &str = "codegen.omninode.ai/files";
+/// The file a code ConfigMap's node starts from (`<package>/__main__.py`): lets the GeneratedNode
+/// controller check the code from its metadata-only cache, without reading the ConfigMap.
+pub const ENTRY_ANNOTATION: &str = "codegen.omninode.ai/entry";
 
 /// Ready reasons that only a change of the spec (or of the PRD) can clear: retrying them would
 /// give the same answer, so the controller waits for a change instead.
@@ -594,11 +595,6 @@ fn children_of(
     let cm_name = code_config_map_name(&node.name);
     let mut cm = configmap::config_map(&cm_name, Some(ns), labels.clone(), &node.rendered)?;
     cm.metadata.owner_references = Some(vec![owner.clone()]);
-    let files: Vec<&str> = node.rendered.files.keys().map(String::as_str).collect();
-    cm.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(FILES_ANNOTATION.to_string(), files.join(","));
     let spec = node.generated_node_spec(
         &ng.spec.deploy,
         NodeSource {
@@ -606,6 +602,13 @@ fn children_of(
             git: None,
         },
     );
+    cm.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            ENTRY_ANNOTATION.to_string(),
+            crate::deploy::entry_file(&spec),
+        );
     let hash = spec_hash(&spec).unwrap_or_default();
     let gn = GeneratedNode {
         metadata: ObjectMeta {
@@ -638,8 +641,8 @@ fn config_map_current(ctx: &Context, ns: &str, desired: &ConfigMap) -> bool {
         .is_some_and(|cached| {
             annotation(&cached.metadata, CONTENT_HASH_ANNOTATION)
                 == annotation(&desired.metadata, CONTENT_HASH_ANNOTATION)
-                && annotation(&cached.metadata, FILES_ANNOTATION)
-                    == annotation(&desired.metadata, FILES_ANNOTATION)
+                && annotation(&cached.metadata, ENTRY_ANNOTATION)
+                    == annotation(&desired.metadata, ENTRY_ANNOTATION)
                 && cached.metadata.labels == desired.metadata.labels
                 && cached.metadata.owner_references == desired.metadata.owner_references
         })
@@ -920,10 +923,10 @@ mod tests {
         assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-orders");
         assert_eq!(cm["metadata"]["ownerReferences"][0]["controller"], true);
         assert!(
-            cm["metadata"]["annotations"][FILES_ANNOTATION]
+            cm["metadata"]["annotations"][ENTRY_ANNOTATION]
                 .as_str()
                 .unwrap()
-                .contains("/__main__.py")
+                .ends_with("/__main__.py")
         );
         let gn = &fake.writes()[1].body;
         assert_eq!(

@@ -48,6 +48,13 @@ pub fn path_for(key: &str) -> String {
     key.replace('-', "/")
 }
 
+/// Whether a node's file is needed to run it: its packaging (`pyproject.toml`) and its tests are
+/// for a checkout, not for the pod, and would only cost etcd and the API server their bytes in
+/// every code ConfigMap. The content hash still covers every file.
+pub fn runs_in_pod(path: &str) -> bool {
+    path != "pyproject.toml" && !path.split('/').any(|part| part == "tests")
+}
+
 fn supported(path: &str) -> bool {
     !path.is_empty()
         && path
@@ -89,8 +96,9 @@ pub fn overlay_user_files(node: &mut RenderedNode, data: &BTreeMap<String, Strin
     taken
 }
 
-/// The ConfigMap of one node (without owner references: the caller adds them): one key per file,
-/// its path with `/` as `-`, which the runtime's launcher maps back at start-up.
+/// The ConfigMap of one node (without owner references: the caller adds them): one key per file
+/// the pod runs ([`runs_in_pod`]), its path with `/` as `-`, which the runtime's launcher maps
+/// back at start-up.
 pub fn config_map(
     name: &str,
     namespace: Option<&str>,
@@ -106,7 +114,7 @@ pub fn config_map(
     }
     let mut data = BTreeMap::new();
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
-    for (path, content) in &node.files {
+    for (path, content) in node.files.iter().filter(|(p, _)| runs_in_pod(p)) {
         if !supported(path) {
             return Err(ConfigMapError::UnsupportedPath {
                 node: node.dir_name.clone(),
@@ -166,11 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn every_file_has_a_key_that_maps_back_to_its_path() {
+    fn every_file_the_pod_runs_has_a_key_that_maps_back_to_its_path() {
         let node = rendered();
         let cm = config_map("orders-code", Some("ns"), BTreeMap::new(), &node).unwrap();
         let data = cm.data.unwrap();
-        assert_eq!(data.len(), node.files.len());
+        let runs: Vec<&String> = node.files.keys().filter(|p| runs_in_pod(p)).collect();
+        assert_eq!(data.len(), runs.len());
+        assert!(
+            runs.len() < node.files.len(),
+            "tests and pyproject.toml stay out"
+        );
+        assert!(!data.contains_key("pyproject.toml"));
+        assert!(!data.keys().any(|k| k.contains("-tests-")));
         for (key, text) in &data {
             assert!(!key.contains('/'));
             assert_eq!(text.as_bytes(), node.files[&path_for(key)].as_slice());
