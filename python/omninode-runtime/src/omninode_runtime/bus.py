@@ -438,6 +438,11 @@ class EventBus:
                     "enable.auto.commit": True,
                     "enable.auto.offset.store": False,
                     "auto.commit.interval.ms": 1_000,
+                    # A replica that vanished (killed, or stopped mid-join) holds up
+                    # the group's next rebalance until its session times out: keep
+                    # that short (Kafka's pre-3.0 default) so others take over soon.
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 2_000,
                 }
             )
         )
