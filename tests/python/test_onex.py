@@ -131,8 +131,12 @@ def assigned(node: RunningNode) -> list[int]:
 
 @pytest.fixture
 def serving(example_node: Path, broker: str) -> Iterator[RunningNode]:
-    """The node on the broker, with its command partitions assigned."""
-    with RunningNode(example_node, ["--kafka-servers", broker, "--log-level", "WARNING"]) as node:
+    """The node on the broker, with its command partitions assigned. A consumer group of its own:
+    the node's default group is shared with every earlier test's instances of it, and a member
+    stopped mid-join can hold that group up (tests/python/test_bus_replicas.py covers replicas)."""
+    group = f"onex-test-{uuid.uuid4()}"
+    args = ["--kafka-servers", broker, "--log-level", "WARNING", "--consumer-group", group]
+    with RunningNode(example_node, args) as node:
         wait_for_event_bus(node.base, "connected", 15)
         deadline = time.monotonic() + 60
         while not assigned(node):

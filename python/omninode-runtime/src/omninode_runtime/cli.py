@@ -47,6 +47,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)",
     )
     parser.add_argument("--skip-event-bus", action="store_true", help="never use Kafka")
+    parser.add_argument(
+        "--consumer-group",
+        default=os.environ.get("OMNINODE_CONSUMER_GROUP") or None,
+        help="consumer group of the command topic (default: the node's name, "
+        "so that its replicas share the commands)",
+    )
     parser.add_argument("--node-id", type=UUID, default=None, help="instance UUID")
     parser.add_argument(
         "--replica",
@@ -82,6 +88,7 @@ def settings_from_args(args: argparse.Namespace) -> ModelNodeSettings:
         "port": args.port,
         "kafka_servers": args.kafka_servers,
         "skip_event_bus": args.skip_event_bus,
+        "consumer_group": args.consumer_group,
         "node_id": args.node_id,
         "advertised_host": args.advertised_host,
     }

@@ -85,6 +85,11 @@ class ModelNodeSettings(BaseModel):
         default=None, description="Kafka bootstrap servers; None: no broker."
     )
     skip_event_bus: bool = Field(default=False, description="Never use the bus.")
+    consumer_group: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Consumer group of the command topic; default: the node's name.",
+    )
     command_partitions: int = Field(
         default=6,
         ge=1,

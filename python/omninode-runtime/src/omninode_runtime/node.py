@@ -155,7 +155,7 @@ class NodeRuntime:
         self.bus = EventBus(
             servers=self.settings.kafka_servers,
             client_id=f"{self.node_name}-{self.settings.replica}",
-            group_id=self.node_name,
+            group_id=self.settings.consumer_group or self.node_name,
             timeout_s=self.settings.kafka_timeout_s,
             clients=kafka_clients,
         )
