@@ -152,7 +152,7 @@ pub fn normalize(raw: &str) -> String {
 
 /// Unicode format characters (bidi overrides, zero-width characters, BOM) that could make text
 /// read differently from what it is.
-fn is_format_char(c: char) -> bool {
+pub(crate) fn is_format_char(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
         | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')

@@ -119,10 +119,19 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
         deductions: Vec::new(),
     };
 
+    // The contract is read once: if it loads as a contract it is valid YAML, so its own
+    // syntax check is needed only when it does not.
+    let contract_path = s.path("contract.yaml");
+    let contract_parse = node
+        .files
+        .get(&contract_path)
+        .map(|b| serde_norway::from_slice::<ContractView>(b));
+    let loaded = matches!(contract_parse, Some(Ok(_))).then_some(contract_path.as_str());
+
     // Syntax: every Python file parses, every YAML file loads.
     let mut facts: BTreeMap<String, PythonFacts> = BTreeMap::new();
     let (mut ok, mut total) = (0usize, 0usize);
-    for (path, result) in check_syntax(node) {
+    for (path, result) in check_syntax(node, loaded) {
         total += 1;
         match result {
             Ok(Some(f)) => {
@@ -137,7 +146,6 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
     let syntax = ratio(ok, total);
 
     let node_py = s.path("node.py");
-    let contract_path = s.path("contract.yaml");
     let ctx = &node.context;
     let node_class = facts
         .get(&node_py)
@@ -259,7 +267,7 @@ pub fn score(node: &RenderedNode, thresholds: Thresholds) -> QualityReport {
     }
     let no_any = (1.0 - 0.25 * any_uses as f64).max(0.0);
 
-    let contract = read_contract(&mut s, &contract_path);
+    let contract = read_contract(&mut s, &contract_path, contract_parse);
 
     // Error handling lives in the runtime base class, which turns a handler's exception into a
     // failed output; a bare `except` in generated code would swallow SystemExit.
@@ -489,13 +497,17 @@ struct ParseFailure {
 
 type CheckResult = Result<Option<PythonFacts>, ParseFailure>;
 
-/// Parse every Python and YAML file of the node (Python files yield their facts), in path order.
-/// (Spreading the files over threads was measured slower: the per-node work is ~2 ms.)
-fn check_syntax(node: &RenderedNode) -> Vec<(&str, CheckResult)> {
+/// Parse every Python and YAML file of the node (Python files yield their facts), in path order;
+/// `loaded` is a YAML file already known to load. (Spreading the files over threads was
+/// measured slower: the per-node work is well under 1 ms.)
+fn check_syntax<'a>(node: &'a RenderedNode, loaded: Option<&str>) -> Vec<(&'a str, CheckResult)> {
     node.files
         .iter()
         .filter(|(p, _)| p.ends_with(".py") || p.ends_with(".yaml"))
-        .map(|(p, b)| (p.as_str(), cached_check(p, b)))
+        .map(|(p, b)| match loaded == Some(p.as_str()) {
+            true => (p.as_str(), Ok(None)),
+            false => (p.as_str(), cached_check(p, b)),
+        })
         .collect()
 }
 
@@ -536,7 +548,8 @@ fn check_file(path: &str, bytes: &[u8]) -> Result<Option<PythonFacts>, ParseFail
             message: e.message,
         })
     } else {
-        serde_norway::from_str::<serde_norway::Value>(&text)
+        // Syntax only: `IgnoredAny` reads every event without building a tree.
+        serde_norway::from_str::<serde::de::IgnoredAny>(&text)
             .map(|_| None)
             .map_err(|e| ParseFailure {
                 line: e.location().map(|l| l.line()).unwrap_or(0),
@@ -646,19 +659,23 @@ struct HandlerRef {
     module: String,
 }
 
-fn read_contract(s: &mut Scorer<'_>, contract_path: &str) -> Option<ContractView> {
-    let Some(bytes) = s.node.files.get(contract_path) else {
-        s.deduct(
-            contract_path,
-            0,
-            "contract/missing",
-            "contract.yaml is missing",
-        );
-        return None;
-    };
-    match serde_norway::from_slice(bytes) {
-        Ok(c) => Some(c),
-        Err(e) => {
+fn read_contract(
+    s: &mut Scorer<'_>,
+    contract_path: &str,
+    parsed: Option<Result<ContractView, serde_norway::Error>>,
+) -> Option<ContractView> {
+    match parsed {
+        None => {
+            s.deduct(
+                contract_path,
+                0,
+                "contract/missing",
+                "contract.yaml is missing",
+            );
+            None
+        }
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
             s.deduct(
                 contract_path,
                 e.location().map(|l| l.line()).unwrap_or(0),

@@ -3,7 +3,7 @@
 //! `quote` makes a literal that means the same in Python and in YAML (double-quoted scalar);
 //! `doc` and `comment` make single-line text that cannot end a docstring or a comment.
 
-use crate::prd::normalize;
+use crate::prd::is_format_char;
 
 /// Longest text `doc` and `comment` keep, in characters.
 const MAX_DOC_CHARS: usize = 200;
@@ -28,17 +28,33 @@ pub fn quote(text: &str) -> String {
     out
 }
 
-/// Single line, printable, at most [`MAX_DOC_CHARS`] characters.
+/// Single line, printable, at most [`MAX_DOC_CHARS`] characters: the same as
+/// [`normalize`] then collapsing whitespace, in one pass (it runs for every docstring and
+/// comment of every file).
 fn one_line(text: &str) -> String {
-    let clean = normalize(text);
-    let collapsed = clean.split_whitespace().collect::<Vec<_>>().join(" ");
-    if collapsed.chars().count() > MAX_DOC_CHARS {
-        let mut cut: String = collapsed.chars().take(MAX_DOC_CHARS).collect();
-        cut.push_str("...");
-        cut
-    } else {
-        collapsed
+    let mut out = String::with_capacity(text.len().min(MAX_DOC_CHARS + 3));
+    let (mut chars, mut pending_space) = (0usize, false);
+    for c in text.chars() {
+        let space = match c {
+            '\n' | '\t' | '\r' | '\u{2028}' | '\u{2029}' => true,
+            c if c.is_control() || is_format_char(c) => continue,
+            c => c.is_whitespace(),
+        };
+        if space {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        for c in pending_space.then_some(' ').into_iter().chain([c]) {
+            if chars == MAX_DOC_CHARS {
+                out.push_str("...");
+                return out;
+            }
+            out.push(c);
+            chars += 1;
+        }
+        pending_space = false;
     }
+    out
 }
 
 /// Text for inside a Python `"""docstring"""`.
@@ -103,5 +119,39 @@ mod tests {
         assert_eq!(doc("  \n "), "No description provided.");
         assert_eq!(comment("line1\nline2\u{202e}"), "line1 line2");
         assert_eq!(doc(&"x".repeat(500)).len(), 203);
+    }
+
+    /// The one-pass `one_line` gives what normalising, collapsing and clipping give.
+    #[test]
+    fn one_line_matches_normalize_then_collapse() {
+        fn reference(text: &str) -> String {
+            let clean = crate::prd::normalize(text);
+            let collapsed = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+            if collapsed.chars().count() > MAX_DOC_CHARS {
+                let mut cut: String = collapsed.chars().take(MAX_DOC_CHARS).collect();
+                cut.push_str("...");
+                cut
+            } else {
+                collapsed
+            }
+        }
+        let long_words = "word ".repeat(60);
+        let cases = [
+            "",
+            "   ",
+            "a\x0bb\x0cc\u{85}d",
+            "a \u{1} b\r\nc\u{2028}d\u{3000}e",
+            "x\u{200b}y \u{feff} z",
+            "\t lead and trail \n",
+            &long_words,
+            &"é".repeat(199),
+            &"é".repeat(201),
+            &format!("{} b", "a".repeat(199)),
+            &format!("{}  b", "a".repeat(200)),
+            &format!("{} b", "a".repeat(200)),
+        ];
+        for case in cases {
+            assert_eq!(one_line(case), reference(case), "{case:?}");
+        }
     }
 }

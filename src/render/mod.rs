@@ -176,7 +176,9 @@ impl Renderer {
         dependencies: &[String],
     ) -> Result<RenderedNode, RenderError> {
         let ctx = NodeContext::new(node, generation_name, external, dependencies);
-        let value = minijinja::context! { node => &ctx };
+        // Serialized once: every template and every handler stub reads the same value.
+        let node_value = minijinja::Value::from_serialize(&ctx);
+        let value = minijinja::context! { node => node_value.clone() };
         let mut files = BTreeMap::new();
         for (template, target) in FILES {
             let tpl = self
@@ -202,7 +204,7 @@ impl Renderer {
         let mut user_files = BTreeSet::new();
         for op in &ctx.operations {
             let out = handler
-                .render(minijinja::context! { node => &ctx, op => op })
+                .render(minijinja::context! { node => node_value.clone(), op => op })
                 .map_err(|source| RenderError::Template {
                     template: HANDLER.to_string(),
                     source,
