@@ -438,6 +438,7 @@ mod tests {
                 },
                 content_hash: "abc123".into(),
                 deploy: GeneratedNodeDeploy::default(),
+                depends_on: Vec::new(),
                 runtime: None,
             },
         );

@@ -12,6 +12,7 @@ use crate::api::{
     AnalysisStatus, Condition, ConditionStatus, DeploySpec, FIELD_MANAGER, GeneratedNodeDeploy,
     GeneratedNodeSpec, IntelligenceSource, LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NODE,
     NodeGenerationSpec, NodeGenerationStatus, NodeSource, NodeStatus, PlannedNodeStatus,
+    SystemNodeStatus, SystemStatus,
 };
 use crate::naming::dns_label;
 use crate::prd;
@@ -27,6 +28,8 @@ pub struct NodeOutcome {
     pub planned: PlannedNode,
     pub rendered: RenderedNode,
     pub report: QualityReport,
+    /// Names of the GeneratedNodes of the nodes this one uses (its system's graph).
+    pub depends_on: Vec<String>,
 }
 
 impl NodeOutcome {
@@ -56,6 +59,7 @@ impl NodeOutcome {
             version: self.rendered.context.version_str.clone(),
             source,
             content_hash: self.rendered.content_hash.clone(),
+            depends_on: self.depends_on.clone(),
             runtime: Some(self.rendered.context.runtime_requirement.clone()),
             deploy: GeneratedNodeDeploy {
                 enabled: deploy.enabled,
@@ -153,8 +157,35 @@ impl Outcome {
                 service_quality: n.report.service.as_ref().map(|s| s.quality_score),
             })
             .collect();
+        status.system = self.system_status();
         status.node_count = self.plan.as_ref().map(|p| p.nodes.len() as i32);
         status.quality = self.nodes.iter().map(|n| n.report.overall).reduce(f64::min);
+    }
+}
+
+impl Outcome {
+    /// The system's nodes in rollout order, each `Generated` (the controller fills in the
+    /// GeneratedNodes' states).
+    fn system_status(&self) -> Option<SystemStatus> {
+        let g = self.plan.as_ref()?.system.as_ref()?;
+        let mut system = SystemStatus {
+            ready: String::new(),
+            nodes: g
+                .dependency_order()
+                .into_iter()
+                .filter_map(|i| {
+                    let node = self.nodes.get(i)?;
+                    Some(SystemNodeStatus {
+                        name: node.name.clone(),
+                        title: g.nodes.get(i).cloned().unwrap_or_default(),
+                        uses: node.depends_on.clone(),
+                        state: "Generated".to_string(),
+                    })
+                })
+                .collect(),
+        };
+        system.refresh(|_| None);
+        Some(system)
     }
 }
 
@@ -300,7 +331,16 @@ pub fn run(
             planned: node.clone(),
             rendered,
             report,
+            depends_on: Vec::new(),
         });
+    }
+    if let Some(g) = &plan.system {
+        for (user, used) in &g.edges {
+            let name = outcome.nodes.get(*used).map(|n| n.name.clone());
+            if let (Some(name), Some(node)) = (name, outcome.nodes.get_mut(*user)) {
+                node.depends_on.push(name);
+            }
+        }
     }
     outcome.plan = Some(plan);
     let files: usize = outcome.nodes.iter().map(|n| n.rendered.files.len()).sum();

@@ -47,6 +47,32 @@ pub struct Component {
     pub name: String,
     pub paragraphs: Vec<String>,
     pub items: Vec<String>,
+    /// The node names of its wiring lines (`Uses: A, B`, `Depends on: C`), as written; they
+    /// are neither paragraphs nor requirements.
+    pub uses: Vec<String>,
+}
+
+/// Labels of a component's wiring lines.
+const WIRING_LABELS: [&str; 2] = ["uses", "depends on"];
+
+/// The node names a wiring line (`Uses: A, B and C`) names, or None when `line` is not one.
+pub fn wiring_names(line: &str) -> Option<Vec<String>> {
+    let (label, rest) = line.trim().split_once(':')?;
+    if !WIRING_LABELS.contains(&label.trim().to_ascii_lowercase().as_str()) {
+        return None;
+    }
+    let names = rest
+        .split([',', ';'])
+        .map(|part| {
+            let part = part.trim();
+            part.strip_prefix("and ").unwrap_or(part)
+        })
+        .flat_map(|part| part.split(" and "))
+        .map(|name| name.trim().trim_end_matches('.').trim())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    Some(names)
 }
 
 impl Component {
@@ -263,7 +289,8 @@ impl Builder {
             Event::Text(t) | Event::Code(t) if !self.in_code => {
                 self.buf.push_str(&t);
             }
-            Event::SoftBreak | Event::HardBreak => self.buf.push(' '),
+            // Kept as a line break until the text is flushed, so a wiring line stays a line.
+            Event::SoftBreak | Event::HardBreak => self.buf.push('\n'),
             Event::End(TagEnd::TableCell) => self.buf.push(' '),
             Event::End(TagEnd::TableRow) | Event::End(TagEnd::TableHead) => self.flush_text(),
             _ => {}
@@ -303,7 +330,22 @@ impl Builder {
     }
 
     fn flush_text(&mut self) {
-        let text = clip(&std::mem::take(&mut self.buf));
+        let mut raw = std::mem::take(&mut self.buf);
+        let in_item = matches!(self.item_stack.last(), Some(Some(_)));
+        if let (Some(component), false) = (self.component.as_mut(), in_item) {
+            let mut prose = String::with_capacity(raw.len());
+            for line in raw.lines() {
+                match wiring_names(line) {
+                    Some(names) => component.uses.extend(names),
+                    None => {
+                        prose.push_str(line);
+                        prose.push('\n');
+                    }
+                }
+            }
+            raw = prose;
+        }
+        let text = clip(&raw);
         if text.is_empty() {
             return;
         }
@@ -336,7 +378,9 @@ impl Builder {
             return;
         }
         if let Some(component) = self.component.as_mut() {
-            if component.items.len() < MAX_ITEMS {
+            if let Some(names) = wiring_names(&text) {
+                component.uses.extend(names);
+            } else if component.items.len() < MAX_ITEMS {
                 component.items.push(text);
             }
         } else if let Some((_, section)) = self.current.as_mut() {

@@ -5,6 +5,8 @@
 
 mod classify;
 mod library;
+mod system;
+mod workflow;
 
 use std::collections::BTreeSet;
 
@@ -13,6 +15,8 @@ pub use classify::{
     model_json, train,
 };
 pub use library::{Library, Performance, library};
+pub use system::{SystemError, SystemGraph};
+pub use workflow::{PlannedStep, STEP_RETRIES, STEP_TIMEOUT_MS};
 
 use crate::api::{IntelligenceSource, NodeType};
 use crate::naming::{self, identifier_from, is_identifier};
@@ -63,6 +67,8 @@ pub struct Plan {
     /// Code patterns the intelligence service matched (empty for the built-in library).
     pub patterns: Vec<String>,
     pub nodes: Vec<PlannedNode>,
+    /// Which node uses which (indices into `nodes`), for a PRD of several nodes.
+    pub system: Option<SystemGraph>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +83,8 @@ pub struct PlannedNode {
     /// Sorted, unique.
     pub mixins: Vec<String>,
     pub performance: Performance,
+    /// An orchestrator's steps over the nodes of its system (empty outside a system).
+    pub workflow: Vec<PlannedStep>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +111,8 @@ pub enum AnalysisError {
         "the PRD describes {0} nodes; at most {MAX_NODES} are generated from one NodeGeneration"
     )]
     TooManyNodes(usize),
+    #[error(transparent)]
+    System(#[from] SystemError),
 }
 
 impl AnalysisError {
@@ -111,6 +121,8 @@ impl AnalysisError {
             AnalysisError::InvalidServiceName(_) => "InvalidServiceName",
             AnalysisError::InvalidDomain(_) => "InvalidDomain",
             AnalysisError::TooManyNodes(_) => "TooManyNodes",
+            AnalysisError::System(SystemError::UnknownReference { .. }) => "UnknownNodeReference",
+            AnalysisError::System(SystemError::Cycle(_)) => "SystemCycle",
         }
     }
 }
@@ -288,6 +300,15 @@ pub fn plan(
         ));
     }
     dedupe_services(&mut nodes);
+    let system = match prd.components.len() {
+        n if n >= 2 && n == nodes.len() => {
+            let types: Vec<NodeType> = nodes.iter().map(|n| n.node_type).collect();
+            let g = system::graph(&prd.components, &types)?;
+            workflow::plan_workflows(&mut nodes, &g);
+            Some(g)
+        }
+        _ => None,
+    };
 
     let (source, confidence) = match hints {
         Some(_) => (IntelligenceSource::Omniarchon, SERVICE_CONFIDENCE),
@@ -309,6 +330,7 @@ pub fn plan(
             .collect(),
         patterns: hints.map(|h| h.patterns.clone()).unwrap_or_default(),
         nodes,
+        system,
     })
 }
 
@@ -432,6 +454,7 @@ fn build_node(
         operations,
         mixins: mixins_for(node_type, index, lib, hints),
         performance: lib.patterns(node_type).performance.clone(),
+        workflow: Vec::new(),
     }
 }
 
@@ -455,6 +478,7 @@ fn component_node(component: &Component, domain: &str, lib: &Library) -> Planned
         operations: operations_from(&component.items, class.node_type, lib),
         mixins: mixins_for(class.node_type, &index, lib, None),
         performance: lib.patterns(class.node_type).performance.clone(),
+        workflow: Vec::new(),
     }
 }
 

@@ -47,6 +47,10 @@ pub struct GeneratedNodeSpec {
     /// instead of a Deployment; on other images the node itself refuses to start (exit code 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// GeneratedNodes (same namespace) this node uses in its system: its Deployment is made
+    /// once they are all Ready, so a system rolls out in dependency order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 fn default_version() -> String {

@@ -20,6 +20,7 @@ use super::conditions::{Condition, conditions_schema};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount"}"#,
     printcolumn = r#"{"name":"Quality","type":"number","jsonPath":".status.quality"}"#,
+    printcolumn = r#"{"name":"System","type":"string","jsonPath":".status.system.ready"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -339,10 +340,50 @@ pub struct NodeGenerationStatus {
     pub nodes: Vec<NodeStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputStatus>,
+    /// The system of a multi-node PRD: which node uses which, and each node's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemStatus>,
     /// SHA-256 over the spec, the resolved PRD and the operator's templates when this status was
     /// computed: the controller regenerates only when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_hash: Option<String>,
+}
+
+/// The nodes of a system in rollout order (every node after the nodes it uses).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemStatus {
+    /// Nodes Ready of all, `2/4` (a column of `kubectl get ng`).
+    pub ready: String,
+    pub nodes: Vec<SystemNodeStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemNodeStatus {
+    /// The GeneratedNode.
+    pub name: String,
+    /// The node's heading in the PRD.
+    pub title: String,
+    /// The GeneratedNodes this node uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<String>,
+    /// `Ready`, or why not yet: the GeneratedNode's `Ready` reason (`WaitingForDependencies`,
+    /// `RollingOut`, …), `Generated` before it exists.
+    pub state: String,
+}
+
+impl SystemStatus {
+    /// Set each node's state with `state_of` (GeneratedNode name → state) and recount.
+    pub fn refresh(&mut self, state_of: impl Fn(&str) -> Option<String>) {
+        for node in &mut self.nodes {
+            if let Some(state) = state_of(&node.name) {
+                node.state = state;
+            }
+        }
+        let ready = self.nodes.iter().filter(|n| n.state == "Ready").count();
+        self.ready = format!("{ready}/{}", self.nodes.len());
+    }
 }
 
 /// Where the analysis came from.

@@ -5,7 +5,10 @@
 
 use serde::Serialize;
 
-use crate::analysis::{ExternalSystem, Performance, PlannedNode};
+use crate::analysis::{
+    ExternalSystem, Performance, PlannedNode, PlannedStep, STEP_RETRIES, STEP_TIMEOUT_MS,
+};
+use crate::api::NodeType;
 use crate::naming::{dns_label, pascal};
 
 /// Topic every event-bus member announces itself on (CONTRACTS.md §2).
@@ -52,6 +55,8 @@ pub struct NodeContext {
     /// The topic a caller waits on for the result (`onex run-node`).
     pub terminal_event: String,
     pub performance: Performance,
+    /// An orchestrator's steps over its system (empty outside a system).
+    pub workflow: Vec<StepContext>,
 }
 
 #[derive(Serialize, Debug, Clone, Copy)]
@@ -80,12 +85,57 @@ pub struct ExternalSystemContext {
 
 /// The node's directory name: `node_<domain>_<service>_<type>`.
 pub fn dir_name(node: &PlannedNode) -> String {
-    format!(
-        "node_{}_{}_{}",
-        node.domain,
-        node.service,
-        node.node_type.as_str()
-    )
+    dir_name_of(&node.domain, &node.service, node.node_type)
+}
+
+fn dir_name_of(domain: &str, service: &str, node_type: NodeType) -> String {
+    format!("node_{domain}_{service}_{}", node_type.as_str())
+}
+
+/// The topic a node takes commands on.
+pub fn command_topic(domain: &str, service: &str) -> String {
+    format!("onex.cmd.{domain}.{}.v1", dns_label(service))
+}
+
+/// The topic a node publishes each result on (its terminal event).
+pub fn terminal_topic(domain: &str, service: &str) -> String {
+    format!("onex.evt.{domain}.{}-completed.v1", dns_label(service))
+}
+
+/// One step of an orchestrator's workflow, as `contract.yaml` states it.
+#[derive(Serialize, Debug, Clone)]
+pub struct StepContext {
+    pub step_name: String,
+    /// The ONEX step type: the kind of the node that runs it.
+    pub step_type: String,
+    /// The package of the node that runs it.
+    pub node: String,
+    pub operation: String,
+    /// Empty for a local step (one of the orchestrator's own operations).
+    pub command_topic: String,
+    pub reply_topic: String,
+    pub depends_on: Vec<String>,
+    pub timeout_ms: u64,
+    pub retry_count: u32,
+    pub compensation_operation: Option<String>,
+}
+
+impl StepContext {
+    fn new(step: &PlannedStep) -> Self {
+        let remote = |topic: String| if step.local { String::new() } else { topic };
+        StepContext {
+            step_name: step.name.clone(),
+            step_type: step.node_type.as_str().to_string(),
+            node: dir_name_of(&step.domain, &step.service, step.node_type),
+            operation: step.operation.clone(),
+            command_topic: remote(command_topic(&step.domain, &step.service)),
+            reply_topic: remote(terminal_topic(&step.domain, &step.service)),
+            depends_on: step.depends_on.clone(),
+            timeout_ms: STEP_TIMEOUT_MS,
+            retry_count: if step.local { 0 } else { STEP_RETRIES },
+            compensation_operation: step.compensation.clone(),
+        }
+    }
 }
 
 impl NodeContext {
@@ -103,8 +153,7 @@ impl NodeContext {
             patch: 0,
         };
         let dir_name = dir_name(node);
-        let topic_name = dns_label(&node.service);
-        let publish_topic = format!("onex.evt.{}.{topic_name}-completed.v1", node.domain);
+        let publish_topic = terminal_topic(&node.domain, &node.service);
         NodeContext {
             package: dir_name.clone(),
             distribution: dir_name.replace('_', "-"),
@@ -152,9 +201,10 @@ impl NodeContext {
             dependencies: dependencies.to_vec(),
             introspection_topic: INTROSPECTION_TOPIC.to_string(),
             publish_topics: vec![publish_topic.clone()],
-            subscribe_topics: vec![format!("onex.cmd.{}.{topic_name}.v1", node.domain)],
+            subscribe_topics: vec![command_topic(&node.domain, &node.service)],
             terminal_event: publish_topic,
             performance: node.performance.clone(),
+            workflow: node.workflow.iter().map(StepContext::new).collect(),
         }
     }
 }

@@ -79,3 +79,11 @@ async def not_a_dict(
 def not_async(request: ModelNodeInput, context: HandlerContext) -> dict[str, JsonValue]:
     """A plain function: the runtime must refuse it at start-up."""
     return {}
+
+
+async def undo(
+    request: ModelNodeInput, context: HandlerContext
+) -> dict[str, JsonValue]:
+    """Records which step it compensates (a local compensation)."""
+    CALLS.append(f"{context.operation}:{request.payload.get('compensating')}")
+    return {"undone": request.payload.get("compensating")}

@@ -8,6 +8,7 @@ client calls run in daemon threads: a dead broker must not hold up SIGTERM.
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -243,6 +244,21 @@ async def in_daemon_thread(function: Callable[[], T]) -> T:
     return await future
 
 
+class _Assignment:
+    """Whether a listener holds partitions; ``ready`` once a poll ran since."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.ready = threading.Event()
+
+    def on_assign(self, _consumer: object, partitions: list[Any]) -> None:
+        self.held = bool(partitions)
+
+    def on_revoke(self, _consumer: object, _partitions: list[Any]) -> None:
+        self.held = False
+        self.ready.clear()
+
+
 class EventBus:
     """One node's Kafka producer and (optional) consumer, with a health state."""
 
@@ -270,6 +286,7 @@ class EventBus:
         self._producer: KafkaProducer | None = None
         self._poller: asyncio.Task[None] | None = None
         self._consumer_thread: threading.Thread | None = None
+        self._listeners: list[threading.Thread] = []
         self._stop_consuming = threading.Event()
 
     def set_state(self, state: EnumBusState, reason: str) -> None:
@@ -498,12 +515,76 @@ class EventBus:
         finally:
             consumer.close()
 
+    def start_listener(
+        self, topics: list[str], group_id: str, on_message: MessageCallback
+    ) -> threading.Event | None:
+        """Read ``topics`` from their end, in a group of one, committing nothing.
+
+        For replies to this instance: a restarted instance waits for no old
+        message.  The returned event is set once partitions are assigned and a
+        whole poll ran since (the end offsets are then known), so a message
+        sent after it is seen; None when there is no Kafka client.
+        """
+        if self._clients is None:
+            return None
+        consumer = self._clients.consumer(
+            self._config(
+                **{
+                    "group.id": group_id,
+                    "auto.offset.reset": "latest",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 2_000,
+                }
+            )
+        )
+        assignment = _Assignment()
+        consumer.subscribe(
+            topics, on_assign=assignment.on_assign, on_revoke=assignment.on_revoke
+        )
+        thread = threading.Thread(
+            target=self._listen,
+            args=(consumer, on_message, asyncio.get_running_loop(), assignment),
+            name="omninode-listener",
+            daemon=True,
+        )
+        self._listeners.append(thread)
+        thread.start()
+        return assignment.ready
+
+    def _listen(
+        self,
+        consumer: KafkaConsumer,
+        on_message: MessageCallback,
+        loop: asyncio.AbstractEventLoop,
+        assignment: _Assignment,
+    ) -> None:
+        try:
+            while not self._stop_consuming.is_set():
+                held = assignment.held
+                message = consumer.poll(0.2)
+                if held:
+                    assignment.ready.set()
+                value = message.value() if message is not None else None
+                if message is None or message.error() is not None or value is None:
+                    continue
+                try:
+                    asyncio.run_coroutine_threadsafe(on_message(value), loop).result()
+                except Exception:
+                    _logger.exception("processing a received message failed")
+        except Exception:
+            _logger.exception("the listener stopped")
+        finally:
+            consumer.close()
+
     async def close(self, flush_timeout_s: float) -> None:
         """Stop consuming and flush queued events, each step bounded in time."""
         self._stop_consuming.set()
         thread, self._consumer_thread = self._consumer_thread, None
-        if thread is not None:
-            await in_daemon_thread(lambda: thread.join(timeout=1.0))
+        threads, self._listeners = self._listeners, []
+        for joined in [*threads, *([thread] if thread is not None else [])]:
+            await in_daemon_thread(functools.partial(joined.join, timeout=1.0))
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.cancel()

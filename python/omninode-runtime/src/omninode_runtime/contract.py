@@ -5,12 +5,20 @@ The models ignore keys they do not know: the generator and ONEX may add fields
 """
 
 import re
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 INTROSPECTION_TOPIC = "onex.evt.platform.node-introspection.v1"
 
@@ -143,6 +151,116 @@ class ModelRuntimeRequirement(_ContractPart):
     version: str = ""
 
 
+class EnumStepErrorAction(StrEnum):
+    """What a failed workflow step does to the steps that completed before it."""
+
+    COMPENSATE = "compensate"
+    STOP = "stop"
+
+
+class ModelWorkflowStep(_ContractPart):
+    """One step of ``workflow_coordination``: an operation on a node.
+
+    A step with topics is *remote* (a command to a sibling node, answered on
+    its reply topic); one without is *local* (this node's own handler runs).
+    """
+
+    step_name: str = Field(min_length=1)
+    step_type: EnumNodeKind | None = None
+    node: str = Field(min_length=1)
+    operation: str = Field(min_length=1)
+    command_topic: str | None = Field(default=None, min_length=1)
+    reply_topic: str | None = Field(default=None, min_length=1)
+    depends_on: list[str] = Field(default_factory=list)
+    timeout_ms: float = Field(default=5_000.0, gt=0)
+    retry_count: int = Field(default=0, ge=0)
+    error_action: EnumStepErrorAction = EnumStepErrorAction.COMPENSATE
+    compensation_operation: str | None = Field(default=None, min_length=1)
+
+    @field_validator("step_type", mode="before")
+    @classmethod
+    def _onex_kind(cls, value: object) -> object:
+        # ONEX writes kinds both ways: ``effect`` and ``EFFECT_GENERIC``.
+        if isinstance(value, str):
+            return value.strip().lower().removesuffix("_generic")
+        return value
+
+    @model_validator(mode="after")
+    def _topics_go_together(self) -> "ModelWorkflowStep":
+        if (self.command_topic is None) != (self.reply_topic is None):
+            raise ValueError(
+                f"step {self.step_name!r}: a remote step needs both command_topic "
+                "and reply_topic (a local step has neither)"
+            )
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether a sibling node runs the step (over the event bus)."""
+        return self.command_topic is not None
+
+
+class ModelWorkflowCoordination(_ContractPart):
+    """``workflow_coordination``: the steps of a system workflow, as a DAG."""
+
+    execution_mode: Literal["parallel", "sequential"] = "parallel"
+    timeout_ms: float | None = Field(default=None, gt=0)
+    steps: list[ModelWorkflowStep] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _a_dag_of_known_steps(self) -> "ModelWorkflowCoordination":
+        names = [step.step_name for step in self.steps]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"workflow step names are not unique: {duplicates}")
+        for step in self.steps:
+            unknown = [dep for dep in step.depends_on if dep not in names]
+            if unknown:
+                raise ValueError(
+                    f"step {step.step_name!r} depends on unknown steps {unknown}"
+                )
+        cycle = find_cycle({step.step_name: step.depends_on for step in self.steps})
+        if cycle:
+            raise ValueError(f"workflow steps form a cycle: {' -> '.join(cycle)}")
+        return self
+
+    @property
+    def remote_steps(self) -> tuple[ModelWorkflowStep, ...]:
+        """The steps sibling nodes run."""
+        return tuple(step for step in self.steps if step.is_remote)
+
+    def topics(self, kind: Literal["command_topic", "reply_topic"]) -> list[str]:
+        """The distinct command or reply topics of the remote steps, in order."""
+        found = (getattr(step, kind) for step in self.remote_steps)
+        return list(dict.fromkeys(topic for topic in found if topic))
+
+
+def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
+    """A cycle of ``graph`` (node -> the nodes it needs) as a path, or ``[]``."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(name: str) -> list[str]:
+        if name in path:
+            return [*path[path.index(name) :], name]
+        if name in done:
+            return []
+        path.append(name)
+        for needed in graph.get(name, ()):
+            cycle = visit(needed)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(name)
+        return []
+
+    for name in graph:
+        cycle = visit(name)
+        if cycle:
+            return cycle
+    return []
+
+
 class ModelContract(_ContractPart):
     """A parsed ``contract.yaml`` (the subset the runtime acts on)."""
 
@@ -162,6 +280,21 @@ class ModelContract(_ContractPart):
     mixins: list[str] = Field(default_factory=list)
     performance: dict[str, float] = Field(default_factory=dict)
     runtime: ModelRuntimeRequirement = Field(default_factory=ModelRuntimeRequirement)
+    workflow_coordination: ModelWorkflowCoordination | None = None
+
+    @model_validator(mode="after")
+    def _local_steps_are_routed(self) -> "ModelContract":
+        coordination = self.workflow_coordination
+        routed = self.operations
+        for step in coordination.steps if coordination else []:
+            wanted = [step.operation, step.compensation_operation]
+            missing = [op for op in wanted if op is not None and op not in routed]
+            if not step.is_remote and missing:
+                raise ValueError(
+                    f"local step {step.step_name!r} runs {missing[0]!r}, which "
+                    f"handler_routing does not route (routed: {list(routed)})"
+                )
+        return self
 
     @property
     def kind(self) -> EnumNodeKind:

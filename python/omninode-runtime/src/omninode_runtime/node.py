@@ -34,6 +34,7 @@ from .contract import (
     EnumNodeKind,
     ModelContract,
     ModelHandlerRef,
+    ModelWorkflowStep,
     check_runtime_version,
     load_contract,
 )
@@ -54,6 +55,8 @@ from .mixins import (
     call_through,
 )
 from .models import ModelNodeInput, ModelNodeOutput, ModelNodeSettings
+from .replies import ReplyRouter
+from .workflow import WorkflowEngine, WorkflowFailedError
 
 HandlerFunction = Callable[
     [ModelNodeInput, HandlerContext], Awaitable[dict[str, JsonValue]]
@@ -376,8 +379,13 @@ class NodeRuntime:
         operation: str,
         *,
         step_outputs: dict[str, JsonValue] | None = None,
+        step: str | None = None,
     ) -> dict[str, JsonValue]:
-        """Call ``operation``'s handler through the resilience mixins."""
+        """Call ``operation``'s handler through the resilience mixins.
+
+        ``step_outputs`` marks a workflow step (named ``step``, else after the
+        operation) and carries the outputs of the steps before it.
+        """
         handler = self.routes[operation]
         context = HandlerContext(
             node_name=self.node_name,
@@ -391,7 +399,7 @@ class NodeRuntime:
             sequence=self.sequence,
             logger=self.logger,
             workflow=self.contract.operations,
-            step=operation if step_outputs is not None else None,
+            step=(step or operation) if step_outputs is not None else None,
             step_outputs=dict(step_outputs or {}),
         )
 
@@ -482,6 +490,7 @@ class NodeRuntime:
                     return
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2.0, 30.0)
+            self._on_bus_connected()
             introspection = self.contract.introspection
             if introspection.member:
                 await self.bus.publish_and_wait(
@@ -498,6 +507,9 @@ class NodeRuntime:
         except Exception as exc:
             self.logger.debug("event bus failure", exc_info=True)
             self.bus.set_state(EnumBusState.DEGRADED, f"event bus failed: {exc}")
+
+    def _on_bus_connected(self) -> None:
+        """Hook: the broker answered (kinds start their own consumers here)."""
 
     def introspection_event(
         self, reason: EnumIntrospectionReason = EnumIntrospectionReason.STARTUP
@@ -593,6 +605,9 @@ class NodeRuntime:
     def _kind_health(self) -> dict[str, JsonValue]:
         return {}
 
+    def _kind_metrics(self, base: dict[str, str]) -> list[str]:
+        return []
+
     def render_metrics(self) -> str:
         """The node's metrics in the Prometheus text format (version 0.0.4)."""
         base = {"node": self.node_name, "node_type": self.contract.kind.value}
@@ -651,6 +666,7 @@ class NodeRuntime:
                 ("", {**base, "result": "failed"}, self.bus.failed),
             ],
         )
+        lines += self._kind_metrics(base)
         for mixin in self.mixins.values():
             lines += mixin.render_metrics(base)
         return "\n".join(lines) + "\n"
@@ -759,11 +775,14 @@ class WorkflowStep:
 
 
 class NodeOrchestrator(NodeRuntime):
-    """Runs a workflow: one step per operation, in contract order.
+    """Runs a workflow; replays of a correlation id get the first result.
 
-    A request runs the steps from its operation to the end, each step seeing
-    the outputs of the earlier ones; the whole run is limited by
-    ``performance.workflow_timeout_ms``.  Replays get the first result.
+    With ``workflow_coordination`` steps in the contract, any request runs
+    them all as a DAG, on sibling nodes over the event bus or on this node's
+    own handlers (see ``workflow``).  Without, it runs one step per operation
+    in contract order, from the request's operation to the end, each step
+    seeing the outputs of the earlier ones.  The whole run is limited by
+    ``timeout_ms`` (else ``performance.workflow_timeout_ms``).
     """
 
     kind = EnumNodeKind.ORCHESTRATOR
@@ -777,7 +796,43 @@ class NodeOrchestrator(NodeRuntime):
         """Create the node with no finished workflows."""
         super().__init__(settings, kafka_clients=kafka_clients)
         self._workflows: OrderedDict[str, dict[str, JsonValue]] = OrderedDict()
+        self._running: dict[str, asyncio.Task[dict[str, JsonValue]]] = {}
         self.workflow_outcomes = {"completed": 0, "failed": 0, "timed_out": 0}
+        self.replies = self._reply_router()
+        self.engine = self._workflow_engine()
+
+    def _coordinated_steps(self) -> list[ModelWorkflowStep]:
+        coordination = self.contract.workflow_coordination
+        return coordination.steps if coordination else []
+
+    def _reply_router(self) -> ReplyRouter | None:
+        """One reply consumer per instance, when a sibling runs some step."""
+        coordination = self.contract.workflow_coordination
+        if coordination is None or not coordination.remote_steps:
+            return None
+        # The node id is stable per replica; the token keeps two processes of
+        # one replica (a local run next to a pod) from splitting the replies.
+        group = f"{self.node_name}-replies-{self.node_id}-{uuid.uuid4().hex[:8]}"
+        return ReplyRouter(
+            coordination.topics("reply_topic"), group, self.settings.idempotency_window
+        )
+
+    def _workflow_engine(self) -> WorkflowEngine | None:
+        coordination = self.contract.workflow_coordination
+        if coordination is None or not coordination.steps:
+            return None
+        timeout_ms = coordination.timeout_ms or self.performance(
+            "workflow_timeout_ms", 30_000.0
+        )
+        return WorkflowEngine(
+            coordination,
+            timeout_ms=timeout_ms,
+            run_local=self.run_handler,
+            bus=self.bus,
+            replies=self.replies,
+            source=self.node_name,
+            logger=self.logger,
+        )
 
     @property
     def workflow(self) -> tuple[str, ...]:
@@ -789,11 +844,35 @@ class NodeOrchestrator(NodeRuntime):
         previous = self._workflows.get(correlation_id)
         if previous is not None:
             return {**previous, "replayed": True}
-        result = await self.run_workflow(request)
+        running = self._running.get(correlation_id)
+        if running is not None:
+            # The same request again while it runs: share its outcome.
+            return {**await asyncio.shield(running), "replayed": True}
+        if self.engine is None:
+            result = await self.run_workflow(request)
+        else:
+            result = await self._run_coordinated(self.engine, request)
         self._workflows[correlation_id] = result
         while len(self._workflows) > self.settings.idempotency_window:
             self._workflows.popitem(last=False)
         return {**result, "replayed": False}
+
+    async def _run_coordinated(
+        self, engine: WorkflowEngine, request: ModelNodeInput
+    ) -> dict[str, JsonValue]:
+        """Run the DAG once per correlation id at a time; count the outcome."""
+        correlation_id = str(request.correlation_id)
+        task = asyncio.ensure_future(engine.run(request))
+        self._running[correlation_id] = task
+        try:
+            result = await task
+        except WorkflowFailedError as exc:
+            self.workflow_outcomes[exc.outcome] += 1
+            raise
+        finally:
+            self._running.pop(correlation_id, None)
+        self.workflow_outcomes["completed"] += 1
+        return result
 
     async def run_workflow(self, request: ModelNodeInput) -> dict[str, JsonValue]:
         """Run the steps from the request's operation on; HandlerError on failure."""
@@ -851,6 +930,49 @@ class NodeOrchestrator(NodeRuntime):
             "outputs": dict(outputs),
         }
 
+    def _bus_wanted(self) -> bool:
+        # Called while the base class initialises: read the contract itself.
+        remote = any(step.is_remote for step in self._coordinated_steps())
+        return remote or super()._bus_wanted()
+
+    def _bus_topics(self) -> dict[str, int]:
+        """Also the siblings' topics, so that one starting later gets commands."""
+        topics = super()._bus_topics()
+        for step in self._coordinated_steps():
+            if step.command_topic and step.reply_topic:
+                topics.setdefault(step.command_topic, self.settings.command_partitions)
+                topics.setdefault(step.reply_topic, 1)
+        return topics
+
+    def _on_bus_connected(self) -> None:
+        if self.replies is not None:
+            self.replies.start(self.bus)
+
     def _kind_health(self) -> dict[str, JsonValue]:
         outcomes: dict[str, JsonValue] = dict(sorted(self.workflow_outcomes.items()))
-        return {"workflows": outcomes}
+        health: dict[str, JsonValue] = {"workflows": outcomes}
+        if self.replies is not None:
+            health["workflow_replies"] = self.replies.stats()
+        return health
+
+    def _kind_metrics(self, base: dict[str, str]) -> list[str]:
+        if self.engine is None:
+            return []
+        # ``node`` names the node that ran each step, so this family names
+        # the orchestrator apart.
+        lines = self.engine.render_metrics({"orchestrator": self.node_name})
+        if self.replies is not None:
+            lines += metric_family(
+                "onex_node_workflow_replies_total",
+                "counter",
+                "Replies of sibling nodes: matched to a step, late, or ignored.",
+                [
+                    ("", {**base, "result": result}, count)
+                    for result, count in (
+                        ("matched", self.replies.matched),
+                        ("late", self.replies.late),
+                        ("ignored", self.replies.ignored),
+                    )
+                ],
+            )
+        return lines
