@@ -135,7 +135,7 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
         started.elapsed().as_secs_f64()
     );
 
-    let mut children = 0;
+    let (mut children, mut waiting) = (0, 0);
     for ng in items(&c.json(&["get", "ng", "-n", ns])?) {
         let name = ng["metadata"]["name"]
             .as_str()
@@ -181,8 +181,26 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
                     == node["contentHash"],
                 "{node_name}-code: content hash annotation"
             );
-            // The GeneratedNode controller's children.
+            // The GeneratedNode controller's children. A node of a system waits for the nodes it
+            // uses, which are never Ready here without a kubelet.
             let gn_uid = &gn["metadata"]["uid"];
+            if gn["spec"]["dependsOn"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+            {
+                wait_until(Duration::from_secs(20), "WaitingForDependencies", || {
+                    let gn = c.json(&["get", "gn", node_name, "-n", ns])?;
+                    Ok(condition(&gn, "Ready")
+                        .is_some_and(|r| r["reason"] == "WaitingForDependencies"))
+                })?;
+                let deploy = c.kubectl(&["get", "deployment", node_name, "-n", ns]);
+                ensure!(
+                    deploy.is_ok_and(|o| !o.status.success()),
+                    "{node_name}: a Deployment before its dependencies are Ready"
+                );
+                waiting += 1;
+                continue;
+            }
             let mut deploy = Value::Null;
             wait_until(Duration::from_secs(20), "the Deployment", || {
                 deploy = c.json(&["get", "deployment", node_name, "-n", ns])?;
@@ -239,11 +257,15 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
             children += 1;
         }
     }
-    println!("    {children} nodes: GeneratedNode, ConfigMap, Deployment and Service each checked");
+    println!(
+        "    {children} nodes: GeneratedNode, ConfigMap, Deployment and Service each checked; {waiting} nodes of systems wait for their dependencies"
+    );
 
     let table = c.kubectl_ok(&["get", "ng", "-n", ns])?;
     let header = table.lines().next().unwrap_or_default().to_string();
-    for column in ["NAME", "PHASE", "NODES", "QUALITY", "READY", "AGE"] {
+    for column in [
+        "NAME", "PHASE", "NODES", "QUALITY", "SYSTEM", "READY", "AGE",
+    ] {
         ensure!(
             header.contains(column),
             "kubectl get ng header lacks {column}: {header}"
@@ -289,6 +311,111 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
     println!(
         "    settled for 30 s: {} objects, resourceVersions unchanged, 0 writes",
         before.lines().count()
+    );
+    Ok(())
+}
+
+/// The GeneratedNodes of a system become Ready in dependency order (issue 16, check 3): a node
+/// gets its Deployment only once every node it uses is Ready. Without a kubelet, the test plays
+/// the kubelet's part: it marks each Pending pod Running and Ready (the status a kubelet would
+/// write), and kube-controller-manager turns that into ReplicaSet and Deployment availability.
+fn system_rolls_out_in_dependency_order(c: &Cluster) -> Outcome {
+    let ns = "e2e-system";
+    c.create_namespace(ns)?;
+    let _op = Operator::start(c, ns, &[])?;
+    apply_example(c, ns, "system-order-fulfilment.yaml", "order-fulfilment")?;
+    let mut ready_at: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut deployed_at: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut depends: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut waited = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut round = 0usize;
+    loop {
+        round += 1;
+        let gns = items(&c.json(&["get", "gn", "-n", ns])?);
+        let deployments: BTreeSet<String> = items(&c.json(&["get", "deployment", "-n", ns])?)
+            .iter()
+            .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        for gn in &gns {
+            let name = gn["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let deps: Vec<String> = gn["spec"]["dependsOn"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect();
+            depends.insert(name.clone(), deps);
+            let ready = condition(gn, "Ready");
+            if ready.is_some_and(|r| r["reason"] == "WaitingForDependencies") {
+                waited.insert(name.clone());
+            }
+            if ready.is_some_and(|r| r["status"] == "True") {
+                ready_at.entry(name.clone()).or_insert(round);
+            }
+            if deployments.contains(&name) {
+                deployed_at.entry(name).or_insert(round);
+            }
+        }
+        // The kubelet's part: every pod of the namespace that is not Ready yet becomes Ready.
+        for pod in items(&c.json(&["get", "pods", "-n", ns])?) {
+            let ready = pod["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            if !ready && !name.is_empty() {
+                c.kubectl_ok(&["patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p",
+                    r#"{"status":{"phase":"Running","conditions":[{"type":"PodScheduled","status":"True"},{"type":"Initialized","status":"True"},{"type":"ContainersReady","status":"True"},{"type":"Ready","status":"True"}]}}"#])?;
+            }
+        }
+        if !gns.is_empty() && ready_at.len() == gns.len() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not all GeneratedNodes Ready: ready {ready_at:?}, deployed {deployed_at:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (name, deps) in &depends {
+        let deployed = deployed_at.get(name).copied().unwrap_or(usize::MAX);
+        for dep in deps {
+            let dep_ready = ready_at.get(dep).copied().unwrap_or(usize::MAX);
+            ensure!(
+                dep_ready <= deployed,
+                "{name} was deployed (poll {deployed}) before {dep} was Ready (poll {dep_ready})"
+            );
+        }
+    }
+    ensure!(
+        depends.values().any(|d| !d.is_empty()) && !waited.is_empty(),
+        "no node waited for its dependencies: {depends:?}"
+    );
+    let ng = c.json(&["get", "ng", "order-fulfilment", "-n", ns])?;
+    wait_until(Duration::from_secs(20), "status.system 4/4", || {
+        let ng = c.json(&["get", "ng", "order-fulfilment", "-n", ns])?;
+        Ok(ng["status"]["system"]["ready"] == "4/4")
+    })?;
+    let order: Vec<String> = ng["status"]["system"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect();
+    let mut by_round: Vec<(&usize, &String)> = ready_at.iter().map(|(n, r)| (r, n)).collect();
+    by_round.sort();
+    println!(
+        "    rollout order in status.system: {order:?}; Ready at polls {:?}; waited: {waited:?}",
+        by_round
+    );
+    let table = c.kubectl_ok(&["get", "ng", "-n", ns])?;
+    ensure!(
+        table.contains("4/4"),
+        "kubectl get ng lacks the System column:\n{table}"
     );
     Ok(())
 }
@@ -1750,7 +1877,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 18] = [
+    let scenarios: [Scenario; 19] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -1760,6 +1887,10 @@ fn main() -> ExitCode {
             chart_upgrade_keeps_generations,
         ),
         ("examples_become_ready", examples_become_ready),
+        (
+            "system_rolls_out_in_dependency_order",
+            system_rolls_out_in_dependency_order,
+        ),
         (
             "git_output_closes_the_gitops_loop",
             git_output_closes_the_gitops_loop,

@@ -109,6 +109,22 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         return Ok(Action::await_change());
     }
 
+    // Rollout follows the system graph: no Deployment before the nodes this one uses are
+    // Ready. Once deployed, a dependency that becomes unready does not take this node down.
+    let waiting = unready_dependencies(gn, ctx, &ns);
+    if !waiting.is_empty() && ctx.caches.deployments.get(&key).is_none() {
+        let reason = "WaitingForDependencies";
+        let message = format!("waiting for {} to be Ready", waiting.join(", "));
+        let conditions = vec![
+            Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
+            Condition::new(PROGRESSING, ConditionStatus::False, reason, message.clone()),
+            Condition::new(READY, ConditionStatus::False, reason, message),
+        ];
+        write_status(gn, ctx, conditions, None).await?;
+        // A dependency's status change triggers this reconcile (see `dependents`).
+        return Ok(Action::await_change());
+    }
+
     let code = match source(gn, ctx, &ns).await? {
         Source::Ready(code) => code,
         Source::Missing { reason, message } => {
@@ -162,6 +178,45 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     let (conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
     write_status(gn, ctx, conditions, Some(ready_replicas)).await?;
     Ok(Action::requeue(ctx.resync))
+}
+
+/// The GeneratedNodes of `spec.dependsOn` that are not Ready (missing ones included).
+fn unready_dependencies(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Vec<String> {
+    gn.spec
+        .depends_on
+        .iter()
+        .filter(|name| {
+            let dep = ctx
+                .caches
+                .generated_nodes
+                .get(&ObjectRef::new(name).within(ns));
+            !dep.is_some_and(|d| is_ready(&d))
+        })
+        .cloned()
+        .collect()
+}
+
+fn is_ready(gn: &GeneratedNode) -> bool {
+    gn.status
+        .as_ref()
+        .and_then(|s| status::get(&s.conditions, READY))
+        .is_some_and(Condition::is_true)
+}
+
+/// The GeneratedNodes that depend on `changed`: reconciled when its status changes, so a system
+/// rolls out as soon as each node's dependencies are Ready.
+pub fn dependents(
+    store: &kube::runtime::reflector::Store<GeneratedNode>,
+    changed: &ObjectRef<GeneratedNode>,
+) -> Vec<ObjectRef<GeneratedNode>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|gn| {
+            gn.namespace() == changed.namespace && gn.spec.depends_on.contains(&changed.name)
+        })
+        .map(|gn| ObjectRef::from_obj(&*gn))
+        .collect()
 }
 
 fn stamp(meta: &mut ObjectMeta, hash: String) {
@@ -564,6 +619,67 @@ mod tests {
 
         // On an image of its own the node checks for itself: the operator deploys it.
         node.spec.deploy.image = Some("registry.example/custom:1".into());
+        fake.clear();
+        reconcile(Arc::new(node), ctx).await.unwrap();
+        assert!(
+            fake.writes()
+                .iter()
+                .any(|w| w.path().contains("deployments")),
+            "{:#?}",
+            fake.writes()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_waits_for_its_dependencies_to_be_ready_before_its_deployment() {
+        let fake = FakeApi::default();
+        let (ctx, mut caches) = context(&fake);
+        hand_written_code(&fake);
+        let mut node = gn();
+        node.spec.depends_on = vec!["store-effect".into()];
+        fake.put(
+            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
+            serde_json::to_value(&node).unwrap(),
+        );
+        reconcile(Arc::new(node.clone()), ctx.clone())
+            .await
+            .unwrap();
+        let writes = fake.writes();
+        assert!(
+            !writes.iter().any(|w| w.path().contains("deployments")),
+            "{writes:#?}"
+        );
+        let status: GeneratedNodeStatus =
+            serde_json::from_value(writes[0].body["status"].clone()).unwrap();
+        let ready = status::get(&status.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.reason.as_str(), ready.message.as_str()),
+            (
+                "WaitingForDependencies",
+                "waiting for store-effect to be Ready"
+            )
+        );
+
+        // The dependency becomes Ready: it names this node as its dependent, and this node
+        // gets its Deployment.
+        let mut dep = gn();
+        dep.metadata.name = Some("store-effect".into());
+        dep.status = Some(GeneratedNodeStatus {
+            conditions: vec![Condition::new(
+                READY,
+                ConditionStatus::True,
+                "DeploymentReady",
+                "1/1",
+            )],
+            ..Default::default()
+        });
+        CacheWriters::apply(&mut caches.generated_nodes, dep.clone());
+        CacheWriters::apply(&mut caches.generated_nodes, node.clone());
+        let store = ctx.caches.generated_nodes.clone();
+        assert_eq!(
+            dependents(&store, &ObjectRef::from_obj(&dep)),
+            [ObjectRef::from_obj(&node)]
+        );
         fake.clear();
         reconcile(Arc::new(node), ctx).await.unwrap();
         assert!(

@@ -431,10 +431,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // readiness future wakes only one waiter (a second one can sleep forever); so /readyz
     // learns of this cache's first full list from the stream itself.
     let (gn_listed, mut gn_listed_rx) = tokio::sync::watch::channel(false);
+    // Every applied GeneratedNode, for the reconcile of the nodes that depend on it.
+    let (gn_changed, gn_changed_rx) = futures::channel::mpsc::unbounded();
     let generated_nodes = generated_nodes
         .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 gn_listed.send_replace(true);
+            }
+            if let Ok(watcher::Event::Apply(gn) | watcher::Event::InitApply(gn)) = event {
+                let _ = gn_changed.unbounded_send(ObjectRef::from_obj(gn));
             }
         })
         .applied_objects();
@@ -445,6 +450,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .with_config(controller_config.clone())
         .owns_stream(changes(deployments))
         .owns_stream(changes(services));
+    let gn_store = gn_controller.store();
+    let gn_controller = gn_controller.reconcile_on(gn_changed_rx.flat_map(move |changed| {
+        futures::stream::iter(generated_node::dependents(&gn_store, &changed))
+    }));
     let ng_controller = Controller::for_stream(node_generations, ng_reader)
         .with_config(controller_config)
         .owns(api::<GeneratedNode>(&client, ns), managed.clone())

@@ -183,6 +183,7 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
     {
         match status::get(&current.conditions, READY) {
             Some(c) if c.is_true() && children_intact(ng, &current, ctx) => {
+                refresh_system(ng, ctx, &ns, &current).await?;
                 return Ok(Action::requeue(ctx.resync));
             }
             Some(c) if !c.is_true() && TERMINAL_REASONS.contains(&c.reason.as_str()) => {
@@ -747,6 +748,44 @@ async fn delete_unplanned(
     Ok(())
 }
 
+/// A system node's state from its GeneratedNode: `Ready`, or its `Ready` reason.
+fn node_state(ctx: &Context, ns: &str, name: &str) -> Option<String> {
+    let gn = ctx
+        .caches
+        .generated_nodes
+        .get(&ObjectRef::new(name).within(ns))?;
+    let ready = gn
+        .status
+        .as_ref()
+        .and_then(|s| status::get(&s.conditions, READY).cloned());
+    Some(match ready {
+        Some(c) if c.is_true() => "Ready".to_string(),
+        Some(c) => c.reason,
+        None => "Pending".to_string(),
+    })
+}
+
+/// Bring a settled generation's `status.system` up to date with its GeneratedNodes (they roll
+/// out after it settled); one status write when a node's state changed, none otherwise.
+async fn refresh_system(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+    current: &NodeGenerationStatus,
+) -> Result<(), Error> {
+    let Some(system) = &current.system else {
+        return Ok(());
+    };
+    let mut next = current.clone();
+    let mut refreshed = system.clone();
+    refreshed.refresh(|name| node_state(ctx, ns, name));
+    if &refreshed == system {
+        return Ok(());
+    }
+    next.system = Some(refreshed);
+    apply_status(ctx, ng, &next).await
+}
+
 /// Merge the new conditions into the current status and write it if anything differs; emit an
 /// Event when `Ready` changes.
 async fn write_status(
@@ -767,7 +806,13 @@ async fn write_status(
     }
     status::sort(&mut next.conditions);
     match &outcome {
-        Some(o) => o.fill_status(&mut next),
+        Some(o) => {
+            o.fill_status(&mut next);
+            if let Some(system) = next.system.as_mut() {
+                let ns = ng.namespace().unwrap_or_default();
+                system.refresh(|name| node_state(ctx, &ns, name));
+            }
+        }
         None => {
             next.analysis = None;
             next.nodes = Vec::new();
