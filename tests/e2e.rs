@@ -420,6 +420,94 @@ fn system_rolls_out_in_dependency_order(c: &Cluster) -> Outcome {
     Ok(())
 }
 
+/// A copy of the operator's templates in which every Reducer's node.py does not parse: one node
+/// of the fraud-detection system fails the quality gate, the other three pass.
+fn templates_breaking_reducers() -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let status = Command::new("cp")
+        .args([
+            "-r",
+            &format!("{}/.", from.display()),
+            &dir.path().display().to_string(),
+        ])
+        .status()
+        .map_err(|e| e.to_string())?;
+    ensure!(status.success(), "copying the templates failed");
+    let node_py = dir.path().join("node/package/node.py.j2");
+    let text = std::fs::read_to_string(&node_py).map_err(|e| e.to_string())?;
+    let broken =
+        format!("{{% if node.node_type == \"reducer\" %}}\ndef broken(:\n{{% endif %}}\n{text}");
+    std::fs::write(&node_py, broken).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+/// One failing node keeps the whole system unpublished (issue 16, check 2): with the Reducer's
+/// code broken, the fraud-detection system ends Ready=False QualityGateFailed naming that node,
+/// and neither a ConfigMap, a GeneratedNode nor a Git commit exists for any of its four nodes.
+fn one_failing_node_keeps_the_system_unpublished(c: &Cluster) -> Outcome {
+    let templates = templates_breaking_reducers()?;
+    let repos = git_server::Repos::new();
+    repos.create("nodes");
+    let daemon = git_server::Daemon::start(&repos.root)?;
+    let ns = "e2e-system-gate";
+    c.create_namespace(ns)?;
+    let dir = templates.path().display().to_string();
+    let _op = Operator::start(c, ns, &["--templates", &dir])?;
+    let in_config_maps = example_manifest("system-fraud-detection.yaml")?;
+    let mut in_git = in_config_maps.clone();
+    in_git["metadata"]["name"] = "fraud-detection-git".into();
+    in_git["spec"]["output"] = serde_json::json!({"git": {
+        "repository": daemon.url("nodes"), "branch": "main", "path": "clusters/e2e"}});
+    for ng in [&in_config_maps, &in_git] {
+        c.apply(ns, &serde_json::to_string(ng).map_err(|e| e.to_string())?)?;
+    }
+    for name in ["fraud-detection", "fraud-detection-git"] {
+        c.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready=False",
+            &format!("ng/{name}"),
+            "-n",
+            ns,
+            "--timeout=60s",
+        ])?;
+        let ng = generation_of(c, ns, name)?;
+        let ready = condition(&ng, "Ready").cloned().unwrap_or_default();
+        let message = ready["message"].as_str().unwrap_or_default();
+        ensure!(
+            ready["reason"] == "QualityGateFailed"
+                && message.contains(&format!("{name}-merchant-risk-rollup-reducer"))
+                && !message.contains("transaction-ingestion"),
+            "{name}: Ready {ready}"
+        );
+        println!(
+            "    {name}: Ready=False QualityGateFailed: {}",
+            message.split(';').next().unwrap_or_default()
+        );
+    }
+    // Settled a moment: still nothing published.
+    std::thread::sleep(Duration::from_secs(3));
+    let published = items(&c.json(&[
+        "get",
+        "gn,configmap,deployment",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/managed-by=omninode-operator",
+    ])?);
+    ensure!(
+        published.is_empty(),
+        "{} objects published for a system with a failing node",
+        published.len()
+    );
+    let commits = repos.in_repo("nodes", &["rev-list", "--all", "--count"])?;
+    ensure!(commits.trim() == "0", "{} commit(s) pushed", commits.trim());
+    println!(
+        "    no GeneratedNode, ConfigMap or Deployment in the namespace; no commit in the Git remote"
+    );
+    Ok(())
+}
+
 fn generation_of(c: &Cluster, ns: &str, name: &str) -> Result<Value, String> {
     c.json(&["get", "ng", name, "-n", ns])
 }
@@ -1877,7 +1965,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 19] = [
+    let scenarios: [Scenario; 20] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -1890,6 +1978,10 @@ fn main() -> ExitCode {
         (
             "system_rolls_out_in_dependency_order",
             system_rolls_out_in_dependency_order,
+        ),
+        (
+            "one_failing_node_keeps_the_system_unpublished",
+            one_failing_node_keeps_the_system_unpublished,
         ),
         (
             "git_output_closes_the_gitops_loop",
