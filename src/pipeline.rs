@@ -251,6 +251,7 @@ pub fn overrides<'a>(spec: &'a NodeGenerationSpec, generation_name: &'a str) -> 
         domain: spec.domain.as_deref(),
         service_name: spec.service_name.as_deref(),
         fallback_name: generation_name,
+        workflow: spec.workflow.as_ref(),
     }
 }
 

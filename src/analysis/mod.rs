@@ -18,7 +18,7 @@ pub use library::{Library, Performance, library};
 pub use system::{SystemError, SystemGraph};
 pub use workflow::{PlannedStep, STEP_RETRIES, STEP_TIMEOUT_MS};
 
-use crate::api::{IntelligenceSource, NodeType};
+use crate::api::{IntelligenceSource, NodeType, WorkflowSpec};
 use crate::naming::{self, identifier_from, is_identifier};
 use crate::prd::{Component, Prd};
 
@@ -40,6 +40,8 @@ pub struct Overrides<'a> {
     /// Used for the service name when neither the spec nor the PRD title gives one
     /// (the NodeGeneration's name).
     pub fallback_name: &'a str,
+    /// The user's steps for the system's orchestrator (`spec.workflow`).
+    pub workflow: Option<&'a WorkflowSpec>,
 }
 
 /// What the intelligence service recommended (empty fields mean "no opinion").
@@ -113,6 +115,8 @@ pub enum AnalysisError {
     TooManyNodes(usize),
     #[error(transparent)]
     System(#[from] SystemError),
+    #[error("spec.workflow: {0}")]
+    InvalidWorkflow(String),
 }
 
 impl AnalysisError {
@@ -123,6 +127,7 @@ impl AnalysisError {
             AnalysisError::TooManyNodes(_) => "TooManyNodes",
             AnalysisError::System(SystemError::UnknownReference { .. }) => "UnknownNodeReference",
             AnalysisError::System(SystemError::Cycle(_)) => "SystemCycle",
+            AnalysisError::InvalidWorkflow(_) => "InvalidWorkflow",
         }
     }
 }
@@ -305,7 +310,16 @@ pub fn plan(
             let types: Vec<NodeType> = nodes.iter().map(|n| n.node_type).collect();
             let g = system::graph(&prd.components, &types)?;
             workflow::plan_workflows(&mut nodes, &g);
+            if let Some(spec) = overrides.workflow {
+                workflow::apply_workflow_spec(&mut nodes, spec)
+                    .map_err(AnalysisError::InvalidWorkflow)?;
+            }
             Some(g)
+        }
+        _ if overrides.workflow.is_some() => {
+            return Err(AnalysisError::InvalidWorkflow(
+                "a workflow needs a PRD of several nodes (a ## Nodes section)".to_string(),
+            ));
         }
         _ => None,
     };
@@ -564,6 +578,7 @@ mod tests {
             service_name: Some("mailer"),
             domain: Some("messaging"),
             fallback_name: "x",
+            workflow: None,
         };
         let p = plan(&prd, &o, None).unwrap();
         assert_eq!(

@@ -9,7 +9,8 @@
 use std::collections::BTreeSet;
 
 use super::{PlannedNode, SystemGraph};
-use crate::api::NodeType;
+use crate::api::{NodeType, WorkflowSpec};
+use crate::naming;
 
 /// How long one attempt of a step may take.
 pub const STEP_TIMEOUT_MS: u64 = 5_000;
@@ -46,6 +47,10 @@ pub struct PlannedStep {
     /// The operation of the same node that undoes this step.
     pub compensation: Option<String>,
     pub depends_on: Vec<String>,
+    /// How long one attempt may take.
+    pub timeout_ms: u64,
+    /// Extra attempts after a timeout or a failed reply.
+    pub retries: u32,
 }
 
 /// Give every orchestrator of the system the workflow over the nodes it uses.
@@ -101,6 +106,8 @@ pub(super) fn plan_workflows(nodes: &mut [PlannedNode], g: &SystemGraph) {
                 operation,
                 compensation,
                 depends_on,
+                timeout_ms: STEP_TIMEOUT_MS,
+                retries: STEP_RETRIES,
             });
         }
         // The orchestrator's own operations: entry ones before the remote steps, the
@@ -119,6 +126,8 @@ pub(super) fn plan_workflows(nodes: &mut [PlannedNode], g: &SystemGraph) {
             operation: op.name.clone(),
             compensation: None,
             depends_on,
+            timeout_ms: STEP_TIMEOUT_MS,
+            retries: 0,
         };
         let mut previous: Vec<String> = Vec::new();
         let mut head_steps = Vec::new();
@@ -157,6 +166,104 @@ pub(super) fn plan_workflows(nodes: &mut [PlannedNode], g: &SystemGraph) {
             .chain(tail_steps)
             .collect();
     }
+}
+
+/// Replace the orchestrator's derived steps with the user's (`spec.workflow`): every step
+/// names a node of the system and one of its operations, and the steps form a DAG.
+pub(super) fn apply_workflow_spec(
+    nodes: &mut [PlannedNode],
+    spec: &WorkflowSpec,
+) -> Result<(), String> {
+    let orchestrators: Vec<usize> = (0..nodes.len())
+        .filter(|n| nodes[*n].node_type == NodeType::Orchestrator)
+        .collect();
+    let [o] = orchestrators[..] else {
+        return Err(format!(
+            "spec.workflow needs exactly one Orchestrator in the system, the PRD has {}",
+            orchestrators.len()
+        ));
+    };
+    let find = |reference: &str| {
+        let wanted = naming::words(reference);
+        nodes
+            .iter()
+            .position(|n| naming::words(&n.title) == wanted || n.service == reference)
+    };
+    let mut steps = Vec::new();
+    let mut names = BTreeSet::new();
+    for step in &spec.steps {
+        if !names.insert(step.name.as_str()) {
+            return Err(format!("step {:?} appears twice", step.name));
+        }
+        let Some(n) = find(&step.node) else {
+            let known: Vec<&str> = nodes.iter().map(|n| n.title.as_str()).collect();
+            return Err(format!(
+                "step {:?}: {:?} is not a node of the system ({})",
+                step.name,
+                step.node,
+                known.join(", ")
+            ));
+        };
+        let node = &nodes[n];
+        let has = |op: &str| node.operations.iter().any(|o| o.name == op);
+        for op in std::iter::once(&step.operation).chain(&step.compensation) {
+            if !has(op) {
+                let known: Vec<&str> = node.operations.iter().map(|o| o.name.as_str()).collect();
+                return Err(format!(
+                    "step {:?}: {} has no operation {op:?} ({})",
+                    step.name,
+                    node.title,
+                    known.join(", ")
+                ));
+            }
+        }
+        let local = n == o;
+        steps.push(PlannedStep {
+            name: step.name.clone(),
+            node_type: node.node_type,
+            domain: node.domain.clone(),
+            service: node.service.clone(),
+            local,
+            operation: step.operation.clone(),
+            compensation: step.compensation.clone(),
+            depends_on: step.depends_on.clone(),
+            timeout_ms: step
+                .timeout_seconds
+                .map_or(STEP_TIMEOUT_MS, |s| u64::from(s) * 1000),
+            retries: step.retries.unwrap_or(if local { 0 } else { STEP_RETRIES }),
+        });
+    }
+    for step in &steps {
+        if let Some(dep) = step.depends_on.iter().find(|d| !names.contains(d.as_str())) {
+            return Err(format!(
+                "step {:?} depends on {dep:?}, which is not a step",
+                step.name
+            ));
+        }
+    }
+    // A DAG: place steps whose dependencies are placed until none is left.
+    let mut placed = BTreeSet::new();
+    while placed.len() < steps.len() {
+        let before = placed.len();
+        for step in &steps {
+            if step.depends_on.iter().all(|d| placed.contains(d.as_str())) {
+                placed.insert(step.name.as_str());
+            }
+        }
+        if placed.len() == before {
+            let circle: Vec<&str> = steps
+                .iter()
+                .map(|s| s.name.as_str())
+                .filter(|n| !placed.contains(n))
+                .collect();
+            return Err(format!(
+                "steps depend on each other in a circle: {}",
+                circle.join(", ")
+            ));
+        }
+    }
+    nodes[o].workflow = steps;
+    Ok(())
 }
 
 fn first_word(name: &str) -> &str {
@@ -238,6 +345,103 @@ mod tests {
                     None
                 ),
             ]
+        );
+    }
+
+    fn plan_with(spec: &crate::api::WorkflowSpec) -> Result<super::super::Plan, String> {
+        let md = "# Shop\n## Nodes\n### Stock Reservation\nType: effect\n- Reserve stock for the order\n- Release reserved stock\n### Price Check\nCalculates a price.\n- Calculate the price\n### Checkout Workflow\nCoordinates the checkout.\n- Receive a checkout request\n";
+        plan(
+            &parse(md).unwrap(),
+            &Overrides {
+                fallback_name: "x",
+                workflow: Some(spec),
+                ..Default::default()
+            },
+            None,
+        )
+        .map_err(|e| format!("{}: {e}", e.reason()))
+    }
+
+    fn step(
+        name: &str,
+        node: &str,
+        operation: &str,
+        deps: &[&str],
+    ) -> crate::api::WorkflowStepSpec {
+        crate::api::WorkflowStepSpec {
+            name: name.into(),
+            node: node.into(),
+            operation: operation.into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            timeout_seconds: Some(2),
+            retries: None,
+            compensation: None,
+        }
+    }
+
+    #[test]
+    fn the_spec_replaces_the_steps_and_is_checked() {
+        use crate::api::WorkflowSpec;
+        let spec = WorkflowSpec {
+            steps: vec![
+                step("price", "price_check", "calculate_price", &[]),
+                step(
+                    "reserve",
+                    "Stock Reservation",
+                    "reserve_stock_order",
+                    &["price"],
+                ),
+                step(
+                    "start",
+                    "Checkout Workflow",
+                    "receive_checkout_request",
+                    &["reserve"],
+                ),
+            ],
+        };
+        let p = plan_with(&spec).unwrap();
+        let steps = &p
+            .nodes
+            .iter()
+            .find(|n| !n.workflow.is_empty())
+            .unwrap()
+            .workflow;
+        let summary: Vec<(&str, bool, u64, u32)> = steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.local, s.timeout_ms, s.retries))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("price", false, 2000, 1),
+                ("reserve", false, 2000, 1),
+                ("start", true, 2000, 0)
+            ]
+        );
+
+        let mut bad = spec.clone();
+        bad.steps[1].operation = "sell_stock".into();
+        assert!(plan_with(&bad).unwrap_err().starts_with("InvalidWorkflow: spec.workflow: step \"reserve\": Stock Reservation has no operation \"sell_stock\""));
+        let mut bad = spec.clone();
+        bad.steps[0].node = "Warehouse".into();
+        assert!(
+            plan_with(&bad)
+                .unwrap_err()
+                .contains("\"Warehouse\" is not a node of the system")
+        );
+        let mut bad = spec.clone();
+        bad.steps[0].depends_on = vec!["start".into()];
+        assert!(
+            plan_with(&bad)
+                .unwrap_err()
+                .contains("in a circle: price, reserve, start")
+        );
+        let mut bad = spec;
+        bad.steps[2].depends_on = vec!["nope".into()];
+        assert!(
+            plan_with(&bad)
+                .unwrap_err()
+                .contains("depends on \"nope\", which is not a step")
         );
     }
 }

@@ -57,6 +57,10 @@ pub struct NodeGenerationSpec {
     /// they replace the generated defaults in the published code and the deployed node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handlers: Option<HandlersSource>,
+    /// The steps of the system's orchestrator, replacing the ones derived from the PRD (a
+    /// workflow template): for a PRD of several nodes with one orchestrator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowSpec>,
     /// Stop all work on this object while true.
     #[serde(default)]
     pub suspend: bool,
@@ -177,6 +181,41 @@ impl Default for IntelligenceSpec {
             timeout_seconds: default_timeout_seconds(),
         }
     }
+}
+
+/// An orchestrator's workflow, as the user wants it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowSpec {
+    #[schemars(length(min = 1, max = 32))]
+    pub steps: Vec<WorkflowStepSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowStepSpec {
+    /// Unique among the steps (`^[a-z][a-z0-9_]*$`).
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,62}$"))]
+    pub name: String,
+    /// The node that runs it: its heading in the PRD or its service name; the orchestrator
+    /// itself for one of its own operations.
+    pub node: String,
+    /// An operation of that node (as in `status.analysis.nodes[].operations`).
+    pub operation: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Per attempt (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<u32>,
+    /// Extra attempts after a timeout or a failed reply (default 1 for another node's step,
+    /// 0 for the orchestrator's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10))]
+    pub retries: Option<u32>,
+    /// The operation of the same node that undoes the step when a later one fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<String>,
 }
 
 /// The quality gate.

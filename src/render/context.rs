@@ -5,9 +5,7 @@
 
 use serde::Serialize;
 
-use crate::analysis::{
-    ExternalSystem, Performance, PlannedNode, PlannedStep, STEP_RETRIES, STEP_TIMEOUT_MS,
-};
+use crate::analysis::{ExternalSystem, Performance, PlannedNode, PlannedStep};
 use crate::api::NodeType;
 use crate::naming::{dns_label, pascal};
 
@@ -131,8 +129,8 @@ impl StepContext {
             command_topic: remote(command_topic(&step.domain, &step.service)),
             reply_topic: remote(terminal_topic(&step.domain, &step.service)),
             depends_on: step.depends_on.clone(),
-            timeout_ms: STEP_TIMEOUT_MS,
-            retry_count: if step.local { 0 } else { STEP_RETRIES },
+            timeout_ms: step.timeout_ms,
+            retry_count: step.retries,
             compensation_operation: step.compensation.clone(),
         }
     }
