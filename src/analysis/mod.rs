@@ -87,6 +87,17 @@ pub struct PlannedNode {
     pub performance: Performance,
     /// An orchestrator's steps over the nodes of its system (empty outside a system).
     pub workflow: Vec<PlannedStep>,
+    /// A reducer's sources: the nodes whose results it folds from their terminal topics (the
+    /// nodes it uses, when no workflow step brings their results to it).
+    pub aggregates: Vec<NodeRef>,
+}
+
+/// Another node of the same system.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeRef {
+    pub node_type: NodeType,
+    pub domain: String,
+    pub service: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -314,6 +325,7 @@ pub fn plan(
                 workflow::apply_workflow_spec(&mut nodes, spec)
                     .map_err(AnalysisError::InvalidWorkflow)?;
             }
+            workflow::plan_aggregates(&mut nodes, &g);
             Some(g)
         }
         _ if overrides.workflow.is_some() => {
@@ -469,6 +481,7 @@ fn build_node(
         mixins: mixins_for(node_type, index, lib, hints),
         performance: lib.patterns(node_type).performance.clone(),
         workflow: Vec::new(),
+        aggregates: Vec::new(),
     }
 }
 
@@ -493,6 +506,7 @@ fn component_node(component: &Component, domain: &str, lib: &Library) -> Planned
         mixins: mixins_for(class.node_type, &index, lib, None),
         performance: lib.patterns(class.node_type).performance.clone(),
         workflow: Vec::new(),
+        aggregates: Vec::new(),
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{PlannedNode, SystemGraph};
+use super::{NodeRef, PlannedNode, SystemGraph};
 use crate::api::{NodeType, WorkflowSpec};
 use crate::naming;
 
@@ -264,6 +264,36 @@ pub(super) fn apply_workflow_spec(
     }
     nodes[o].workflow = steps;
     Ok(())
+}
+
+/// A reducer that is no orchestrator's step folds the results of the nodes it uses, read from
+/// their terminal topics; one that is a step gets them from the workflow instead (both would
+/// fold each result twice).
+pub(super) fn plan_aggregates(nodes: &mut [PlannedNode], g: &SystemGraph) {
+    let stepped: BTreeSet<(String, NodeType)> = nodes
+        .iter()
+        .flat_map(|n| &n.workflow)
+        .filter(|s| !s.local)
+        .map(|s| (s.service.clone(), s.node_type))
+        .collect();
+    for r in 0..nodes.len() {
+        let node = &nodes[r];
+        if node.node_type != NodeType::Reducer
+            || stepped.contains(&(node.service.clone(), node.node_type))
+        {
+            continue;
+        }
+        let sources = g
+            .uses(r)
+            .filter_map(|u| nodes.get(u))
+            .map(|n| NodeRef {
+                node_type: n.node_type,
+                domain: n.domain.clone(),
+                service: n.service.clone(),
+            })
+            .collect();
+        nodes[r].aggregates = sources;
+    }
 }
 
 fn first_word(name: &str) -> &str {

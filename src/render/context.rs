@@ -55,6 +55,15 @@ pub struct NodeContext {
     pub performance: Performance,
     /// An orchestrator's steps over its system (empty outside a system).
     pub workflow: Vec<StepContext>,
+    /// A reducer's sources: the nodes whose results it folds, and their terminal topics.
+    pub aggregates: Vec<SourceContext>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct SourceContext {
+    /// The package of the node.
+    pub node: String,
+    pub topic: String,
 }
 
 #[derive(Serialize, Debug, Clone, Copy)]
@@ -199,10 +208,26 @@ impl NodeContext {
             dependencies: dependencies.to_vec(),
             introspection_topic: INTROSPECTION_TOPIC.to_string(),
             publish_topics: vec![publish_topic.clone()],
-            subscribe_topics: vec![command_topic(&node.domain, &node.service)],
+            // The command topic first (the runtime takes commands from it), then the results
+            // a reducer folds.
+            subscribe_topics: std::iter::once(command_topic(&node.domain, &node.service))
+                .chain(
+                    node.aggregates
+                        .iter()
+                        .map(|n| terminal_topic(&n.domain, &n.service)),
+                )
+                .collect(),
             terminal_event: publish_topic,
             performance: node.performance.clone(),
             workflow: node.workflow.iter().map(StepContext::new).collect(),
+            aggregates: node
+                .aggregates
+                .iter()
+                .map(|n| SourceContext {
+                    node: dir_name_of(&n.domain, &n.service, n.node_type),
+                    topic: terminal_topic(&n.domain, &n.service),
+                })
+                .collect(),
         }
     }
 }

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import examples_output
+from conftest import examples_output, generate
 from nodecheck import RunningNode, get, wait_for_event_bus
 
 SYSTEMS = ["fraud-detection", "order-fulfilment", "loan-origination"]
@@ -186,3 +186,64 @@ def test_a_stopped_sibling_times_out_and_completed_steps_are_compensated(
             f"{generation} without {stopped_step}: failed after {took:.1f} s; "
             f"{timed_out['attempts']} attempts timed out; compensated {compensated or 'nothing'}"
         )
+
+
+FED_REDUCER = """apiVersion: codegen.omninode.ai/v1alpha1
+kind: NodeGeneration
+metadata: {name: meter-usage}
+spec:
+  domain: energy
+  prd: |
+    # Meter Usage
+
+    ## Nodes
+
+    ### Reading Ingest
+    Type: effect
+    Stores each smart-meter reading in PostgreSQL.
+    - Store each meter reading in PostgreSQL
+    - Publish the stored reading
+
+    ### Usage Rollup
+    Aggregates the stored readings into daily usage per meter.
+    Uses: Reading Ingest
+    - Aggregate meter readings into daily usage totals
+    - Reset the daily totals at midnight
+"""
+
+
+def test_a_reducer_folds_the_results_of_the_nodes_it_uses(broker: str, tmp_path: Path) -> None:
+    """No orchestrator routes results to this reducer: it reads its source's terminal topic, and
+    folds each successful result once (a failed one is skipped)."""
+    from confluent_kafka import Producer
+
+    manifest = tmp_path / "meter-usage.yaml"
+    manifest.write_text(FED_REDUCER)
+    result = generate([manifest], tmp_path / "out")
+    assert result.returncode == 0, result.stdout + result.stderr
+    nodes = {p.name: p for p in (tmp_path / "out" / "meter-usage").glob("node_*") if p.is_dir()}
+    reducer = nodes["node_energy_usage_rollup_reducer"]
+    source = nodes["node_energy_reading_ingest_effect"]
+    contract = contract_of(reducer)
+    source_contract = contract_of(source)
+    assert contract["aggregates"] == [{"node": source.name, "topic": source_contract["terminal_event"]}]
+    operation = source_contract["handler_routing"]["handlers"][0]["operation"]
+    with running([source, reducer], broker) as procs:
+        producer = Producer({"bootstrap.servers": broker})
+        sent = [(operation, {"meter": "m-1", "kwh": 1.5}), (operation, {"meter": "m-2", "kwh": 2.0}), ("no_such_operation", {})]
+        for op, payload in sent:
+            correlation_id = str(uuid.uuid4())
+            envelope = {"envelope_id": str(uuid.uuid4()), "correlation_id": correlation_id,
+                        "payload": {"operation": op, "payload": payload}}
+            topic = source_contract["event_bus"]["subscribe_topics"][0]
+            producer.produce(topic, json.dumps(envelope).encode(), key=correlation_id.encode())
+        assert producer.flush(10) == 0
+        deadline = time.monotonic() + 30
+        while True:
+            events = get(procs[reducer.name].base + "/health/ready").json()["source_events"]
+            if events == {"folded": 2, "skipped": 1, "failed": 0} or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert events == {"folded": 2, "skipped": 1, "failed": 0}, events
+        assert requests_total(procs[reducer.name]) == 2
+        print(f"reducer folded {events['folded']} results of {source.name}, skipped {events['skipped']} failed one")

@@ -436,18 +436,29 @@ class EventBus:
         else:
             log_event(_logger, logging.DEBUG, "kafka_client_error", error=text)
 
-    def start_consumer(self, topic: str, on_message: MessageCallback) -> None:
+    def start_consumer(
+        self,
+        topic: str | list[str],
+        on_message: MessageCallback,
+        *,
+        group_suffix: str = "",
+    ) -> None:
         """Consume ``topic`` in a thread, handing each message to ``on_message``.
 
         Messages are processed one at a time, in order; ``on_message`` runs on
-        the node's event loop.
+        the node's event loop.  The node's commands use its group; other inputs
+        shared by its replicas (a reducer's sources) use the group plus
+        ``group_suffix``, in a consumer of their own.
         """
-        if self._clients is None or self._consumer_thread is not None:
+        if self._clients is None:
             return
+        if not group_suffix and self._consumer_thread is not None:
+            return
+        topics = [topic] if isinstance(topic, str) else list(topic)
         consumer = self._clients.consumer(
             self._config(
                 **{
-                    "group.id": self.group_id,
+                    "group.id": self.group_id + group_suffix,
                     "auto.offset.reset": "earliest",
                     # An offset is stored once its message is processed; stored
                     # offsets are committed every second, on a rebalance and on
@@ -476,15 +487,23 @@ class EventBus:
         def on_revoke(_consumer: object, _partitions: list[Any]) -> None:
             self.assigned = []
 
-        consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+        if group_suffix:
+            # Only the command consumer's partitions are reported in health.
+            consumer.subscribe(topics)
+        else:
+            consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
         loop = asyncio.get_running_loop()
-        self._consumer_thread = threading.Thread(
+        thread = threading.Thread(
             target=self._consume,
             args=(consumer, on_message, loop),
-            name="omninode-consumer",
+            name=f"omninode-consumer{group_suffix}",
             daemon=True,
         )
-        self._consumer_thread.start()
+        if group_suffix:
+            self._listeners.append(thread)
+        else:
+            self._consumer_thread = thread
+        thread.start()
 
     def _consume(
         self,

@@ -261,6 +261,13 @@ def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
     return []
 
 
+class ModelAggregateSource(_ContractPart):
+    """A node whose results a reducer folds, and the topic they arrive on."""
+
+    node: str = Field(min_length=1)
+    topic: str = Field(min_length=1)
+
+
 class ModelContract(_ContractPart):
     """A parsed ``contract.yaml`` (the subset the runtime acts on)."""
 
@@ -281,6 +288,7 @@ class ModelContract(_ContractPart):
     performance: dict[str, float] = Field(default_factory=dict)
     runtime: ModelRuntimeRequirement = Field(default_factory=ModelRuntimeRequirement)
     workflow_coordination: ModelWorkflowCoordination | None = None
+    aggregates: list[ModelAggregateSource] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _local_steps_are_routed(self) -> "ModelContract":

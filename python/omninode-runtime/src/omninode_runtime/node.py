@@ -11,6 +11,7 @@ orchestrators run a workflow of steps.
 import asyncio
 import importlib
 import inspect
+import json
 import logging
 import sys
 import time
@@ -742,15 +743,77 @@ class NodeCompute(NodeRuntime):
 
 
 class NodeReducer(NodeRuntime):
-    """Folds requests into a bounded, windowed ``ReducerState``."""
+    """Folds requests into a bounded, windowed ``ReducerState``.
+
+    In a system, a reducer also folds the results of the nodes its contract
+    lists under ``aggregates``: each successful result on a source's terminal
+    topic becomes a request for its first operation.  Replicas share the
+    sources in one consumer group, so each result is folded once.
+    """
 
     kind = EnumNodeKind.REDUCER
 
+    def __init__(
+        self,
+        settings: ModelNodeSettings | None = None,
+        *,
+        kafka_clients: KafkaClients | None = None,
+    ) -> None:
+        """Create the node with nothing folded from its sources yet."""
+        super().__init__(settings, kafka_clients=kafka_clients)
+        self.source_events = {"folded": 0, "skipped": 0, "failed": 0}
+
+    def _bus_wanted(self) -> bool:
+        return super()._bus_wanted() or bool(self.contract.aggregates)
+
+    def _bus_topics(self) -> dict[str, int]:
+        """Also the sources' terminal topics, so they exist before a source runs."""
+        topics = super()._bus_topics()
+        for source in self.contract.aggregates:
+            topics.setdefault(source.topic, 1)
+        return topics
+
+    def _on_bus_connected(self) -> None:
+        super()._on_bus_connected()
+        topics = sorted({source.topic for source in self.contract.aggregates})
+        if topics:
+            self.bus.start_consumer(
+                topics, self._on_source_result, group_suffix="-aggregates"
+            )
+
+    async def _on_source_result(self, raw: bytes) -> None:
+        """Fold one source's result under an id derived from its envelope, so a
+        redelivered result is the same request (replays stay idempotent)."""
+        try:
+            envelope: object = json.loads(raw)
+        except ValueError:
+            envelope = None
+        body = envelope.get("payload") if isinstance(envelope, dict) else None
+        if not isinstance(envelope, dict) or not isinstance(body, dict):
+            self.source_events["skipped"] += 1
+            return
+        if body.get("success") is not True:
+            self.source_events["skipped"] += 1
+            return
+        key = str(envelope.get("envelope_id") or envelope.get("correlation_id"))
+        request: dict[str, JsonValue] = {
+            "operation": self.contract.operations[0],
+            "correlation_id": str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"{self.node_name}/{key}")
+            ),
+            "payload": {"event": body, "source": envelope.get("source_tool")},
+        }
+        status, _ = await self._process_json(request, from_bus=True)
+        self.source_events["folded" if status == 200 else "failed"] += 1
+
     def _kind_health(self) -> dict[str, JsonValue]:
-        return {
+        health: dict[str, JsonValue] = {
             "reductions": self.state.reductions,
             "window_events": self.state.window_events,
         }
+        if self.contract.aggregates:
+            health["source_events"] = dict(self.source_events)
+        return health
 
 
 @dataclass
