@@ -1084,6 +1084,30 @@ fn metrics_pass_promtool(c: &Cluster) -> Outcome {
         "    promtool check metrics: clean ({} lines)",
         metrics.lines().count()
     );
+    // Every series the chart's alert rules read is really exposed.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("charts/omninode-operator/rules/omninode-alerts.yaml"),
+    )
+    .map_err(|e| e.to_string())?;
+    let used: BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("omninode_") && w.len() > "omninode_".len())
+        .collect();
+    let exposed: BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&&str> = used.iter().filter(|m| !exposed.contains(**m)).collect();
+    ensure!(
+        missing.is_empty(),
+        "the alert rules read series the operator does not expose: {missing:?}"
+    );
+    println!(
+        "    the {} series the alert rules read are all exposed",
+        used.len()
+    );
     Ok(())
 }
 

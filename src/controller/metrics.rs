@@ -29,11 +29,30 @@ pub struct ControllerLabel {
     pub controller: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `succeeded` or `failed`
+    pub outcome: String,
+    /// The `Ready` reason (CamelCase, a closed set the operator writes).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeTypeLabel {
+    pub node_type: String,
+}
+
 #[derive(Clone)]
 pub struct ControllerMetrics {
     pub reconciles: Family<ReconcileLabels, Counter>,
     pub reconcile_seconds: Family<ControllerLabel, Histogram>,
     pub api_requests: Family<ApiLabels, Counter>,
+    /// NodeGenerations settled, counted when their `Ready` condition changes.
+    pub generations: Family<OutcomeLabels, Counter>,
+    /// How long analysis, rendering and the quality gate took for one generation.
+    pub generation_seconds: Histogram,
+    /// The overall quality score of every node generated.
+    pub node_quality: Family<NodeTypeLabel, Histogram>,
 }
 
 impl Default for ControllerMetrics {
@@ -46,6 +65,13 @@ impl Default for ControllerMetrics {
                 ])
             }),
             api_requests: Family::default(),
+            generations: Family::default(),
+            generation_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            node_quality: Family::new_with_constructor(|| {
+                Histogram::new([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0])
+            }),
         }
     }
 }
@@ -68,6 +94,31 @@ impl ControllerMetrics {
             "Requests sent to the Kubernetes API server by verb and resource",
             self.api_requests.clone(),
         );
+        r.register(
+            "generations",
+            "NodeGenerations settled, by outcome and Ready reason",
+            self.generations.clone(),
+        );
+        r.register(
+            "generation_duration_seconds",
+            "Analysis, rendering and quality gate of one generation",
+            self.generation_seconds.clone(),
+        );
+        r.register(
+            "node_quality_score",
+            "Overall quality score of each generated node, by node type",
+            self.node_quality.clone(),
+        );
+    }
+
+    /// A generation settled: `Ready` became `ready` with `reason`.
+    pub fn settled(&self, ready: bool, reason: &str) {
+        self.generations
+            .get_or_create(&OutcomeLabels {
+                outcome: if ready { "succeeded" } else { "failed" }.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn observe(&self, controller: &str, ok: bool, took: Duration) {

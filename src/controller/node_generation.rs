@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use super::metrics::NodeTypeLabel;
 use super::{
     Context, Error, apply_params, apply_status, delete_ignoring_missing, git_output, ready_event,
 };
@@ -255,6 +256,7 @@ async fn generate_and_publish(
         generation,
         session: ng.uid().unwrap_or_else(|| name.to_string()),
     };
+    let started = std::time::Instant::now();
     let outcome = match codegen::run(
         &ctx.renderer,
         &identity,
@@ -264,7 +266,20 @@ async fn generate_and_publish(
     )
     .await
     {
-        Ok(o) => o,
+        Ok(o) => {
+            ctx.metrics
+                .generation_seconds
+                .observe(started.elapsed().as_secs_f64());
+            for node in &o.nodes {
+                ctx.metrics
+                    .node_quality
+                    .get_or_create(&NodeTypeLabel {
+                        node_type: node.planned.node_type.as_str().to_string(),
+                    })
+                    .observe(node.report.overall);
+            }
+            o
+        }
         // `intelligence.mode: Required` and the service did not answer: try again later; with
         // no broker configured at all, only a restart or a spec change can help.
         Err(rejected) => {
@@ -832,14 +847,13 @@ async fn write_status(
     }
     apply_status(ctx, ng, &next).await?;
 
-    ready_event(
-        ctx,
-        &ng.object_ref(&()),
-        status::get(&current.conditions, READY),
-        ready.as_ref(),
-        |_| true,
-    )
-    .await;
+    let before = status::get(&current.conditions, READY);
+    if let Some(now) = ready.as_ref()
+        && before.is_none_or(|b| (&b.status, &b.reason) != (&now.status, &now.reason))
+    {
+        ctx.metrics.settled(now.is_true(), &now.reason);
+    }
+    ready_event(ctx, &ng.object_ref(&()), before, ready.as_ref(), |_| true).await;
     Ok(())
 }
 

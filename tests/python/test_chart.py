@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 from typing import Any
 
@@ -94,6 +96,7 @@ def test_optional_objects_follow_their_switches() -> None:
     default = kinds(render())
     assert "PodDisruptionBudget" not in default
     assert "ServiceMonitor" not in default and "NetworkPolicy" not in default
+    assert "PrometheusRule" not in default
     assert [r["kind"] for r in default["ClusterRole"]] == ["ClusterRole"]
     assert not any(r["metadata"]["name"].endswith("leader-election") for r in default.get("Role", []))
     env = {e["name"]: e.get("value") for e in default["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -102,6 +105,10 @@ def test_optional_objects_follow_their_switches() -> None:
     full = kinds(render(ALL_FEATURES))
     assert full["PodDisruptionBudget"][0]["spec"]["minAvailable"] == 2
     assert full["ServiceMonitor"] and full["NetworkPolicy"]
+    rule = full["PrometheusRule"][0]
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    shipped = yaml.safe_load((CHART / "rules" / "omninode-alerts.yaml").read_text())
+    assert rule["spec"]["groups"] == shipped["groups"], "the PrometheusRule is not the tested rule file"
     assert "ClusterRole" not in full
     roles = {r["metadata"]["name"]: r for r in full["Role"]}
     assert roles["omninode-operator"]["metadata"]["namespace"] == "team-a"
@@ -159,3 +166,24 @@ def test_every_value_is_documented_in_the_chart_readme() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [k for k in leaf_keys(values) if f"| `{k}` |" not in readme]
     assert not missing, f"values missing from the README table: {missing}"
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    """Every alert of the chart's PrometheusRule, firing and not firing (promtool test rules)."""
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not promtool:
+        if os.environ.get("CI"):
+            pytest.fail("PROMTOOL is not set; scripts/test-all.sh installs it")
+        pytest.skip("no promtool: set PROMTOOL (scripts/test-all.sh installs Debian's prometheus)")
+    rules = CHART / "rules"
+    for args in (["check", "rules", "omninode-alerts.yaml"], ["test", "rules", "omninode-alerts.test.yaml"]):
+        result = subprocess.run([promtool, *args], cwd=rules, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+    alerts = [r["alert"] for g in yaml.safe_load((rules / "omninode-alerts.yaml").read_text())["groups"] for r in g["rules"]]
+    tests = (rules / "omninode-alerts.test.yaml").read_text()
+    for alert in alerts:
+        # Each alert is tested firing (an expected alert) and not firing (exp_alerts: []).
+        blocks = tests.split(f"alertname: {alert}\n")[1:]
+        assert any("exp_alerts: []" in b.split("alertname:")[0] for b in blocks), f"{alert}: no not-firing case"
+        assert any("exp_labels:" in b.split("alertname:")[0] for b in blocks), f"{alert}: no firing case"
+    print(f"promtool: {len(alerts)} alerts, each tested firing and not firing")
