@@ -588,6 +588,33 @@ mod tests {
         );
     }
 
+    /// Store `node` in the fake API server, reconcile it, check that no Deployment was
+    /// applied, and return the `Ready` condition it was given instead.
+    async fn reconciled_without_deployment(
+        fake: &FakeApi,
+        ctx: &Arc<Context>,
+        node: &GeneratedNode,
+    ) -> Condition {
+        fake.put(
+            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
+            serde_json::to_value(node).unwrap(),
+        );
+        reconcile(Arc::new(node.clone()), ctx.clone())
+            .await
+            .unwrap();
+        let writes = fake.writes();
+        assert!(!deployed(fake), "{writes:#?}");
+        let status: GeneratedNodeStatus =
+            serde_json::from_value(writes[0].body["status"].clone()).unwrap();
+        status::get(&status.conditions, READY).unwrap().clone()
+    }
+
+    fn deployed(fake: &FakeApi) -> bool {
+        fake.writes()
+            .iter()
+            .any(|w| w.path().contains("deployments"))
+    }
+
     #[tokio::test]
     async fn a_runtime_range_the_node_image_misses_is_a_reason_not_a_deployment() {
         let fake = FakeApi::default();
@@ -595,21 +622,7 @@ mod tests {
         hand_written_code(&fake);
         let mut node = gn();
         node.spec.runtime = Some(">=9.0.0,<10.0.0".into());
-        fake.put(
-            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
-            serde_json::to_value(&node).unwrap(),
-        );
-        reconcile(Arc::new(node.clone()), ctx.clone())
-            .await
-            .unwrap();
-        let writes = fake.writes();
-        assert!(
-            !writes.iter().any(|w| w.path().contains("deployments")),
-            "{writes:#?}"
-        );
-        let status: GeneratedNodeStatus =
-            serde_json::from_value(writes[0].body["status"].clone()).unwrap();
-        let ready = status::get(&status.conditions, READY).unwrap();
+        let ready = reconciled_without_deployment(&fake, &ctx, &node).await;
         assert_eq!(ready.reason, "RuntimeVersionUnsupported");
         assert!(
             ready.message.contains(">=9.0.0,<10.0.0"),
@@ -621,13 +634,7 @@ mod tests {
         node.spec.deploy.image = Some("registry.example/custom:1".into());
         fake.clear();
         reconcile(Arc::new(node), ctx).await.unwrap();
-        assert!(
-            fake.writes()
-                .iter()
-                .any(|w| w.path().contains("deployments")),
-            "{:#?}",
-            fake.writes()
-        );
+        assert!(deployed(&fake), "{:#?}", fake.writes());
     }
 
     #[tokio::test]
@@ -637,21 +644,7 @@ mod tests {
         hand_written_code(&fake);
         let mut node = gn();
         node.spec.depends_on = vec!["store-effect".into()];
-        fake.put(
-            "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
-            serde_json::to_value(&node).unwrap(),
-        );
-        reconcile(Arc::new(node.clone()), ctx.clone())
-            .await
-            .unwrap();
-        let writes = fake.writes();
-        assert!(
-            !writes.iter().any(|w| w.path().contains("deployments")),
-            "{writes:#?}"
-        );
-        let status: GeneratedNodeStatus =
-            serde_json::from_value(writes[0].body["status"].clone()).unwrap();
-        let ready = status::get(&status.conditions, READY).unwrap();
+        let ready = reconciled_without_deployment(&fake, &ctx, &node).await;
         assert_eq!(
             (ready.reason.as_str(), ready.message.as_str()),
             (
@@ -682,12 +675,6 @@ mod tests {
         );
         fake.clear();
         reconcile(Arc::new(node), ctx).await.unwrap();
-        assert!(
-            fake.writes()
-                .iter()
-                .any(|w| w.path().contains("deployments")),
-            "{:#?}",
-            fake.writes()
-        );
+        assert!(deployed(&fake), "{:#?}", fake.writes());
     }
 }
