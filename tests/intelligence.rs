@@ -329,7 +329,7 @@ async fn generate_uses_the_service_and_falls_back_without_it() {
 /// The live omniintelligence serves only code analysis: every node is still scored by it, and
 /// the unanswered codegen family costs one analyze timeout for the whole run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_code_analysis_only_service_scores_every_node_of_the_nine_examples() {
+async fn a_code_analysis_only_service_scores_every_node_of_the_examples() {
     let Some(bin) = tansu_bin() else { return };
     let broker = Broker::start(&bin, free_port());
     let s = broker.servers();
@@ -339,10 +339,13 @@ async fn a_code_analysis_only_service_scores_every_node_of_the_nine_examples() {
     let tmp = tempfile::tempdir().unwrap();
     let examples = all_examples();
     let names: Vec<&str> = examples.iter().map(String::as_str).collect();
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert!(names.len() >= 9, "{names:?}");
 
     let (docs, took) = generate_examples(&s, "live.", tmp.path(), &names, &[]);
-    println!("nine examples against a code-analysis-only service in {took:?}");
+    println!(
+        "{} examples against a code-analysis-only service in {took:?}",
+        names.len()
+    );
     let mut nodes = 0;
     for doc in &docs {
         let name = &doc["metadata"]["name"];
@@ -380,14 +383,14 @@ async fn a_code_analysis_only_service_scores_every_node_of_the_nine_examples() {
 /// Nothing listens at the bootstrap address: every generation goes straight to the built-in
 /// library, without a timeout per generation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_broker_costs_the_nine_examples_seconds_not_minutes() {
+async fn an_unreachable_broker_costs_the_examples_seconds_not_minutes() {
     let servers = format!("127.0.0.1:{}", free_port());
     let tmp = tempfile::tempdir().unwrap();
     let examples = all_examples();
     let names: Vec<&str> = examples.iter().map(String::as_str).collect();
     let (docs, took) = generate_examples(&servers, "dead.", tmp.path(), &names, &[]);
-    println!("nine examples with no broker in {took:?}");
-    assert_eq!(docs.len(), 9);
+    println!("{} examples with no broker in {took:?}", names.len());
+    assert_eq!(docs.len(), names.len());
     for doc in &docs {
         assert_eq!(condition(doc, "Ready")["status"], "True");
         assert_eq!(doc["status"]["analysis"]["source"], "builtin");
@@ -415,7 +418,10 @@ async fn a_broker_stopped_mid_run_sends_the_rest_to_the_fallback() {
     });
     let (docs, took) = generate_examples(&s, "midrun.", tmp.path(), &names, &[]);
     killer.join().unwrap();
-    println!("nine examples, broker stopped after 2.5 s, in {took:?}");
+    println!(
+        "{} examples, broker stopped after 2.5 s, in {took:?}",
+        names.len()
+    );
     let sources: Vec<&str> = docs
         .iter()
         .map(|d| d["status"]["analysis"]["source"].as_str().unwrap_or("?"))
