@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """A real Kafka broker on loopback with the introspection topic created."""
+    with tansu_broker() as servers:
+        yield servers
+
+
+@contextmanager
+def tansu_broker() -> Iterator[str]:
+    """Start tansu on a free loopback port (skips, or fails under CI, when it is not installed)."""
     tansu = os.environ.get("TANSU_BIN") or shutil.which("tansu")
     if not tansu:
         if os.environ.get("CI"):

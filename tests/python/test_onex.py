@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -160,16 +161,47 @@ def run_node(onex_python: Path, site: Path, broker: str, node: str, data: dict[s
     return answer
 
 
+@contextmanager
+def siblings_of(node_dir: Path, broker: str) -> Iterator[list[RunningNode]]:
+    """An orchestrator's workflow runs on the other nodes of its system: those, on the broker
+    (each in a consumer group of its own, as `serving` says why); nothing for other nodes."""
+    contract = yaml.safe_load((node_dir / package_of(node_dir) / "contract.yaml").read_text())
+    others = sorted(p for p in node_dir.parent.glob("node_*") if p.is_dir() and p != node_dir)
+    started: list[RunningNode] = []
+    try:
+        for sibling in others if contract.get("workflow_coordination") else []:
+            group = f"onex-test-{uuid.uuid4()}"
+            args = ["--kafka-servers", broker, "--log-level", "WARNING", "--consumer-group", group]
+            started.append(RunningNode(sibling, args))
+        for node in started:
+            wait_for_event_bus(node.base, "connected", 15)
+            deadline = time.monotonic() + 60
+            while not assigned(node):
+                assert time.monotonic() < deadline, "no command partitions assigned"
+                time.sleep(0.3)
+        yield started
+    finally:
+        for node in started:
+            node.__exit__()
+
+
 def test_onex_run_node_calls_the_node(
     example_node: Path, serving: RunningNode, broker: str, onex_python: Path, installed_nodes: Path
 ) -> None:
     """`onex run-node` finds the node by its `onex.nodes` entry point, sends the input on its command
     topic and prints the node's result from its terminal topic; an invalid input comes back as a
-    failure result, not a timeout."""
+    failure result, not a timeout. An orchestrator of a system runs its workflow on its siblings."""
     contract = yaml.safe_load((example_node / package_of(example_node) / "contract.yaml").read_text())
     operation = contract["handler_routing"]["handlers"][0]["operation"]
     name = package_of(example_node)
-    answer = run_node(onex_python, installed_nodes, broker, name, {"operation": operation, "payload": {"id": "onex-1", "amount": 3}})
+    with siblings_of(example_node, broker) as siblings:
+        answer = run_node(onex_python, installed_nodes, broker, name, {"operation": operation, "payload": {"id": "onex-1", "amount": 3}})
     assert answer["success"] is True and answer["operation"] == operation, answer
+    if siblings:
+        steps = answer["result"]["steps"]  # type: ignore[index]
+        assert all(step["status"] == "completed" for step in steps), steps
+        ran_on = {step["node"] for step in steps}
+        assert {s.proc.args[2] for s in siblings} <= ran_on, ran_on  # type: ignore[index]
+        print(f"onex run-node {name}: {len(steps)} steps completed on {sorted(ran_on)}")
     failed = run_node(onex_python, installed_nodes, broker, name, {"operation": "no_such_operation"})
     assert failed["success"] is False and failed.get("error"), failed

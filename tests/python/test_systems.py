@@ -20,10 +20,18 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import examples_output, generate
+from conftest import examples_output, generate, tansu_broker
 from nodecheck import RunningNode, get, wait_for_event_bus
 
 SYSTEMS = ["fraud-detection", "order-fulfilment", "loan-origination"]
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    """A broker of this module's own: the tests count the requests each sibling serves, and other
+    modules leave commands on the siblings' topics (`onex run-node` of the orchestrators)."""
+    with tansu_broker() as servers:
+        yield servers
 # Longest a workflow may take here: its own timeout (30 s) and some.
 RESULT_DEADLINE_S = 45.0
 
