@@ -161,9 +161,7 @@ impl Outcome {
         status.node_count = self.plan.as_ref().map(|p| p.nodes.len() as i32);
         status.quality = self.nodes.iter().map(|n| n.report.overall).reduce(f64::min);
     }
-}
 
-impl Outcome {
     /// The system's nodes in rollout order, each `Generated` (the controller fills in the
     /// GeneratedNodes' states).
     fn system_status(&self) -> Option<SystemStatus> {

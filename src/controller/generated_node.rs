@@ -100,12 +100,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     if let Some(message) = runtime_refusal(&gn.spec, &ctx.defaults) {
         // Pods already running (on an earlier image) are left alone: they still work.
         let reason = "RuntimeVersionUnsupported";
-        let conditions = vec![
-            Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
-            Condition::new(PROGRESSING, ConditionStatus::False, reason, message.clone()),
-            Condition::new(READY, ConditionStatus::False, reason, message),
-        ];
-        write_status(gn, ctx, conditions, None).await?;
+        write_status(gn, ctx, not_running(reason, message), None).await?;
         return Ok(Action::await_change());
     }
 
@@ -115,12 +110,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     if !waiting.is_empty() && ctx.caches.deployments.get(&key).is_none() {
         let reason = "WaitingForDependencies";
         let message = format!("waiting for {} to be Ready", waiting.join(", "));
-        let conditions = vec![
-            Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
-            Condition::new(PROGRESSING, ConditionStatus::False, reason, message.clone()),
-            Condition::new(READY, ConditionStatus::False, reason, message),
-        ];
-        write_status(gn, ctx, conditions, None).await?;
+        write_status(gn, ctx, not_running(reason, message), None).await?;
         // A dependency's status change triggers this reconcile (see `dependents`).
         return Ok(Action::await_change());
     }
@@ -128,12 +118,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     let code = match source(gn, ctx, &ns).await? {
         Source::Ready(code) => code,
         Source::Missing { reason, message } => {
-            let conditions = vec![
-                Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
-                Condition::new(PROGRESSING, ConditionStatus::False, reason, message.clone()),
-                Condition::new(READY, ConditionStatus::False, reason, message),
-            ];
-            write_status(gn, ctx, conditions, None).await?;
+            write_status(gn, ctx, not_running(reason, message), None).await?;
             // The code may still be on its way (published just after this node was created).
             return Ok(Action::requeue(Duration::from_secs(15)));
         }
@@ -178,6 +163,15 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     let (conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
     write_status(gn, ctx, conditions, Some(ready_replicas)).await?;
     Ok(Action::requeue(ctx.resync))
+}
+
+/// The conditions of a node that gets no Deployment (yet): all three False, for one reason.
+fn not_running(reason: &str, message: String) -> Vec<Condition> {
+    vec![
+        Condition::new(AVAILABLE, ConditionStatus::False, reason, message.clone()),
+        Condition::new(PROGRESSING, ConditionStatus::False, reason, message.clone()),
+        Condition::new(READY, ConditionStatus::False, reason, message),
+    ]
 }
 
 /// The GeneratedNodes of `spec.dependsOn` that are not Ready (missing ones included).

@@ -130,6 +130,15 @@ def assigned(node: RunningNode) -> list[int]:
     return list(stats.get("assigned_partitions") or [])
 
 
+def wait_until_assigned(node: RunningNode) -> None:
+    """Until the node is on the bus with command partitions of its own."""
+    wait_for_event_bus(node.base, "connected", 15)
+    deadline = time.monotonic() + 60
+    while not assigned(node):
+        assert time.monotonic() < deadline, "no command partitions assigned"
+        time.sleep(0.3)
+
+
 @pytest.fixture
 def serving(example_node: Path, broker: str) -> Iterator[RunningNode]:
     """The node on the broker, with its command partitions assigned. A consumer group of its own:
@@ -138,11 +147,7 @@ def serving(example_node: Path, broker: str) -> Iterator[RunningNode]:
     group = f"onex-test-{uuid.uuid4()}"
     args = ["--kafka-servers", broker, "--log-level", "WARNING", "--consumer-group", group]
     with RunningNode(example_node, args) as node:
-        wait_for_event_bus(node.base, "connected", 15)
-        deadline = time.monotonic() + 60
-        while not assigned(node):
-            assert time.monotonic() < deadline, "no command partitions assigned"
-            time.sleep(0.3)
+        wait_until_assigned(node)
         yield node
         code, _, out = node.stop()
         assert code == 0, out
@@ -174,11 +179,7 @@ def siblings_of(node_dir: Path, broker: str) -> Iterator[list[RunningNode]]:
             args = ["--kafka-servers", broker, "--log-level", "WARNING", "--consumer-group", group]
             started.append(RunningNode(sibling, args))
         for node in started:
-            wait_for_event_bus(node.base, "connected", 15)
-            deadline = time.monotonic() + 60
-            while not assigned(node):
-                assert time.monotonic() < deadline, "no command partitions assigned"
-                time.sleep(0.3)
+            wait_until_assigned(node)
         yield started
     finally:
         for node in started:
