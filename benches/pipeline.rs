@@ -44,6 +44,7 @@ fn code_config_map_bytes(node: &omninode_operator::render::RenderedNode) -> usiz
         Some("bench"),
         Default::default(),
         node,
+        None,
     )
     .unwrap();
     serde_json::to_vec(&cm).unwrap().len()
@@ -131,7 +132,7 @@ fn main() {
         for node in &p.nodes {
             let t1 = Instant::now();
             let rendered = renderer
-                .render(node, "bench", &p.external_systems, &p.dependencies)
+                .render(node, "bench", &p.external_systems, &p.dependencies, None)
                 .unwrap();
             let t2 = Instant::now();
             let report = score(&rendered, thresholds);

@@ -41,23 +41,30 @@ pub enum Code {
     /// and laid out by the runtime at start-up (`omninode_runtime.launch`), so the pod template
     /// (copied into every ReplicaSet and Pod) carries no per-file list.
     ConfigMap { name: String },
-    /// A directory of a Git revision, fetched by an init container into an emptyDir.
+    /// A directory of a Git revision, fetched by an init container into an emptyDir, with the
+    /// package directory `shared_path` of the same revision beside it when set.
     Git {
         repository: String,
         revision: String,
         path: String,
+        shared_path: Option<String>,
     },
 }
 
 /// What the fetch init container runs: a shallow fetch of exactly the revision, and the node's
-/// directory of it unpacked (modes kept) where the node container mounts its code.
+/// directory of it unpacked (modes kept) where the node container mounts its code, with the
+/// shared package (when there is one) as a package directory beside the node's.
 const FETCH_SCRIPT: &str = r#"set -eu
-rm -rf /tmp/src.git
-git init -q --bare /tmp/src.git
-git --git-dir=/tmp/src.git fetch -q --depth=1 "$REPOSITORY" "$REVISION"
-git --git-dir=/tmp/src.git archive --format=tar "FETCH_HEAD:$SOURCE_PATH" | tar -x -C "$CODE_DIR"
-echo "fetched $SOURCE_PATH of $REPOSITORY at $(git --git-dir=/tmp/src.git rev-parse FETCH_HEAD) ($REVISION)"
-rm -rf /tmp/src.git
+rm -rf "$HOME/src.git"
+git init -q --bare "$HOME/src.git"
+git --git-dir="$HOME/src.git" fetch -q --depth=1 "$REPOSITORY" "$REVISION"
+git --git-dir="$HOME/src.git" archive --format=tar "FETCH_HEAD:$SOURCE_PATH" | tar -x -C "$CODE_DIR"
+if [ -n "${SHARED_PATH:-}" ]; then
+  mkdir -p "$CODE_DIR/${SHARED_PATH##*/}"
+  git --git-dir="$HOME/src.git" archive --format=tar "FETCH_HEAD:$SHARED_PATH" | tar -x -C "$CODE_DIR/${SHARED_PATH##*/}"
+fi
+echo "fetched $SOURCE_PATH of $REPOSITORY at $(git --git-dir="$HOME/src.git" rev-parse FETCH_HEAD) ($REVISION)"
+rm -rf "$HOME/src.git"
 "#;
 
 /// CPU and memory requests and a memory limit (no CPU limit: throttling hurts probes).
@@ -101,19 +108,31 @@ fn env(name: &str, value: &str) -> EnvVar {
 }
 
 /// The init container that puts a Git revision's node directory into the code volume.
-fn fetch_container(image: &str, repository: &str, revision: &str, path: &str) -> Container {
+fn fetch_container(
+    image: &str,
+    repository: &str,
+    revision: &str,
+    path: &str,
+    shared_path: Option<&str>,
+) -> Container {
+    let mut vars = vec![
+        env("REPOSITORY", repository),
+        env("REVISION", revision),
+        env("SOURCE_PATH", path.trim_matches('/')),
+    ];
+    if let Some(shared) = shared_path {
+        vars.push(env("SHARED_PATH", shared.trim_matches('/')));
+    }
+    vars.extend([
+        env("CODE_DIR", CODE_DIR),
+        env("HOME", "/tmp"),
+        env("GIT_TERMINAL_PROMPT", "0"),
+    ]);
     Container {
         name: "fetch-code".into(),
         image: Some(image.to_string()),
         command: Some(vec!["sh".into(), "-c".into(), FETCH_SCRIPT.into()]),
-        env: Some(vec![
-            env("REPOSITORY", repository),
-            env("REVISION", revision),
-            env("SOURCE_PATH", path.trim_matches('/')),
-            env("CODE_DIR", CODE_DIR),
-            env("HOME", "/tmp"),
-            env("GIT_TERMINAL_PROMPT", "0"),
-        ]),
+        env: Some(vars),
         resources: Some(resources("10m", "32Mi", "128Mi")),
         security_context: Some(restricted_container_context()),
         // The fetcher writes the code volume; the node only reads it.
@@ -299,6 +318,7 @@ pub fn deployment(
             repository,
             revision,
             path,
+            shared_path,
         } => (
             Volume {
                 name: "code".into(),
@@ -310,6 +330,7 @@ pub fn deployment(
                 &repository,
                 &revision,
                 &path,
+                shared_path.as_deref(),
             )]),
         ),
     };
@@ -473,6 +494,7 @@ mod tests {
                     repository: "https://git.example/nodes.git".into(),
                     revision: revision.into(),
                     path: "/clusters/dev/ns/g/nodes/n/".into(),
+                    shared_path: None,
                 },
                 child_labels(&gn),
                 &defaults(),
@@ -497,6 +519,53 @@ mod tests {
         assert_ne!(
             d.spec.unwrap().template,
             git("omninode/n/def").spec.unwrap().template
+        );
+    }
+
+    /// The init container's script, run by `sh` against a real Git repository: the node's
+    /// directory and the shared package end up side by side in the code directory.
+    #[test]
+    fn the_fetch_script_puts_the_node_and_its_shared_package_side_by_side() {
+        let work = tempfile::tempdir().unwrap();
+        let repo = work.path().join("repo");
+        let code = work.path().join("code");
+        std::fs::create_dir_all(repo.join("g/nodes/n/pkg")).unwrap();
+        std::fs::create_dir_all(repo.join("g/shared/sys_shared/sys_shared")).unwrap();
+        std::fs::create_dir_all(&code).unwrap();
+        std::fs::write(repo.join("g/nodes/n/pkg/__main__.py"), "print(1)\n").unwrap();
+        std::fs::write(repo.join("g/nodes/n/pyproject.toml"), "node\n").unwrap();
+        std::fs::write(repo.join("g/shared/sys_shared/pyproject.toml"), "shared\n").unwrap();
+        std::fs::write(repo.join("g/shared/sys_shared/sys_shared/__init__.py"), "").unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+                .arg(&repo)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "x"]);
+        git(&["tag", "omninode/n/abc"]);
+        let out = std::process::Command::new("sh")
+            .args(["-c", FETCH_SCRIPT])
+            .env("REPOSITORY", &repo)
+            .env("REVISION", "omninode/n/abc")
+            .env("SOURCE_PATH", "g/nodes/n")
+            .env("SHARED_PATH", "g/shared/sys_shared/sys_shared")
+            .env("CODE_DIR", &code)
+            .env("HOME", work.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(code.join("pkg/__main__.py").is_file());
+        assert!(code.join("sys_shared/__init__.py").is_file());
+        // The node's packaging, not the shared distribution's.
+        assert_eq!(
+            std::fs::read_to_string(code.join("pyproject.toml")).unwrap(),
+            "node\n"
         );
     }
 

@@ -12,7 +12,7 @@ use crate::intelligence::IntelligenceClient;
 use crate::manifest::{self, Entry, Rejected};
 use crate::pipeline::Outcome;
 use crate::quality::QualityReport;
-use crate::render::{RenderedNode, Renderer};
+use crate::render::{RenderedNode, RenderedShared, Renderer};
 use crate::status::{self, ANALYZED, PUBLISHED, READY};
 
 /// What `generate` prints for one NodeGeneration.
@@ -209,7 +209,7 @@ fn finish(
         }
         None => {
             let nodes: Vec<&RenderedNode> = outcome.nodes.iter().map(|n| &n.rendered).collect();
-            match write_atomically(&target, &nodes) {
+            match write_atomically(&target, &nodes, outcome.shared.as_ref()) {
                 Ok(()) => {
                     output_dir = Some(target.display().to_string());
                     let msg = format!("{} node(s) written to {}", nodes.len(), target.display());
@@ -276,8 +276,13 @@ fn finish(
 
 /// Write all nodes of one generation into `target`, replacing it whole: files go to a sibling
 /// temporary directory that is renamed into place, so a failure never leaves a partial tree.
-/// The user's files of the previous tree (handler modules) are carried over byte for byte.
-pub fn write_atomically(target: &Path, nodes: &[&RenderedNode]) -> std::io::Result<()> {
+/// The user's files of the previous tree (handler modules) are carried over byte for byte. A
+/// system's shared models package goes beside its nodes.
+pub fn write_atomically(
+    target: &Path,
+    nodes: &[&RenderedNode],
+    shared: Option<&RenderedShared>,
+) -> std::io::Result<()> {
     let parent = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let file_name = target
@@ -292,6 +297,9 @@ pub fn write_atomically(target: &Path, nodes: &[&RenderedNode]) -> std::io::Resu
         for node in nodes {
             let previous = target.join(&node.dir_name);
             write_node(&tmp.join(&node.dir_name), node, Some(&previous))?;
+        }
+        if let Some(shared) = shared {
+            write_files(&tmp.join(&shared.dir_name), &shared.files)?;
         }
         if target.exists() {
             std::fs::remove_dir_all(target)?;
@@ -314,6 +322,11 @@ pub fn write_node(dir: &Path, node: &RenderedNode, previous: Option<&Path>) -> s
             files.insert(path, bytes);
         }
     }
+    write_files(dir, &files)
+}
+
+/// Write `files` (relative path → content) below `dir`, each directory created once.
+fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
     let parents: BTreeSet<PathBuf> = files
         .keys()
         .filter_map(|p| dir.join(p).parent().map(Path::to_path_buf))
@@ -321,7 +334,7 @@ pub fn write_node(dir: &Path, node: &RenderedNode, previous: Option<&Path>) -> s
     for p in &parents {
         std::fs::create_dir_all(p)?;
     }
-    for (path, bytes) in &files {
+    for (path, bytes) in files {
         std::fs::write(dir.join(path), bytes)?;
     }
     Ok(())

@@ -17,7 +17,7 @@ use crate::api::{
 use crate::naming::dns_label;
 use crate::prd;
 use crate::quality::{self, QualityReport, Thresholds};
-use crate::render::{RenderedNode, Renderer};
+use crate::render::{RenderedNode, RenderedShared, Renderer, SharedContext};
 use crate::status::{self, ANALYZED, GENERATED, VALIDATED};
 
 /// One generated node with its score.
@@ -87,6 +87,8 @@ pub struct Outcome {
     pub correlation_id: String,
     pub plan: Option<Plan>,
     pub nodes: Vec<NodeOutcome>,
+    /// The system's shared models package, when its nodes share types.
+    pub shared: Option<RenderedShared>,
     /// Conditions `Analyzed`, `Generated`, `Validated` (in that order, as far as reached).
     pub conditions: Vec<Condition>,
     pub failure: Option<Failure>,
@@ -242,6 +244,23 @@ fn fail(outcome: &mut Outcome, condition: &'static str, reason: &str, message: S
     });
 }
 
+/// The outcome of a generation whose rendering of `what` failed (a custom template's error).
+fn render_failed(
+    mut outcome: Outcome,
+    plan: Plan,
+    what: &str,
+    e: crate::render::RenderError,
+) -> Outcome {
+    outcome.plan = Some(plan);
+    fail(
+        &mut outcome,
+        GENERATED,
+        "RenderFailed",
+        format!("rendering {what} failed: {e}"),
+    );
+    outcome
+}
+
 /// The analysis overrides a spec carries.
 pub fn overrides<'a>(spec: &'a NodeGenerationSpec, generation_name: &'a str) -> Overrides<'a> {
     Overrides {
@@ -266,6 +285,7 @@ pub fn run(
         correlation_id,
         plan: None,
         nodes: Vec::new(),
+        shared: None,
         conditions: Vec::new(),
         failure: None,
     };
@@ -305,25 +325,30 @@ pub fn run(
         overall: spec.quality.threshold,
         onex: spec.quality.onex_threshold,
     };
-    for node in &plan.nodes {
+    let shared_context = SharedContext::new(&plan, generation_name);
+    if let Some(ctx) = &shared_context {
+        match renderer.render_shared(ctx) {
+            Ok(shared) => outcome.shared = Some(shared),
+            Err(e) => return render_failed(outcome, plan, "the shared models", e),
+        }
+    }
+    for (index, node) in plan.nodes.iter().enumerate() {
+        let node_shared = shared_context.as_ref().and_then(|c| c.for_node(index));
         let rendered = match renderer.render(
             node,
             generation_name,
             &plan.external_systems,
             &plan.dependencies,
+            node_shared,
         ) {
             Ok(r) => r,
-            Err(e) => {
-                outcome.plan = Some(plan.clone());
-                fail(
-                    &mut outcome,
-                    GENERATED,
-                    "RenderFailed",
-                    format!("rendering {} failed: {e}", node.service),
-                );
-                return outcome;
-            }
+            Err(e) => return render_failed(outcome, plan.clone(), &node.service, e),
         };
+        let mut rendered = rendered;
+        if let (Some(shared), Some(_)) = (&outcome.shared, &rendered.context.shared) {
+            rendered.shared_hash = Some(shared.content_hash.clone());
+            rendered.rehash();
+        }
         let report = quality::score(&rendered, thresholds);
         outcome.nodes.push(NodeOutcome {
             name: node_resource_name(generation_name, node),
@@ -350,6 +375,28 @@ pub fn run(
         format!("{} node(s), {files} files rendered", outcome.nodes.len()),
     ));
 
+    let shared_issues = outcome
+        .shared
+        .as_ref()
+        .map(quality::check_shared)
+        .unwrap_or_default();
+    if !shared_issues.is_empty() {
+        let issues: Vec<String> = shared_issues
+            .iter()
+            .take(3)
+            .map(|d| format!("{}:{}: {} ({})", d.file, d.line, d.message, d.rule))
+            .collect();
+        fail(
+            &mut outcome,
+            VALIDATED,
+            "QualityGateFailed",
+            format!(
+                "the shared models package does not pass: {}",
+                issues.join("; ")
+            ),
+        );
+        return outcome;
+    }
     let failed: Vec<String> = outcome
         .nodes
         .iter()

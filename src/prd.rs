@@ -29,6 +29,9 @@ pub struct Prd {
     pub dependencies: Vec<String>,
     /// Components of a multi-node PRD (`## Nodes` / `## Components` with `### Name` entries).
     pub components: Vec<Component>,
+    /// Types declared in a `## Data Model` (or `## Entities`, `## Shared Types`) section, one
+    /// `### Name` entry each, whose list items are its fields (`name: type — description`).
+    pub entities: Vec<Component>,
     /// Every section as found, for analysis of sections we do not name.
     pub sections: Vec<Section>,
 }
@@ -118,6 +121,7 @@ enum Kind {
     Technical,
     Dependencies,
     Components,
+    DataModel,
     Other,
 }
 
@@ -126,6 +130,13 @@ fn section_kind(heading: &str) -> Kind {
     let has = |w: &str| h.contains(w);
     if has("node") && !has("non") || has("component") {
         Kind::Components
+    } else if has("data model")
+        || h.split_whitespace().any(|w| w.starts_with("entit"))
+        || has("shared type")
+        || has("shared model")
+        || has("domain model")
+    {
+        Kind::DataModel
     } else if has("overview")
         || has("summary")
         || has("background")
@@ -314,7 +325,8 @@ impl Builder {
                 ));
             }
             _ => {
-                let in_components = matches!(self.current, Some((Kind::Components, _)));
+                let in_components =
+                    matches!(self.current, Some((Kind::Components | Kind::DataModel, _)));
                 if in_components && level == HeadingLevel::H3 {
                     self.close_component();
                     self.component = Some(Component {
@@ -394,7 +406,10 @@ impl Builder {
 
     fn close_component(&mut self) {
         if let Some(component) = self.component.take() {
-            self.prd.components.push(component);
+            match self.current {
+                Some((Kind::DataModel, _)) => self.prd.entities.push(component),
+                _ => self.prd.components.push(component),
+            }
         }
     }
 
@@ -420,7 +435,7 @@ impl Builder {
             Kind::Success => Some(&mut prd.success_criteria),
             Kind::Technical => Some(&mut prd.technical_details),
             Kind::Dependencies => Some(&mut prd.dependencies),
-            Kind::Components | Kind::Other => None,
+            Kind::Components | Kind::DataModel | Kind::Other => None,
         };
         if let Some(target) = target {
             let mut values = section.items.clone();

@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -416,6 +416,56 @@ fn system_rolls_out_in_dependency_order(c: &Cluster) -> Outcome {
     ensure!(
         table.contains("4/4"),
         "kubectl get ng lacks the System column:\n{table}"
+    );
+    nodes_start_from_their_config_maps_with_the_shared_models(c, ns)
+}
+
+/// Every code ConfigMap of a system carries the shared models package its node imports: laid
+/// out by the runtime's launcher, as the pod would, each node starts and answers its probes.
+fn nodes_start_from_their_config_maps_with_the_shared_models(c: &Cluster, ns: &str) -> Outcome {
+    let Some(python) = python_for_processes("code ConfigMaps")? else {
+        return Ok(());
+    };
+    let cms = items(&c.json(&[
+        "get",
+        "configmap",
+        "-n",
+        ns,
+        "-l",
+        "codegen.omninode.ai/generation=order-fulfilment",
+    ])?);
+    ensure!(
+        cms.len() == 4,
+        "expected 4 code ConfigMaps, found {}",
+        cms.len()
+    );
+    let mut shared_keys = 0;
+    for cm in &cms {
+        let entry = cm["metadata"]["annotations"]["codegen.omninode.ai/entry"]
+            .as_str()
+            .unwrap_or_default();
+        let package = entry.split('/').next().unwrap_or_default();
+        let data = cm["data"].as_object().cloned().unwrap_or_default();
+        shared_keys += data
+            .keys()
+            .filter(|k| k.starts_with("commerce_order_fulfilment_shared-"))
+            .count();
+        let files = tempfile::tempdir().map_err(|e| e.to_string())?;
+        for (key, text) in &data {
+            std::fs::write(files.path().join(key), text.as_str().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+        }
+        let node = NodeProcess::start_flat(&python, files.path(), package)
+            .map_err(|e| format!("{package} from its ConfigMap: {e}"))?;
+        let code = node.stop()?;
+        ensure!(code == 0, "{package}: exit code {code} after SIGTERM");
+    }
+    ensure!(
+        shared_keys > 0,
+        "no code ConfigMap carries the shared models package"
+    );
+    println!(
+        "    4 nodes started from their code ConfigMaps ({shared_keys} shared-model files among them)"
     );
     Ok(())
 }
@@ -1713,16 +1763,25 @@ const EDITED_HANDLER: &str = "handlers/handler_insert_single_record.py";
 
 /// Run the node whose code is in `code` (started by `start`, as its Deployment would) and check
 /// that `POST /process` answers what the user's handler computes.
-fn runs_the_users_handler(
-    code: &Path,
-    start: fn(&Path, &Path, &str) -> Result<NodeProcess, String>,
-) -> Outcome {
-    let Some(python) = runtime_python()? else {
+/// The runtime's interpreter for scenarios that run nodes as processes; None (said once per
+/// scenario) outside CI when OMNINODE_PYTHON is not set, an error in CI.
+fn python_for_processes(what: &str) -> Result<Option<PathBuf>, String> {
+    let python = runtime_python()?;
+    if python.is_none() {
         ensure!(
             std::env::var("CI").is_err(),
             "OMNINODE_PYTHON is not set (scripts/test-all.sh sets it)"
         );
-        println!("    (not run as a process: set OMNINODE_PYTHON to a Python 3.11+)");
+        println!("    ({what} not run as processes: set OMNINODE_PYTHON to a Python 3.11+)");
+    }
+    Ok(python)
+}
+
+fn runs_the_users_handler(
+    code: &Path,
+    start: fn(&Path, &Path, &str) -> Result<NodeProcess, String>,
+) -> Outcome {
+    let Some(python) = python_for_processes("the node")? else {
         return Ok(());
     };
     let node = start(&python, code, WRITER_PACKAGE)?;

@@ -13,6 +13,7 @@ use omninode_operator::manifest::{Entry, read_input};
 use omninode_operator::pipeline::NodeOutcome;
 use omninode_operator::publish::git::{self, Credentials, GitError, Remote};
 use omninode_operator::publish::git_tree;
+use omninode_operator::render::RenderedShared;
 use omninode_operator::render::Renderer;
 use support::git_server::{Daemon, HttpServer, Repos, SshServer};
 
@@ -20,7 +21,10 @@ const USER: &str = "omninode-bot";
 const PASSWORD: &str = "hunter2-very-secret-token";
 
 /// A NodeGeneration from an example, renamed, and its nodes from the real pipeline.
-async fn generation(file: &str, name: &str) -> (NodeGeneration, Vec<NodeOutcome>) {
+async fn generation(
+    file: &str,
+    name: &str,
+) -> (NodeGeneration, Vec<NodeOutcome>, Option<RenderedShared>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples")
         .join(file);
@@ -45,7 +49,7 @@ async fn generation(file: &str, name: &str) -> (NodeGeneration, Vec<NodeOutcome>
     ng.metadata.namespace = Some("team-a".into());
     ng.metadata.uid = Some(format!("uid-of-{name}"));
     ng.metadata.generation = Some(3);
-    (ng, outcome.nodes)
+    (ng, outcome.nodes, outcome.shared)
 }
 
 fn output(url: &str) -> GitOutput {
@@ -61,8 +65,8 @@ fn output(url: &str) -> GitOutput {
 
 /// The change example `file`, applied as NodeGeneration `name`, makes on `url`'s main branch.
 async fn change_for(file: &str, name: &str, url: &str) -> git::Change {
-    let (ng, nodes) = generation(file, name).await;
-    git_tree::change(&ng, &output(url), &nodes).unwrap()
+    let (ng, nodes, shared) = generation(file, name).await;
+    git_tree::change(&ng, &output(url), &nodes, shared.as_ref()).unwrap()
 }
 
 fn remote(url: &str, credentials: Credentials) -> Remote {
@@ -112,8 +116,8 @@ fn basic() -> Credentials {
 async fn a_generation_pushes_one_commit_then_nothing_when_unchanged() {
     let f = fixture("nodes").await;
     let (repos, url, scratch) = (&f.repos, f.url.clone(), &f.scratch);
-    let (ng, nodes) = generation("system-fraud-detection.yaml", "fraud-detection").await;
-    let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+    let (ng, nodes, shared) = generation("system-fraud-detection.yaml", "fraud-detection").await;
+    let change = git_tree::change(&ng, &output(&url), &nodes, shared.as_ref()).unwrap();
 
     let first = git::publish(&remote(&url, basic()), &change, scratch.path())
         .await
@@ -161,6 +165,16 @@ async fn a_generation_pushes_one_commit_then_nothing_when_unchanged() {
         assert_eq!(gn["kind"], "GeneratedNode");
         assert_eq!(gn["spec"]["source"]["git"]["repository"], url.as_str());
         assert_eq!(gn["spec"]["source"]["git"]["path"], dir.as_str());
+        // The system's shared models are committed once; each node that imports them names
+        // their package, which is in the same commit.
+        let shared_path = gn["spec"]["source"]["git"]["sharedPath"].as_str();
+        assert_eq!(
+            shared_path,
+            Some(
+                "clusters/dev/team-a/fraud-detection/shared/data_fraud_detection_shared/data_fraud_detection_shared"
+            ),
+        );
+        assert!(paths.contains(&format!("{}/__init__.py", shared_path.unwrap())));
         assert_eq!(
             gn["spec"]["contentHash"],
             node.rendered.content_hash.as_str()
@@ -310,12 +324,12 @@ async fn git_daemon_anonymous_push_and_file_urls_work_too() {
     repos.create("local");
     let daemon = Daemon::start(&repos.root).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let (ng, nodes) = generation("compute-document-parser.yaml", "parser").await;
+    let (ng, nodes, shared) = generation("compute-document-parser.yaml", "parser").await;
     for url in [
         daemon.url("anon"),
         format!("file://{}", repos.root.join("local.git").display()),
     ] {
-        let change = git_tree::change(&ng, &output(&url), &nodes).unwrap();
+        let change = git_tree::change(&ng, &output(&url), &nodes, shared.as_ref()).unwrap();
         let published = anonymous(&url, &change, scratch.path()).await.unwrap();
         assert!(published.pushed, "{url}");
     }
@@ -325,13 +339,13 @@ async fn git_daemon_anonymous_push_and_file_urls_work_too() {
 
 #[tokio::test]
 async fn a_message_template_is_rendered_and_a_broken_one_is_refused() {
-    let (ng, nodes) = generation("system-fraud-detection.yaml", "fraud-detection").await;
+    let (ng, nodes, shared) = generation("system-fraud-detection.yaml", "fraud-detection").await;
     let mut out = output("file:///nowhere.git");
     out.message_template = Some(
         "codegen({{ name }}): {{ nodes | length }} nodes\n\n{% for n in nodes %}{{ n.name }} q={{ n.quality }}\n{% endfor %}"
             .into(),
     );
-    let change = git_tree::change(&ng, &out, &nodes).unwrap();
+    let change = git_tree::change(&ng, &out, &nodes, shared.as_ref()).unwrap();
     assert!(
         change
             .message
@@ -344,10 +358,10 @@ async fn a_message_template_is_rendered_and_a_broken_one_is_refused() {
         4
     );
     out.message_template = Some("{{ no_such_field }}".into());
-    let err = git_tree::change(&ng, &out, &nodes).unwrap_err();
+    let err = git_tree::change(&ng, &out, &nodes, shared.as_ref()).unwrap_err();
     assert!(err.to_string().contains("messageTemplate"), "{err}");
     out.message_template = Some("{% for %}".into());
-    assert!(git_tree::change(&ng, &out, &nodes).is_err());
+    assert!(git_tree::change(&ng, &out, &nodes, shared.as_ref()).is_err());
 }
 
 #[tokio::test]

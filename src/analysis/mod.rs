@@ -4,6 +4,7 @@
 //! otherwise the built-in pattern library alone decides, with its lower confidence.
 
 mod classify;
+mod entities;
 mod library;
 mod system;
 mod workflow;
@@ -14,6 +15,7 @@ pub use classify::{
     Classification, Model, ModelData, embedded_model_data, explicit_type, features, model,
     model_json, train,
 };
+pub use entities::{DataModelError, Entity, Field};
 pub use library::{Library, Performance, library};
 pub use system::{SystemError, SystemGraph};
 pub use workflow::{PlannedStep, STEP_RETRIES, STEP_TIMEOUT_MS};
@@ -71,6 +73,8 @@ pub struct Plan {
     pub nodes: Vec<PlannedNode>,
     /// Which node uses which (indices into `nodes`), for a PRD of several nodes.
     pub system: Option<SystemGraph>,
+    /// The types several nodes of the system share (empty outside a system).
+    pub entities: Vec<Entity>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -128,6 +132,8 @@ pub enum AnalysisError {
     System(#[from] SystemError),
     #[error("spec.workflow: {0}")]
     InvalidWorkflow(String),
+    #[error(transparent)]
+    DataModel(#[from] DataModelError),
 }
 
 impl AnalysisError {
@@ -139,6 +145,7 @@ impl AnalysisError {
             AnalysisError::System(SystemError::UnknownReference { .. }) => "UnknownNodeReference",
             AnalysisError::System(SystemError::Cycle(_)) => "SystemCycle",
             AnalysisError::InvalidWorkflow(_) => "InvalidWorkflow",
+            AnalysisError::DataModel(_) => "InvalidDataModel",
         }
     }
 }
@@ -316,6 +323,7 @@ pub fn plan(
         ));
     }
     dedupe_services(&mut nodes);
+    let mut entities = Vec::new();
     let system = match prd.components.len() {
         n if n >= 2 && n == nodes.len() => {
             let types: Vec<NodeType> = nodes.iter().map(|n| n.node_type).collect();
@@ -326,6 +334,7 @@ pub fn plan(
                     .map_err(AnalysisError::InvalidWorkflow)?;
             }
             workflow::plan_aggregates(&mut nodes, &g);
+            entities = entities::shared_entities(&prd.entities, &prd.components)?;
             Some(g)
         }
         _ if overrides.workflow.is_some() => {
@@ -357,6 +366,7 @@ pub fn plan(
         patterns: hints.map(|h| h.patterns.clone()).unwrap_or_default(),
         nodes,
         system,
+        entities,
     })
 }
 

@@ -74,10 +74,15 @@ pub struct ConfigMapSource {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct GitSource {
     pub repository: String,
     pub revision: String,
     pub path: String,
+    /// A package directory of the same revision the node imports too (its system's shared
+    /// models), fetched beside the node's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_path: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]

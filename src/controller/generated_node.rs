@@ -264,6 +264,7 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
             repository: git.repository.clone(),
             revision: git.revision.clone(),
             path: git.path.clone(),
+            shared_path: git.shared_path.clone(),
         }));
     }
     let Some(cm) = &gn.spec.source.config_map else {

@@ -15,6 +15,7 @@ use crate::manifest::Rejected;
 use crate::pipeline::NodeOutcome;
 use crate::publish::git::{self, Credentials, GitError, Remote};
 use crate::publish::git_tree;
+use crate::render::RenderedShared;
 
 /// The change landed (or was already there).
 pub struct Landed {
@@ -61,12 +62,13 @@ pub async fn publish(
     ns: &str,
     output: &GitOutput,
     nodes: &[NodeOutcome],
+    shared: Option<&RenderedShared>,
 ) -> Result<Result<Landed, NotLanded>, Error> {
     let credentials = match credentials(ctx, ns, output).await? {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
-    let change = match git_tree::change(ng, output, nodes) {
+    let change = match git_tree::change(ng, output, nodes, shared) {
         Ok(c) => c,
         Err(e) => {
             return Ok(Err(not_landed(

@@ -31,6 +31,7 @@ use crate::codegen::{self, Identity};
 use crate::manifest::Rejected;
 use crate::pipeline::{self, Outcome};
 use crate::publish::configmap::{self, CONTENT_HASH_ANNOTATION};
+use crate::render::RenderedShared;
 use crate::status::{self, ANALYZED, DEPLOYED, GENERATED, PUBLISHED, READY, VALIDATED};
 
 pub const CONTROLLER: &str = "nodegeneration";
@@ -323,7 +324,7 @@ async fn generate_and_publish(
         .ok_or(Error::MissingField("metadata.uid"))?;
     let mut children = Vec::new();
     for node in &outcome.nodes {
-        match children_of(ng, ns, name, &owner, node) {
+        match children_of(ng, ns, name, &owner, node, outcome.shared.as_ref()) {
             Ok(c) => children.push(c),
             Err(e) => {
                 let rejected = Rejected {
@@ -413,7 +414,7 @@ async fn publish_to_git(
     outcome: Outcome,
 ) -> Result<Settled, Error> {
     delete_unplanned(ng, ctx, ns, name, &[]).await?;
-    match git_output::publish(ng, ctx, ns, git, &outcome.nodes).await? {
+    match git_output::publish(ng, ctx, ns, git, &outcome.nodes, outcome.shared.as_ref()).await? {
         Ok(landed) => {
             if landed.reason == "Pushed" && !landed.orphans.is_empty() {
                 orphaned_handlers_event(ctx, ng, &landed.orphans).await;
@@ -606,10 +607,11 @@ fn children_of(
     generation: &str,
     owner: &OwnerReference,
     node: &pipeline::NodeOutcome,
+    shared: Option<&RenderedShared>,
 ) -> Result<(ConfigMap, GeneratedNode), configmap::ConfigMapError> {
     let labels = node.labels(generation);
     let cm_name = code_config_map_name(&node.name);
-    let mut cm = configmap::config_map(&cm_name, Some(ns), labels.clone(), &node.rendered)?;
+    let mut cm = configmap::config_map(&cm_name, Some(ns), labels.clone(), &node.rendered, shared)?;
     cm.metadata.owner_references = Some(vec![owner.clone()]);
     let spec = node.generated_node_spec(
         &ng.spec.deploy,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::render::RenderedNode;
+use crate::render::{RenderedNode, RenderedShared};
 
 /// Kubernetes rejects objects over 1 MiB; keep a margin for metadata.
 pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024 - 16 * 1024;
@@ -91,21 +91,27 @@ pub fn overlay_user_files(node: &mut RenderedNode, data: &BTreeMap<String, Strin
         }
     }
     if !taken.is_empty() {
-        node.content_hash = crate::render::content_hash(&node.files);
+        node.rehash();
     }
     taken
 }
 
 /// The ConfigMap of one node (without owner references: the caller adds them): one key per file
 /// the pod runs ([`runs_in_pod`]), its path with `/` as `-`, which the runtime's launcher maps
-/// back at start-up.
+/// back at start-up. A node that imports its system's shared models carries their package too
+/// (a few KiB), so the pod needs no second volume.
 pub fn config_map(
     name: &str,
     namespace: Option<&str>,
     labels: BTreeMap<String, String>,
     node: &RenderedNode,
+    shared: Option<&RenderedShared>,
 ) -> Result<ConfigMap, ConfigMapError> {
-    let bytes = node.total_bytes();
+    let shared_files: Vec<(&String, &Vec<u8>)> = match (shared, &node.context.shared) {
+        (Some(shared), Some(_)) => shared.package_files().collect(),
+        _ => Vec::new(),
+    };
+    let bytes = node.total_bytes() + shared_files.iter().map(|(_, b)| b.len()).sum::<usize>();
     if bytes > MAX_CONFIGMAP_BYTES {
         return Err(ConfigMapError::TooLarge {
             node: node.dir_name.clone(),
@@ -114,7 +120,8 @@ pub fn config_map(
     }
     let mut data = BTreeMap::new();
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
-    for (path, content) in node.files.iter().filter(|(p, _)| runs_in_pod(p)) {
+    let files = node.files.iter().filter(|(p, _)| runs_in_pod(p));
+    for (path, content) in files.chain(shared_files) {
         if !supported(path) {
             return Err(ConfigMapError::UnsupportedPath {
                 node: node.dir_name.clone(),
@@ -169,14 +176,20 @@ mod tests {
         .unwrap();
         Renderer::embedded()
             .unwrap()
-            .render(&p.nodes[0], "orders", &p.external_systems, &p.dependencies)
+            .render(
+                &p.nodes[0],
+                "orders",
+                &p.external_systems,
+                &p.dependencies,
+                None,
+            )
             .unwrap()
     }
 
     #[test]
     fn every_file_the_pod_runs_has_a_key_that_maps_back_to_its_path() {
         let node = rendered();
-        let cm = config_map("orders-code", Some("ns"), BTreeMap::new(), &node).unwrap();
+        let cm = config_map("orders-code", Some("ns"), BTreeMap::new(), &node, None).unwrap();
         let data = cm.data.unwrap();
         let runs: Vec<&String> = node.files.keys().filter(|p| runs_in_pod(p)).collect();
         assert_eq!(data.len(), runs.len());
@@ -236,7 +249,7 @@ mod tests {
         let mut node = rendered();
         node.files
             .insert("big.txt".into(), vec![b'x'; MAX_CONFIGMAP_BYTES]);
-        let err = config_map("x", None, BTreeMap::new(), &node).unwrap_err();
+        let err = config_map("x", None, BTreeMap::new(), &node, None).unwrap_err();
         assert_eq!(err.reason(), "NodeTooLarge");
     }
 }

@@ -2,7 +2,8 @@
 //! node, under a directory of its own, and the commit message.
 //!
 //! Layout, below `spec.output.git.path`:
-//! `<namespace>/<generation>/nodes/<node>/…` (the code) and
+//! `<namespace>/<generation>/nodes/<node>/…` (the code),
+//! `<namespace>/<generation>/shared/<package>/…` (a system's shared models, when it has any) and
 //! `<namespace>/<generation>/manifests/<node>.yaml` (what Argo CD applies; nothing else is in
 //! that directory, so an Application can point at it).
 //!
@@ -19,6 +20,7 @@ use serde::Serialize;
 use super::git::{Change, File, Signature};
 use crate::api::{GeneratedNode, GitOutput, GitSource, NodeGeneration, NodeSource};
 use crate::pipeline::NodeOutcome;
+use crate::render::RenderedShared;
 
 pub const DEFAULT_AUTHOR_NAME: &str = "omninode-operator";
 pub const DEFAULT_AUTHOR_EMAIL: &str = "omninode-operator@noreply.omninode.ai";
@@ -77,11 +79,25 @@ pub fn change(
     ng: &NodeGeneration,
     output: &GitOutput,
     nodes: &[NodeOutcome],
+    shared: Option<&RenderedShared>,
 ) -> Result<Change, MessageTemplateError> {
     let namespace = ng.metadata.namespace.as_deref().unwrap_or("default");
     let name = ng.metadata.name.as_deref().unwrap_or_default();
     let root = generation_root(&output.path, namespace, name);
     let mut files = BTreeMap::new();
+    let shared_package = shared.map(|s| {
+        let dir = format!("{root}/shared/{}", s.dir_name);
+        for (path, data) in &s.files {
+            files.insert(
+                format!("{dir}/{path}"),
+                File {
+                    data: data.clone(),
+                    executable: false,
+                },
+            );
+        }
+        format!("{dir}/{}", s.context.package)
+    });
     let mut user_dirs = BTreeSet::new();
     let mut tags = BTreeSet::new();
     for node in nodes {
@@ -103,7 +119,10 @@ pub fn change(
             );
         }
         let tag = revision_tag(&node.name, &node.rendered.content_hash);
-        let manifest = manifest(ng, output, node, &tag, &node_dir);
+        let shared_path = shared_package
+            .clone()
+            .filter(|_| node.rendered.context.shared.is_some());
+        let manifest = manifest(ng, output, node, &tag, &node_dir, shared_path);
         files.insert(
             format!("{root}/manifests/{}.yaml", node.name),
             File {
@@ -135,6 +154,7 @@ fn manifest(
     node: &NodeOutcome,
     tag: &str,
     node_dir: &str,
+    shared_path: Option<String>,
 ) -> String {
     let generation = ng.metadata.name.as_deref().unwrap_or_default();
     let spec = node.generated_node_spec(
@@ -145,6 +165,7 @@ fn manifest(
                 repository: output.repository.clone(),
                 revision: tag.to_string(),
                 path: node_dir.to_string(),
+                shared_path,
             }),
         },
     );

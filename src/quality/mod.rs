@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use python::{PythonFacts, SyntaxIssue, analyse};
 
-use crate::render::RenderedNode;
+use crate::render::{RenderedNode, RenderedShared};
 use file_cache::FileCache;
 
 /// One reason a node lost points.
@@ -537,6 +537,55 @@ fn cached_check(path: &str, bytes: &[u8]) -> CheckResult {
         cache.insert(key, bytes.into(), result.clone());
     }
     result
+}
+
+/// What keeps a system's shared models package from passing: files that do not parse, model
+/// classes without the `Model` prefix, `Any`. Empty when it passes; it has no score of its own
+/// because every node that imports it is scored.
+pub fn check_shared(shared: &RenderedShared) -> Vec<Deduction> {
+    let mut out = Vec::new();
+    let mut deduct = |file: &str, line: usize, rule: &str, message: String| {
+        out.push(Deduction {
+            file: format!("{}/{file}", shared.dir_name),
+            line,
+            rule: rule.to_string(),
+            message,
+        })
+    };
+    for (path, bytes) in &shared.files {
+        if !path.ends_with(".py") {
+            continue;
+        }
+        match cached_check(path, bytes) {
+            Err(e) => deduct(path, e.line, e.rule, e.message),
+            Ok(Some(facts)) => {
+                if path.contains("/models/model_") {
+                    for c in facts
+                        .classes
+                        .iter()
+                        .filter(|c| !c.name.starts_with("Model"))
+                    {
+                        deduct(
+                            path,
+                            c.line,
+                            "onex/naming-class-prefix",
+                            format!("class {} should start with Model", c.name),
+                        );
+                    }
+                }
+                for line in &facts.any_lines {
+                    deduct(
+                        path,
+                        *line,
+                        "onex/no-bare-any",
+                        "typing.Any used".to_string(),
+                    );
+                }
+            }
+            Ok(None) => {}
+        }
+    }
+    out
 }
 
 fn check_file(path: &str, bytes: &[u8]) -> Result<Option<PythonFacts>, ParseFailure> {

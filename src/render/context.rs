@@ -57,6 +57,9 @@ pub struct NodeContext {
     pub workflow: Vec<StepContext>,
     /// A reducer's sources: the nodes whose results it folds, and their terminal topics.
     pub aggregates: Vec<SourceContext>,
+    /// The system's shared models this node imports (None outside a system, or when it uses
+    /// none).
+    pub shared: Option<NodeSharedContext>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -151,6 +154,7 @@ impl NodeContext {
         generation_name: &str,
         external: &[ExternalSystem],
         dependencies: &[String],
+        shared: Option<NodeSharedContext>,
     ) -> Self {
         let t = node.node_type;
         let sp = pascal(&node.service);
@@ -228,6 +232,144 @@ impl NodeContext {
                     topic: terminal_topic(&n.domain, &n.service),
                 })
                 .collect(),
+            shared,
         }
+    }
+}
+
+/// The system's shared models package, as its templates read it.
+#[derive(Serialize, Debug, Clone)]
+pub struct SharedContext {
+    /// `<domain>_<generation>_shared`: the package and its directory.
+    pub package: String,
+    pub distribution: String,
+    pub version_str: String,
+    pub generation_name: String,
+    pub title: String,
+    pub description: String,
+    pub models: Vec<SharedModelContext>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct SharedModelContext {
+    pub title: String,
+    pub class_name: String,
+    pub module: String,
+    pub description: String,
+    pub declared: bool,
+    pub fields: Vec<FieldContext>,
+    /// The standard-library import lines its module needs, in isort order.
+    pub stdlib_imports: Vec<String>,
+    pub uses_json_value: bool,
+    #[serde(skip)]
+    pub users: Vec<usize>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct FieldContext {
+    pub name: String,
+    pub annotation: String,
+    pub required: bool,
+    pub description: String,
+}
+
+/// What one node knows of the shared package: the models it imports.
+#[derive(Serialize, Debug, Clone)]
+pub struct NodeSharedContext {
+    pub package: String,
+    pub distribution: String,
+    pub version_str: String,
+    pub models: Vec<SharedModelRef>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct SharedModelRef {
+    pub class_name: String,
+    /// The module's dotted path (`commerce_orders_shared.models.model_order`).
+    pub module: String,
+}
+
+/// The standard-library import lines (isort order) the annotations need.
+fn stdlib_imports<'a>(annotations: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let names: std::collections::BTreeSet<&str> = annotations.collect();
+    let datetime: Vec<&str> = ["date", "datetime"]
+        .into_iter()
+        .filter(|n| names.contains(n))
+        .collect();
+    let mut lines = Vec::new();
+    if !datetime.is_empty() {
+        lines.push(format!("from datetime import {}", datetime.join(", ")));
+    }
+    if names.contains("Decimal") {
+        lines.push("from decimal import Decimal".to_string());
+    }
+    lines
+}
+
+impl SharedContext {
+    /// The shared package of a plan's system; None when it shares no type.
+    pub fn new(plan: &crate::analysis::Plan, generation_name: &str) -> Option<Self> {
+        if plan.entities.is_empty() {
+            return None;
+        }
+        let stem = crate::naming::words(generation_name).join("_");
+        let package = format!("{}_{stem}_shared", plan.domain);
+        let mut models: Vec<SharedModelContext> = plan
+            .entities
+            .iter()
+            .map(|e| {
+                let imports = stdlib_imports(e.fields.iter().map(|f| f.annotation.as_str()));
+                SharedModelContext {
+                    title: e.title.clone(),
+                    class_name: format!("Model{}", pascal(&e.ident)),
+                    module: format!("model_{}", e.ident),
+                    description: e.description.clone(),
+                    declared: e.declared,
+                    uses_json_value: e.fields.iter().any(|f| f.annotation.contains("JsonValue")),
+                    fields: e
+                        .fields
+                        .iter()
+                        .map(|f| FieldContext {
+                            name: f.name.clone(),
+                            annotation: f.annotation.clone(),
+                            required: f.required,
+                            description: f.description.clone(),
+                        })
+                        .collect(),
+                    stdlib_imports: imports,
+                    users: e.users.clone(),
+                }
+            })
+            .collect();
+        // Sorted as isort and `__all__` order them.
+        models.sort_by(|a, b| a.class_name.cmp(&b.class_name));
+        Some(SharedContext {
+            distribution: package.replace('_', "-"),
+            package,
+            version_str: "1.0.0".to_string(),
+            generation_name: generation_name.to_string(),
+            title: format!("{} shared models", plan.title),
+            description: "The types several nodes of this system exchange.".to_string(),
+            models,
+        })
+    }
+
+    /// What node `index` of the plan imports; None when it uses no shared type.
+    pub fn for_node(&self, index: usize) -> Option<NodeSharedContext> {
+        let models: Vec<SharedModelRef> = self
+            .models
+            .iter()
+            .filter(|m| m.users.contains(&index))
+            .map(|m| SharedModelRef {
+                class_name: m.class_name.clone(),
+                module: format!("{}.models.{}", self.package, m.module),
+            })
+            .collect();
+        (!models.is_empty()).then(|| NodeSharedContext {
+            package: self.package.clone(),
+            distribution: self.distribution.clone(),
+            version_str: self.version_str.clone(),
+            models,
+        })
     }
 }

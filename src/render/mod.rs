@@ -11,7 +11,7 @@ use include_dir::{Dir, include_dir};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use sha2::{Digest, Sha256};
 
-pub use context::{INTROSPECTION_TOPIC, NodeContext, dir_name};
+pub use context::{INTROSPECTION_TOPIC, NodeContext, NodeSharedContext, SharedContext, dir_name};
 pub use filters::{comment, doc, quote, wrap_quoted};
 
 use crate::analysis::{ExternalSystem, PlannedNode};
@@ -62,6 +62,22 @@ const FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Entry templates of a system's shared models package, relative to its directory (`{pkg}`
+/// is the package).
+const SHARED_FILES: &[(&str, &str)] = &[
+    ("shared/pyproject.toml.j2", "pyproject.toml"),
+    ("shared/package/__init__.py.j2", "{pkg}/__init__.py"),
+    ("shared/package/py.typed.j2", "{pkg}/py.typed"),
+    (
+        "shared/package/models/__init__.py.j2",
+        "{pkg}/models/__init__.py",
+    ),
+];
+
+/// The template of one shared model, rendered once per entity (with `model` in the context)
+/// to `{pkg}/models/<model.module>.py`.
+const SHARED_MODEL: &str = "shared/package/models/model_entity.py.j2";
+
 /// The handler template, rendered once per operation (with `op` in the context) to
 /// `{pkg}/handlers/<op.module>.py`. Its output belongs to the user: written when the operation
 /// first appears, never replaced (the generation gap).
@@ -90,14 +106,51 @@ pub struct RenderedNode {
     /// The paths of `files` that belong to the user (the handler modules, with their default
     /// content): published only where no file of that path exists yet.
     pub user_files: BTreeSet<String>,
-    /// SHA-256 over paths and contents, hex.
+    /// SHA-256 over paths and contents, hex (and over the shared models package the node
+    /// imports, so a change of either rolls it).
     pub content_hash: String,
+    /// Content hash of the system's shared models package, when the node imports it.
+    pub shared_hash: Option<String>,
     pub context: NodeContext,
 }
 
 impl RenderedNode {
     pub fn total_bytes(&self) -> usize {
         self.files.values().map(Vec::len).sum()
+    }
+
+    /// Recompute `content_hash` after `files` or `shared_hash` changed.
+    pub fn rehash(&mut self) {
+        let own = content_hash(&self.files);
+        self.content_hash = match &self.shared_hash {
+            None => own,
+            Some(shared) => content_hash(&BTreeMap::from([
+                ("node".to_string(), own.into_bytes()),
+                ("shared".to_string(), shared.clone().into_bytes()),
+            ])),
+        };
+    }
+}
+
+/// A system's shared models package: generated once, imported by the nodes that use its types.
+#[derive(Clone, Debug)]
+pub struct RenderedShared {
+    /// Its directory next to the nodes' (the package name).
+    pub dir_name: String,
+    /// Path relative to its directory → content.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub content_hash: String,
+    pub context: SharedContext,
+}
+
+impl RenderedShared {
+    /// The files a node's code source carries so the package imports where the node runs: the
+    /// package directory, without the distribution's `pyproject.toml`.
+    pub fn package_files(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        let prefix = format!("{}/", self.context.package);
+        self.files
+            .iter()
+            .filter(move |(path, _)| path.starts_with(&prefix))
     }
 }
 
@@ -115,11 +168,17 @@ impl Renderer {
         Self::from_sources(sources)
     }
 
-    /// Templates from a directory (same layout as `templates/`), for custom templates.
+    /// Templates from a directory (same layout as `templates/`), for custom templates; a
+    /// template the directory lacks is the embedded one.
     pub fn from_dir(dir: &Path) -> Result<Self, RenderError> {
-        let mut sources = Vec::new();
-        collect_dir(dir, dir, &mut sources)?;
-        Self::from_sources(sources)
+        let mut custom = Vec::new();
+        collect_dir(dir, dir, &mut custom)?;
+        let mut sources: BTreeMap<String, String> = BTreeMap::new();
+        let mut embedded = Vec::new();
+        collect_embedded(&TEMPLATES, &mut embedded);
+        sources.extend(embedded);
+        sources.extend(custom);
+        Self::from_sources(sources.into_iter().collect())
     }
 
     fn from_sources(mut sources: Vec<(String, String)>) -> Result<Self, RenderError> {
@@ -151,7 +210,8 @@ impl Renderer {
                     source,
                 })?;
         }
-        for template in FILES.iter().map(|(t, _)| *t).chain([HANDLER]) {
+        let entries = FILES.iter().chain(SHARED_FILES).map(|(t, _)| *t);
+        for template in entries.chain([HANDLER, SHARED_MODEL]) {
             env.get_template(template)
                 .map_err(|source| RenderError::Template {
                     template: template.to_string(),
@@ -174,8 +234,9 @@ impl Renderer {
         generation_name: &str,
         external: &[ExternalSystem],
         dependencies: &[String],
+        shared: Option<NodeSharedContext>,
     ) -> Result<RenderedNode, RenderError> {
-        let ctx = NodeContext::new(node, generation_name, external, dependencies);
+        let ctx = NodeContext::new(node, generation_name, external, dependencies, shared);
         // Serialized once: every template and every handler stub reads the same value.
         let node_value = minijinja::Value::from_serialize(&ctx);
         let value = minijinja::context! { node => node_value.clone() };
@@ -216,9 +277,43 @@ impl Renderer {
         Ok(RenderedNode {
             dir_name: ctx.dir_name.clone(),
             content_hash: content_hash(&files),
+            shared_hash: None,
             files,
             user_files,
             context: ctx,
+        })
+    }
+
+    /// Render a system's shared models package.
+    pub fn render_shared(&self, ctx: &SharedContext) -> Result<RenderedShared, RenderError> {
+        let shared = minijinja::Value::from_serialize(ctx);
+        let render = |template: &str, value: minijinja::Value| {
+            self.env
+                .get_template(template)
+                .and_then(|t| t.render(value))
+                .map(String::into_bytes)
+                .map_err(|source| RenderError::Template {
+                    template: template.to_string(),
+                    source,
+                })
+        };
+        let mut files = BTreeMap::new();
+        for (template, target) in SHARED_FILES {
+            let out = render(template, minijinja::context! { shared => shared.clone() })?;
+            files.insert(target.replace("{pkg}", &ctx.package), out);
+        }
+        for model in &ctx.models {
+            let out = render(
+                SHARED_MODEL,
+                minijinja::context! { shared => shared.clone(), model => model },
+            )?;
+            files.insert(format!("{}/models/{}.py", ctx.package, model.module), out);
+        }
+        Ok(RenderedShared {
+            dir_name: ctx.package.clone(),
+            content_hash: content_hash(&files),
+            files,
+            context: ctx.clone(),
         })
     }
 }

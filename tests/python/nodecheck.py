@@ -20,8 +20,10 @@ BIN = Path(sys.executable).parent
 MYPY_CACHE = Path(os.environ.get("OMNINODE_MYPY_CACHE", Path.home() / ".cache" / "omninode-operator" / "mypy"))
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+def run(
+    cmd: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
@@ -69,9 +71,19 @@ def package_of(node_dir: Path) -> str:
     return found[0]
 
 
+def shared_dirs(node_dir: Path) -> list[Path]:
+    """The shared models distributions of the node's system, beside it (OUT/<generation>/*_shared)."""
+    return sorted(p for p in node_dir.parent.glob("*_shared") if (p / "pyproject.toml").is_file())
+
+
+def code_path(node_dir: Path) -> str:
+    """PYTHONPATH of a node run from its directory: the node, then its system's shared models."""
+    return os.pathsep.join(str(p) for p in [node_dir, *shared_dirs(node_dir)])
+
+
 def node_env(node_dir: Path) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "PYTHONPATH")}
-    environ["PYTHONPATH"] = str(node_dir)
+    environ["PYTHONPATH"] = code_path(node_dir)
     environ["PYTHONDONTWRITEBYTECODE"] = "1"
     return environ
 
@@ -86,8 +98,8 @@ def check_static(node_dir: Path) -> None:
     assert_ok(run([sys.executable, "-m", "py_compile", *sources], node_dir), "py_compile")
     assert_ok(run([str(BIN / "ruff"), "check", "--no-cache", "."], node_dir), "ruff check")
     mypy = [str(BIN / "mypy"), "--strict", "--python-executable", str(python), "--cache-dir", str(MYPY_CACHE), package]
-    assert_ok(run(mypy, node_dir), "mypy --strict")
     env = node_env(node_dir)
+    assert_ok(run(mypy, node_dir, env={**env, "MYPYPATH": env["PYTHONPATH"]}), "mypy --strict")
     imp = subprocess.run(
         [str(python), "-c", f"import {package}.node, {package}.handlers"], cwd=node_dir, env=env,
         capture_output=True, text=True, timeout=60, check=False,
@@ -99,6 +111,15 @@ def check_static(node_dir: Path) -> None:
     )
     assert_ok(tests, "the node's own tests")
     assert " passed" in tests.stdout, tests.stdout
+
+
+def check_shared_static(shared_dir: Path, python: Path) -> None:
+    """ruff and mypy --strict on a system's shared models distribution (python: an interpreter
+    with pydantic, the one the nodes run on)."""
+    package = shared_dir.name
+    assert_ok(run([str(BIN / "ruff"), "check", "--no-cache", "."], shared_dir), f"ruff {package}")
+    mypy = [str(BIN / "mypy"), "--strict", "--python-executable", str(python), "--cache-dir", str(MYPY_CACHE), package]
+    assert_ok(run(mypy, shared_dir), f"mypy --strict {package}")
 
 
 def free_port() -> int:

@@ -13,11 +13,14 @@ import yaml
 from conftest import INTROSPECTION_TOPIC, ROOT, example_nodes, examples_output, generate
 from nodecheck import (
     RunningNode,
+    check_shared_static,
+    runtime_python,
     assert_ok,
     base_python,
     package_of,
     run,
     runtime_dir,
+    shared_dirs,
     check_runs,
     check_static,
     free_port,
@@ -145,7 +148,8 @@ def test_nodes_install_with_pip_beside_their_runtime_and_start(tmp_path: Path) -
     assert_ok(run([base_python(), "-m", "venv", str(venv)], tmp_path), "venv")
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    assert_ok(run([*pip, "--find-links", str(runtime_dir(nodes[0])), *map(str, nodes)], tmp_path, 900), "pip install")
+    shared = sorted({d for n in nodes for d in shared_dirs(n)})
+    assert_ok(run([*pip, "--find-links", str(runtime_dir(nodes[0])), *map(str, nodes), *map(str, shared)], tmp_path, 900), "pip install")
     listing = run([str(python), "-c", "from importlib.metadata import entry_points as e; print(sorted(x.name for x in e(group='onex.nodes')))"], tmp_path)
     assert_ok(listing, "entry points")
     assert listing.stdout.strip() == str(sorted(package_of(n) for n in nodes))
@@ -156,6 +160,25 @@ def test_nodes_install_with_pip_beside_their_runtime_and_start(tmp_path: Path) -
             assert time.monotonic() - started <= 5.0
             code, took, out = node.stop()
             assert code == 0 and took <= 5.0, out
+
+
+def test_systems_share_their_models_in_one_package() -> None:
+    """Each multi-node example has one shared models package: it passes ruff and mypy --strict,
+    every model is imported by at least one node, and at least one model by two or more."""
+    systems = sorted(p for p in examples_output().glob("*/*_shared") if p.is_dir())
+    assert len(systems) >= 3, systems
+    for shared in systems:
+        package = shared.name
+        check_shared_static(shared, runtime_python(example_nodes()[0]))
+        models = sorted(p.stem for p in (shared / package / "models").glob("model_*.py"))
+        users: dict[str, int] = dict.fromkeys(models, 0)
+        for node in sorted(shared.parent.glob("node_*")):
+            contract = yaml.safe_load((node / package_of(node) / "contract.yaml").read_text())
+            for ref in contract.get("shared_models", []):
+                users[ref["module"].rsplit(".", 1)[-1]] += 1
+        print(f"{package}: {users}")
+        assert all(n >= 1 for n in users.values()), users
+        assert max(users.values()) >= 2, users
 
 
 def test_regeneration_keeps_the_users_handlers(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, generate
-from nodecheck import check_runs, check_static
+from nodecheck import check_runs, check_shared_static, check_static, runtime_python, shared_dirs
 
 CORPUS = ROOT / "tests" / "corpus" / "hostile"
 CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]*$")
@@ -60,7 +60,7 @@ def run_and_check(inputs: list[Path], out: Path, expected: str) -> list[Path]:
             assert expected in ("generate", "either"), f"{doc['metadata']['name']} should have been rejected"
             assert target.is_dir()
             written.add(doc["metadata"]["name"])
-            nodes.extend(sorted(p for p in target.iterdir() if p.is_dir()))
+            nodes.extend(sorted(p for p in target.glob("node_*") if p.is_dir()))
         else:
             assert expected in ("reject", "either"), f"rejected: {ready}"
             assert CAMEL.match(ready["reason"]), ready
@@ -82,6 +82,8 @@ def test_hostile_input(name: str, tmp_path: Path) -> None:
     for node in nodes:
         check_static(node)
         check_runs(node)
+    for shared in sorted({d for n in nodes for d in shared_dirs(n)}):
+        check_shared_static(shared, runtime_python(nodes[0]))
 
 
 def test_five_megabyte_prd_is_rejected_cleanly(tmp_path: Path) -> None:

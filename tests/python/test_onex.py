@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import INTROSPECTION_TOPIC, example_nodes
-from nodecheck import RunningNode, get, package_of, runtime_dir, wait_for_event_bus
+from nodecheck import RunningNode, get, package_of, runtime_dir, shared_dirs, wait_for_event_bus
 
 VALIDATE_ENVELOPES = """
 import json, sys
@@ -55,6 +55,10 @@ def installed_nodes(onex_python: Path, tmp_path_factory: pytest.TempPathFactory)
     for node_dir in example_nodes():
         copy = work / "src" / node_dir.name
         shutil.copytree(node_dir, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        copies.append(str(copy))
+    for shared in sorted({d for n in example_nodes() for d in shared_dirs(n)}):
+        copy = work / "src" / f"{shared.parent.name}-{shared.name}"
+        shutil.copytree(shared, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
         copies.append(str(copy))
     target = work / "site"
     wheel = next(runtime_dir(example_nodes()[0]).glob("*.whl"))

@@ -268,6 +268,14 @@ class ModelAggregateSource(_ContractPart):
     topic: str = Field(min_length=1)
 
 
+class ModelSharedModelRef(_ContractPart):
+    """A type the node shares with its system, from the system's shared package."""
+
+    name: str = Field(min_length=1)
+    module: str = Field(min_length=1)
+    distribution: str = ""
+
+
 class ModelContract(_ContractPart):
     """A parsed ``contract.yaml`` (the subset the runtime acts on)."""
 
@@ -289,6 +297,7 @@ class ModelContract(_ContractPart):
     runtime: ModelRuntimeRequirement = Field(default_factory=ModelRuntimeRequirement)
     workflow_coordination: ModelWorkflowCoordination | None = None
     aggregates: list[ModelAggregateSource] = Field(default_factory=list)
+    shared_models: list[ModelSharedModelRef] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _local_steps_are_routed(self) -> "ModelContract":
