@@ -15,13 +15,16 @@
 #
 # Needs: mmdebstrap, umoci (Debian packages), python3.11 with pip, cargo; root, for mmdebstrap's
 # root mode and umoci's unpack. Environment: DEBIAN_MIRROR (default deb.debian.org),
-# PYTHON (default python3.11), OPERATOR_BIN (a built binary instead of `cargo build --release`).
+# PYTHON (default python3.11), OPERATOR_BIN (a built binary instead of `cargo build --release`),
+# IMAGES (default "node-runtime operator": which to build).
 set -euo pipefail
 
 OUT=${1:?usage: bash images/build-oci.sh DIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3.11}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+IMAGES=${IMAGES:-node-runtime operator}
+wanted() { [[ " $IMAGES " == *" $1 "* ]]; }
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -1)
 # The versions the test suite runs every generated node with (tests/python/requirements.txt).
 NODE_PACKAGES=(pydantic==2.14.3 confluent-kafka==2.16.1 pyyaml==6.0.3)
@@ -89,13 +92,16 @@ fill_operator() {
   install -D -m 0755 "$OPERATOR_BIN" "$1/usr/local/bin/omninode-operator"
 }
 
+if wanted node-runtime; then
 step "node-runtime image"
 pack node-runtime fill_node_runtime \
   --config.user 10001:10001 --config.workingdir /opt/node \
   --config.env PYTHONDONTWRITEBYTECODE=1 --config.env PYTHONUNBUFFERED=1 \
   --config.cmd python --config.cmd -c \
   --config.cmd "import omninode_runtime; print('omninode node runtime', omninode_runtime.RUNTIME_VERSION)"
+fi
 
+wanted operator || exit 0
 step "operator image"
 if [ -z "${OPERATOR_BIN:-}" ]; then
   (cd "$ROOT" && cargo build --release --locked --bin omninode-operator)

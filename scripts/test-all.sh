@@ -106,6 +106,30 @@ if [ ! -x "$SSHD_ROOT/usr/sbin/sshd" ]; then
 fi
 if [ -x "$SSHD_ROOT/usr/sbin/sshd" ]; then export SSHD_ROOT; fi
 
+step "real pods: containerd, runc, CNI plugins and the node-runtime image (when a kubelet is there)"
+# The e2e harness runs a one-node cluster when the control plane's binary directory also holds
+# kubelet and kube-scheduler (docs/testing.md, "Real pods"). It needs these Debian packages and
+# the node-runtime image, built without Docker by images/build-oci.sh and cached by content.
+ASSETS=${KUBEBUILDER_ASSETS:-/usr/local/kubebuilder/bin}
+if [ -z "${OMNINODE_E2E_KUBECONFIG:-}" ] && [ -x "$ASSETS/kubelet" ] && [ -x "$ASSETS/kube-scheduler" ]; then
+  NODE_PACKAGES="containerd runc containernetworking-plugins mmdebstrap umoci busybox-static iptables"
+  if ! dpkg -s $NODE_PACKAGES >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $NODE_PACKAGES
+  fi
+  OCI=$CACHE/oci
+  want=$( (cat "$ROOT/images/build-oci.sh" "$ROOT/Cargo.toml"; cd "$ROOT" && git ls-files -z python/omninode-runtime \
+    | xargs -0 cat) | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$OCI/node-runtime.tar" ] || [ "$(cat "$OCI/.sha256" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$OCI"
+    IMAGES=node-runtime bash "$ROOT/images/build-oci.sh" "$OCI"
+    echo "$want" >"$OCI/.sha256"
+  fi
+  export OMNINODE_OCI_DIR=$OCI
+  echo "real-pod scenarios enabled: kubelet in $ASSETS, images in $OCI"
+else
+  echo "no kubelet and kube-scheduler beside the control plane: the e2e scenarios stay object-only"
+fi
+
 cd "$ROOT"
 step "omninode-runtime's own suite: ruff, mypy --strict, pytest (python/omninode-runtime)"
 (

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cluster::{Cluster, HOW_TO_ENABLE, Operator};
+use support::kubelet_node::{self, KubeletNode};
 use support::node_process::{NodeProcess, runtime_python};
 use support::{chart, git_server};
 
@@ -60,6 +61,12 @@ fn apply_example(c: &Cluster, ns: &str, file: &str, name: &str) -> Outcome {
     let path = examples_dir().join(file).display().to_string();
     c.kubectl_ok(&["apply", "-n", ns, "-f", &path])?;
     wait_ready(c, ns, name)
+}
+
+/// `kubectl apply` of every example into `ns`.
+fn apply_examples(c: &Cluster, ns: &str) -> Outcome {
+    let dir = examples_dir().display().to_string();
+    c.kubectl_ok(&["apply", "-n", ns, "-f", &dir]).map(|_| ())
 }
 
 /// An example's NodeGeneration as JSON, to change before applying it.
@@ -113,13 +120,7 @@ fn examples_become_ready(c: &Cluster) -> Outcome {
     let ns = "e2e-examples";
     c.create_namespace(ns)?;
     let op = Operator::start(c, ns, &[])?;
-    c.kubectl_ok(&[
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        &examples_dir().display().to_string(),
-    ])?;
+    apply_examples(c, ns)?;
     let names: Vec<String> = items(&c.json(&["get", "ng", "-n", ns])?)
         .iter()
         .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
@@ -2041,6 +2042,137 @@ fn handlers_from_a_config_map(c: &Cluster) -> Outcome {
     Ok(())
 }
 
+/// The node-runtime image of this version, as `images/build-oci.sh` names it.
+fn node_image() -> String {
+    format!(
+        "localhost/omninode/node-runtime:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A kubelet node beside the control plane, with the images `images/build-oci.sh` wrote to
+/// `OMNINODE_OCI_DIR`; None (and why, printed) when this machine cannot run real pods.
+fn real_node(c: &Cluster) -> Result<Option<KubeletNode>, String> {
+    let Some(assets) = &c.assets else {
+        println!("    (no real pods: the cluster is not one this harness started)");
+        return Ok(None);
+    };
+    if let Some(why) = kubelet_node::missing(assets) {
+        println!("    (no real pods: {why}; see docs/testing.md, \"Real pods\")");
+        return Ok(None);
+    }
+    let Some(oci) = std::env::var_os("OMNINODE_OCI_DIR") else {
+        ensure!(
+            std::env::var("CI").is_err(),
+            "a kubelet is in {} but OMNINODE_OCI_DIR is not set (scripts/test-all.sh builds the images)",
+            assets.display()
+        );
+        println!("    (no real pods: set OMNINODE_OCI_DIR to the output of images/build-oci.sh)");
+        return Ok(None);
+    };
+    let image = PathBuf::from(oci).join("node-runtime.tar");
+    ensure!(image.is_file(), "{} is missing", image.display());
+    KubeletNode::start(c, assets, &[image]).map(Some)
+}
+
+/// Check 1 of the real-pod issue: every example's GeneratedNodes become Ready because their
+/// pods are Ready on a real kubelet: containers ready, no restarts, and the health endpoints
+/// the probes use answer from the pod's own address.
+fn real_pods_examples_become_ready(c: &Cluster) -> Outcome {
+    let Some(mut node) = real_node(c)? else {
+        return Ok(());
+    };
+    let result = (|| -> Outcome {
+        let ns = "e2e-real-pods";
+        c.create_namespace(ns)?;
+        node.admit(c, ns)?;
+        let image = node_image();
+        let _op = Operator::start(c, ns, &["--node-image", &image, "--git-image", &image])?;
+        let started = Instant::now();
+        apply_examples(c, ns)?;
+        let mut names = Vec::new();
+        wait_until(
+            Duration::from_secs(300),
+            "every GeneratedNode Ready",
+            || {
+                let ngs = items(&c.json(&["get", "ng", "-n", ns])?);
+                let gns = items(&c.json(&["get", "gn", "-n", ns])?);
+                let expected: usize = ngs
+                    .iter()
+                    .map(|n| n["status"]["nodes"].as_array().map_or(0, Vec::len))
+                    .sum();
+                names = gns
+                    .iter()
+                    .filter(|g| condition(g, "Ready").is_some_and(|r| r["status"] == "True"))
+                    .filter_map(|g| g["metadata"]["name"].as_str().map(str::to_string))
+                    .collect();
+                Ok(ngs.len() >= 11
+                    && expected > 0
+                    && names.len() == expected
+                    && gns.len() == expected)
+            },
+        )?;
+        let took = started.elapsed().as_secs_f64();
+        let (mut pods, mut probed) = (0, 0);
+        for name in &names {
+            let selector = format!("app.kubernetes.io/name={name}");
+            for pod in items(&c.json(&["get", "pods", "-n", ns, "-l", &selector])?) {
+                let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                let ready = condition(&pod, "Ready").is_some_and(|r| r["status"] == "True");
+                ensure!(
+                    ready,
+                    "{pod_name} of {name} is not Ready: {}",
+                    pod["status"]
+                );
+                for status in pod["status"]["containerStatuses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    ensure!(status["ready"] == true, "{pod_name}: {status}");
+                    ensure!(
+                        status["restartCount"] == 0,
+                        "{pod_name} restarted: {status}"
+                    );
+                }
+                let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+                let port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+                    .as_i64()
+                    .unwrap_or(0);
+                for path in ["/health/live", "/health/ready"] {
+                    let out = Command::new("curl")
+                        .args(["-sf", "-m", "5", &format!("http://{ip}:{port}{path}")])
+                        .output()
+                        .map_err(|e| e.to_string())?;
+                    ensure!(
+                        out.status.success(),
+                        "{pod_name}: GET {path} on {ip}:{port} failed"
+                    );
+                    probed += 1;
+                }
+                pods += 1;
+            }
+        }
+        ensure!(
+            pods >= names.len(),
+            "{pods} pods for {} GeneratedNodes",
+            names.len()
+        );
+        println!(
+            "    {} GeneratedNodes Ready on {pods} real pods after {took:.1} s; {probed} probe requests answered from pod IPs, 0 restarts",
+            names.len()
+        );
+        Ok(())
+    })();
+    if result.is_err() {
+        println!(
+            "    kubelet node logs kept in {}",
+            node.keep_logs().display()
+        );
+    }
+    result
+}
+
 fn main() -> ExitCode {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -2058,7 +2190,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 20] = [
+    let scenarios: [Scenario; 21] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -2068,6 +2200,10 @@ fn main() -> ExitCode {
             chart_upgrade_keeps_generations,
         ),
         ("examples_become_ready", examples_become_ready),
+        (
+            "real_pods_examples_become_ready",
+            real_pods_examples_become_ready,
+        ),
         (
             "system_rolls_out_in_dependency_order",
             system_rolls_out_in_dependency_order,

@@ -34,6 +34,9 @@ pub struct Cluster {
     processes: Vec<Child>,
     /// Client URL of the etcd this harness runs (none for an existing cluster).
     etcd_url: Option<String>,
+    /// The binary directory the control plane came from (none for an existing cluster): where
+    /// a `kubelet` and `kube-scheduler` for real pods are looked for.
+    pub assets: Option<PathBuf>,
 }
 
 fn run(cmd: &mut Command) -> Result<Output, String> {
@@ -147,7 +150,8 @@ fn certificates(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child, String> {
+/// Start `bin` with its output in `log`.
+pub fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child, String> {
     let file = std::fs::File::create(log).map_err(|e| e.to_string())?;
     let err = file.try_clone().map_err(|e| e.to_string())?;
     Command::new(bin)
@@ -172,6 +176,7 @@ impl Cluster {
                 tmp: Some(tmp),
                 processes: Vec::new(),
                 etcd_url: None,
+                assets: None,
             };
             cluster.install_crds()?;
             return Ok(Some(cluster));
@@ -198,6 +203,7 @@ impl Cluster {
             tmp: Some(tmp),
             processes: Vec::new(),
             etcd_url: Some(format!("http://127.0.0.1:{etcd_port}")),
+            assets: Some(assets.to_path_buf()),
         };
         let p = |f: &str| d.join(f).display().to_string();
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -227,6 +233,9 @@ impl Cluster {
                 format!("--tls-private-key-file={}", p("server.key")),
                 format!("--client-ca-file={}", p("ca.crt")),
                 "--authorization-mode=RBAC".into(),
+                // Lets a namespace give its pods a toleration (the real-pod node is tainted so
+                // that only the pods of the scenario that started it land there).
+                "--enable-admission-plugins=PodTolerationRestriction".into(),
                 "--service-account-issuer=https://kubernetes.default.svc".into(),
                 format!("--service-account-key-file={}", p("sa.pub")),
                 format!("--service-account-signing-key-file={}", p("sa.key")),

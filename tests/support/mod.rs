@@ -2,4 +2,5 @@ pub mod chart;
 pub mod cluster;
 pub mod git_server;
 pub mod kafka;
+pub mod kubelet_node;
 pub mod node_process;
