@@ -1319,7 +1319,7 @@ fn chart_install_least_privilege(c: &Cluster) -> Outcome {
         (true, &["create", "events.events.k8s.io", "-n", ns]),
         (false, &["get", "secrets", "-n", ns]),
         (false, &["get", "secrets", "-n", "kube-system"]),
-        (false, &["list", "pods", "-n", ns]),
+        (true, &["watch", "pods", "-n", ns]),
         (false, &["create", "pods", "-n", ns]),
         (
             false,
@@ -1529,16 +1529,8 @@ fn git_output_closes_the_gitops_loop(c: &Cluster) -> Outcome {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let listing = repos.in_repo(
-        "nodes",
-        &["ls-tree", "--name-only", &format!("main:{root}/manifests")],
-    )?;
-    let manifests: Vec<&str> = listing.lines().collect();
+    let manifests = apply_committed_manifests(c, ns, &repos, &root)?;
     ensure!(!manifests.is_empty(), "no manifests under {root}/manifests");
-    for file in &manifests {
-        let text = repos.in_repo("nodes", &["show", &format!("main:{root}/manifests/{file}")])?;
-        c.apply(ns, &text)?;
-    }
     for file in &manifests {
         let node = file.trim_end_matches(".yaml");
         let mut deploy = Value::Null;
@@ -1762,8 +1754,6 @@ async def handle_insert_single_record(
 const WRITER_PACKAGE: &str = "node_data_postgres_writer_effect";
 const EDITED_HANDLER: &str = "handlers/handler_insert_single_record.py";
 
-/// Run the node whose code is in `code` (started by `start`, as its Deployment would) and check
-/// that `POST /process` answers what the user's handler computes.
 /// The runtime's interpreter for scenarios that run nodes as processes; None (said once per
 /// scenario) outside CI when OMNINODE_PYTHON is not set, an error in CI.
 fn python_for_processes(what: &str) -> Result<Option<PathBuf>, String> {
@@ -1778,6 +1768,8 @@ fn python_for_processes(what: &str) -> Result<Option<PathBuf>, String> {
     Ok(python)
 }
 
+/// Run the node whose code is in `code` (started by `start`, as its Deployment would) and check
+/// that `POST /process` answers what the user's handler computes.
 fn runs_the_users_handler(
     code: &Path,
     start: fn(&Path, &Path, &str) -> Result<NodeProcess, String>,
@@ -2075,14 +2067,47 @@ fn real_node(c: &Cluster) -> Result<Option<KubeletNode>, String> {
     KubeletNode::start(c, assets, &[image]).map(Some)
 }
 
+/// Argo CD's part: apply the GeneratedNode manifests committed under `root` on main of the
+/// `nodes` repository; returns their file names.
+fn apply_committed_manifests(
+    c: &Cluster,
+    ns: &str,
+    repos: &git_server::Repos,
+    root: &str,
+) -> Result<Vec<String>, String> {
+    let listing = repos.in_repo(
+        "nodes",
+        &["ls-tree", "--name-only", &format!("main:{root}/manifests")],
+    )?;
+    let manifests: Vec<String> = listing.lines().map(str::to_string).collect();
+    for file in &manifests {
+        let text = repos.in_repo("nodes", &["show", &format!("main:{root}/manifests/{file}")])?;
+        c.apply(ns, &text)?;
+    }
+    Ok(manifests)
+}
+
+/// Run `scenario` on a kubelet node when this machine can run real pods (else say why and
+/// pass); a failed scenario keeps the node's logs.
+fn with_real_node(c: &Cluster, scenario: impl FnOnce(&KubeletNode) -> Outcome) -> Outcome {
+    let Some(mut node) = real_node(c)? else {
+        return Ok(());
+    };
+    let result = scenario(&node);
+    if result.is_err() {
+        println!(
+            "    kubelet node logs kept in {}",
+            node.keep_logs().display()
+        );
+    }
+    result
+}
+
 /// Check 1 of the real-pod issue: every example's GeneratedNodes become Ready because their
 /// pods are Ready on a real kubelet: containers ready, no restarts, and the health endpoints
 /// the probes use answer from the pod's own address.
 fn real_pods_examples_become_ready(c: &Cluster) -> Outcome {
-    let Some(mut node) = real_node(c)? else {
-        return Ok(());
-    };
-    let result = (|| -> Outcome {
+    with_real_node(c, |node| {
         let ns = "e2e-real-pods";
         c.create_namespace(ns)?;
         node.admit(c, ns)?;
@@ -2163,14 +2188,290 @@ fn real_pods_examples_become_ready(c: &Cluster) -> Outcome {
             names.len()
         );
         Ok(())
-    })();
-    if result.is_err() {
+    })
+}
+
+/// The pods of GeneratedNode `name` (by the label its Deployment's selector uses).
+fn pods_of(c: &Cluster, ns: &str, name: &str) -> Result<Vec<Value>, String> {
+    let selector = format!("app.kubernetes.io/name={name}");
+    Ok(items(&c.json(&["get", "pods", "-n", ns, "-l", &selector])?))
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    condition(pod, "Ready").is_some_and(|r| r["status"] == "True")
+}
+
+/// Wait until every GeneratedNode of `ns` (at least `count`) is Ready; returns their names.
+fn wait_gns_ready(
+    c: &Cluster,
+    ns: &str,
+    count: usize,
+    within: Duration,
+) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    wait_until(within, "the GeneratedNodes Ready", || {
+        let gns = items(&c.json(&["get", "gn", "-n", ns])?);
+        names = gns
+            .iter()
+            .filter(|g| condition(g, "Ready").is_some_and(|r| r["status"] == "True"))
+            .filter_map(|g| g["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        Ok(gns.len() >= count && names.len() == gns.len())
+    })?;
+    Ok(names)
+}
+
+/// Checks 2, 3 and 4 of the real-pod issue on one kubelet node: a PRD edit rolls a node's pods
+/// to the new content hash; a system published to Git starts from its init containers'
+/// checkout (shared models included); a handler that raises at start-up shows as
+/// CrashLoopBackOff on the node and its generation, and fixing it recovers both; an Effect
+/// node's pod reaches a broker and announces itself.
+fn real_pods_roll_crash_fetch_and_join_the_bus(c: &Cluster) -> Outcome {
+    with_real_node(c, |node| {
+        let image = node_image();
+        let op_args = [
+            "--node-image",
+            image.as_str(),
+            "--git-image",
+            image.as_str(),
+        ];
+
+        // A PRD edit rolls the Deployment: new pods Ready, old ones gone.
+        let ns = "e2e-real-edit";
+        c.create_namespace(ns)?;
+        node.admit(c, ns)?;
+        let _op = Operator::start(c, ns, &op_args)?;
+        apply_example(c, ns, "effect-postgres-writer.yaml", "postgres-writer")?;
+        let gn_name = "postgres-writer-postgres-writer-effect";
+        wait_gns_ready(c, ns, 1, Duration::from_secs(120))?;
+        let old_hash = c.json(&["get", "gn", gn_name, "-n", ns])?["spec"]["contentHash"].clone();
+        let old_pods: BTreeSet<String> = pods_of(c, ns, gn_name)?
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        let mut ng = example_manifest("effect-postgres-writer.yaml")?;
+        let prd = ng["spec"]["prd"].as_str().unwrap_or_default().to_string();
+        ng["spec"]["prd"] = Value::String(format!(
+            "{prd}\n- Archive records older than a year to cold storage\n"
+        ));
+        let edited = Instant::now();
+        c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+        let mut new_hash = Value::Null;
+        wait_until(
+            Duration::from_secs(120),
+            "the pods rolled to the new content hash",
+            || {
+                let gn = c.json(&["get", "gn", gn_name, "-n", ns])?;
+                new_hash = gn["spec"]["contentHash"].clone();
+                if new_hash == old_hash
+                    || !condition(&gn, "Ready").is_some_and(|r| r["status"] == "True")
+                {
+                    return Ok(false);
+                }
+                let pods = pods_of(c, ns, gn_name)?;
+                Ok(!pods.is_empty()
+                    && pods.iter().all(|p| {
+                        pod_ready(p)
+                            && p["metadata"]["annotations"]["codegen.omninode.ai/content-hash"]
+                                == new_hash
+                            && !old_pods
+                                .contains(p["metadata"]["name"].as_str().unwrap_or_default())
+                            && p["metadata"]["deletionTimestamp"].is_null()
+                    }))
+            },
+        )?;
         println!(
-            "    kubelet node logs kept in {}",
-            node.keep_logs().display()
+            "    a PRD edit rolled {gn_name} to content hash {} in {:.1} s: new pods Ready, the {} old ones gone",
+            &new_hash.as_str().unwrap_or_default()[..12],
+            edited.elapsed().as_secs_f64(),
+            old_pods.len()
         );
+
+        // A system published to Git: each node's init container fetches its directory and the
+        // shared models package of the committed revision.
+        let repos = git_server::Repos::new();
+        repos.create("nodes");
+        let daemon = git_server::Daemon::start_on(&repos.root, &node.address)?;
+        let ns = "e2e-real-git";
+        c.create_namespace(ns)?;
+        node.admit(c, ns)?;
+        let _op = Operator::start(c, ns, &op_args)?;
+        let mut ng = example_manifest("system-loan-origination.yaml")?;
+        ng["spec"]["output"] = serde_json::json!({"git": {
+            "repository": daemon.url("nodes"), "branch": "main", "path": "clusters/e2e"}});
+        c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+        wait_ready(c, ns, "loan-origination")?;
+        let root = generation_of(c, ns, "loan-origination")?["status"]["output"]["git"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let applied = Instant::now();
+        let manifests = apply_committed_manifests(c, ns, &repos, &root)?;
+        ensure!(manifests.len() == 4, "manifests: {manifests:?}");
+        let names = wait_gns_ready(c, ns, 4, Duration::from_secs(180))?;
+        let mut fetched = 0;
+        for name in &names {
+            for pod in pods_of(c, ns, name)? {
+                ensure!(pod_ready(&pod), "{name}: pod not Ready");
+                for init in pod["status"]["initContainerStatuses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let done = &init["state"]["terminated"];
+                    ensure!(
+                        init["name"] == "fetch-code" && done["exitCode"] == 0,
+                        "{name}: init container {init}"
+                    );
+                    fetched += 1;
+                }
+            }
+        }
+        ensure!(
+            fetched >= 4,
+            "{fetched} fetch-code init containers completed"
+        );
+        println!(
+            "    the Git-published loan system: 4 GeneratedNodes Ready {:.1} s after their manifests were applied, {fetched} pods started from their init containers' checkout (shared models included)",
+            applied.elapsed().as_secs_f64()
+        );
+
+        // A user's handler that raises at start-up: the node and its generation say
+        // CrashLoopBackOff; the fixed handler recovers both.
+        let ns = "e2e-real-crash";
+        c.create_namespace(ns)?;
+        node.admit(c, ns)?;
+        let _op = Operator::start(c, ns, &op_args)?;
+        let key = format!("{WRITER_PACKAGE}/{EDITED_HANDLER}").replace('/', "-");
+        let handlers = |text: &str| {
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "my-handlers"}, "data": {key.clone(): text}})
+            .to_string()
+        };
+        c.apply(
+            ns,
+            &handlers("raise RuntimeError(\"the user's handler fails at start-up\")\n"),
+        )?;
+        let mut ng = example_manifest("effect-postgres-writer.yaml")?;
+        ng["spec"]["handlers"] = serde_json::json!({"configMap": {"name": "my-handlers"}});
+        c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+        let broke = Instant::now();
+        let mut said = (Value::Null, Value::Null);
+        wait_until(
+            Duration::from_secs(180),
+            "CrashLoopBackOff on the node and its generation",
+            || {
+                let gn = c.json(&["get", "gn", gn_name, "-n", ns])?;
+                let generation = generation_of(c, ns, "postgres-writer")?;
+                said = (
+                    condition(&gn, "Ready").cloned().unwrap_or_default(),
+                    condition(&generation, "Ready").cloned().unwrap_or_default(),
+                );
+                Ok(said.0["status"] == "False"
+                    && said.0["reason"] == "CrashLoopBackOff"
+                    && said.1["status"] == "False"
+                    && said.1["reason"] == "NodeFailing"
+                    && said.1["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("CrashLoopBackOff")))
+            },
+        )?;
+        println!(
+            "    a handler raising at start-up: after {:.1} s the GeneratedNode says Ready=False {}: {}; the NodeGeneration says {}",
+            broke.elapsed().as_secs_f64(),
+            said.0["reason"],
+            said.0["message"],
+            said.1["reason"]
+        );
+        c.apply(ns, &handlers(USERS_HANDLER))?;
+        let fixed = Instant::now();
+        wait_until(
+            Duration::from_secs(180),
+            "the fixed handler's node Ready again",
+            || {
+                let gn = c.json(&["get", "gn", gn_name, "-n", ns])?;
+                let generation = generation_of(c, ns, "postgres-writer")?;
+                Ok(
+                    condition(&gn, "Ready").is_some_and(|r| r["status"] == "True")
+                        && condition(&generation, "Ready").is_some_and(|r| r["status"] == "True"),
+                )
+            },
+        )?;
+        println!(
+            "    the fixed handler: node and generation Ready again {:.1} s later",
+            fixed.elapsed().as_secs_f64()
+        );
+
+        // An Effect node's pod on a broker started here: it announces itself.
+        let Some(bin) = tansu()? else {
+            return Ok(());
+        };
+        let broker =
+            support::kafka::Broker::start_on(&bin, &node.address, support::kafka::free_port());
+        let ns = "e2e-real-bus";
+        c.create_namespace(ns)?;
+        node.admit(c, ns)?;
+        let servers = broker.servers();
+        let mut bus_args = op_args.to_vec();
+        bus_args.extend(["--node-kafka-bootstrap-servers", servers.as_str()]);
+        let _op = Operator::start(c, ns, &bus_args)?;
+        apply_example(c, ns, "effect-postgres-writer.yaml", "postgres-writer")?;
+        wait_gns_ready(c, ns, 1, Duration::from_secs(120))?;
+        let event = introspection_event(
+            &servers,
+            "node_data_postgres_writer_effect",
+            Duration::from_secs(60),
+        )?;
+        let pod = pods_of(c, ns, gn_name)?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+        let ready = Command::new("curl")
+            .args(["-sf", "-m", "5", &format!("http://{ip}:8080/health/ready")])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let health: Value = serde_json::from_slice(&ready.stdout).unwrap_or_default();
+        ensure!(health["event_bus"] == "connected", "pod health: {health}");
+        println!(
+            "    the Effect pod ({ip}) announced itself on {} at {servers} (node_id {}); its event bus is connected",
+            omninode_operator::render::INTROSPECTION_TOPIC,
+            event["payload"]["node_id"]
+        );
+        Ok(())
+    })
+}
+
+/// The first startup introspection event of node package `node` on the broker at `servers`.
+fn introspection_event(servers: &str, node: &str, within: Duration) -> Result<Value, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let topic = omninode_operator::render::INTROSPECTION_TOPIC;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "e2e-introspection")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut partitions = TopicPartitionList::new();
+    partitions
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&partitions).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let value: Value =
+            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or_default();
+        if value["payload"]["node_name"] == node && value["payload"]["reason"] == "startup" {
+            return Ok(value);
+        }
     }
-    result
+    Err(format!(
+        "no startup introspection event of {node} on {topic} within {within:?}"
+    ))
 }
 
 fn main() -> ExitCode {
@@ -2190,7 +2491,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 21] = [
+    let scenarios: [Scenario; 22] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -2203,6 +2504,10 @@ fn main() -> ExitCode {
         (
             "real_pods_examples_become_ready",
             real_pods_examples_become_ready,
+        ),
+        (
+            "real_pods_roll_crash_fetch_and_join_the_bus",
+            real_pods_roll_crash_fetch_and_join_the_bus,
         ),
         (
             "system_rolls_out_in_dependency_order",

@@ -189,6 +189,7 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
     let (cm_r, cm_w) = reflector::store();
     let (dep_r, dep_w) = reflector::store();
     let (svc_r, svc_w) = reflector::store();
+    let (pod_r, _pod_w) = reflector::store();
     let ctx = Context::new(
         fake.client(),
         Renderer::embedded().unwrap(),
@@ -205,6 +206,7 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
             config_maps: cm_r,
             deployments: dep_r,
             services: svc_r,
+            pods: pod_r,
             synced: tokio::sync::watch::channel(true).1,
         },
         Duration::from_secs(3600),

@@ -160,7 +160,16 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         }
     };
 
-    let (conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
+    let (mut conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
+    if let Some((reason, message)) = super::pod_health::failure(&ctx.caches.pods, &ns, &name) {
+        // A pod that will not start says why, instead of an open-ended "rolling out".
+        for c in conditions
+            .iter_mut()
+            .filter(|c| c.type_ == READY && !c.is_true())
+        {
+            *c = Condition::new(READY, ConditionStatus::False, &reason, message.clone());
+        }
+    }
     write_status(gn, ctx, conditions, Some(ready_replicas)).await?;
     Ok(Action::requeue(ctx.resync))
 }
@@ -195,6 +204,12 @@ fn is_ready(gn: &GeneratedNode) -> bool {
         .as_ref()
         .and_then(|s| status::get(&s.conditions, READY))
         .is_some_and(Condition::is_true)
+}
+
+/// The GeneratedNode a pod belongs to (its Deployment's `app.kubernetes.io/name` label).
+pub fn of_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<ObjectRef<GeneratedNode>> {
+    let name = pod.labels().get("app.kubernetes.io/name")?;
+    Some(ObjectRef::new(name).within(&pod.namespace()?))
 }
 
 /// The GeneratedNodes that depend on `changed`: reconciled when its status changes, so a system

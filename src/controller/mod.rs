@@ -12,13 +12,14 @@ mod git_output;
 mod leader;
 pub mod metrics;
 pub mod node_generation;
+mod pod_health;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -60,6 +61,8 @@ pub struct Caches {
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
     pub deployments: Store<Deployment>,
     pub services: Store<PartialObjectMeta<Service>>,
+    /// The nodes' pods, status only: why a node that will not start does not.
+    pub pods: Store<Pod>,
     /// True once every cache above has its first full list.
     pub synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -409,6 +412,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         managed.clone(),
         |_| {},
     );
+    // The pods carry the Deployment's labels (ours among them); their status is all we read.
+    let (pod_reader, pods) = cached(api::<Pod>(&client, ns), managed.clone(), |p: &mut Pod| {
+        p.spec = None;
+    });
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
@@ -449,7 +456,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let gn_controller = Controller::for_stream(generated_nodes, gn_reader)
         .with_config(controller_config.clone())
         .owns_stream(changes(deployments))
-        .owns_stream(changes(services));
+        .owns_stream(changes(services))
+        .watches_stream(changes(pods), |pod: Pod| generated_node::of_pod(&pod));
     let gn_store = gn_controller.store();
     let gn_controller = gn_controller.reconcile_on(gn_changed_rx.flat_map(move |changed| {
         futures::stream::iter(generated_node::dependents(&gn_store, &changed))
@@ -469,6 +477,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         config_maps: cm_reader,
         deployments: dep_reader,
         services: svc_reader,
+        pods: pod_reader,
         synced: synced_rx,
     };
     let mut ctx = Context::new(
@@ -497,8 +506,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 synced("ConfigMaps", caches.config_maps.wait_until_ready()),
                 synced("Deployments", caches.deployments.wait_until_ready()),
                 synced("Services", caches.services.wait_until_ready()),
+                synced("Pods", caches.pods.wait_until_ready()),
             );
-            if synced.0 && synced.1 && synced.2 && synced.3 {
+            if synced.0 && synced.1 && synced.2 && synced.3 && synced.4 {
                 tracing::info!("caches synced");
                 synced_tx.send_replace(true);
                 health.set_ready(true);

@@ -184,8 +184,11 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
         && current.input_hash.as_deref() == Some(input_hash.as_str())
     {
         match status::get(&current.conditions, READY) {
-            Some(c) if c.is_true() && children_intact(ng, &current, ctx) => {
-                refresh_system(ng, ctx, &ns, &current).await?;
+            Some(c)
+                if (c.is_true() || c.reason == NODE_FAILING)
+                    && children_intact(ng, &current, ctx) =>
+            {
+                refresh_nodes(ng, ctx, &ns, &current).await?;
                 return Ok(Action::requeue(ctx.resync));
             }
             Some(c) if !c.is_true() && TERMINAL_REASONS.contains(&c.reason.as_str()) => {
@@ -359,26 +362,13 @@ async fn generate_and_publish(
         .filter_map(|(cm, _)| cm.metadata.name.clone())
         .collect();
     let gn_names: Vec<String> = children.iter().map(|(_, gn)| gn.name_any()).collect();
-    let deployed = if ng.spec.deploy.enabled {
-        format!(
-            "GeneratedNode(s) {} applied; each reports its Deployment in its own status",
-            gn_names.join(", ")
-        )
-    } else {
-        format!(
-            "GeneratedNode(s) {} applied with deploy.enabled=false (no Deployments)",
-            gn_names.join(", ")
-        )
-    };
+    let deployed = deployed_message(&gn_names, ng.spec.deploy.enabled);
     let lowest = outcome
         .nodes
         .iter()
         .map(|n| n.report.overall)
         .fold(1.0f64, f64::min);
-    let ready = format!(
-        "{} node(s) generated and published; lowest quality {lowest:.3}",
-        outcome.nodes.len()
-    );
+    let ready = ready_message(outcome.nodes.len(), lowest);
     let mut published = format!("code published in ConfigMap(s) {}", cm_names.join(", "));
     if let Some(source) = &ng.spec.handlers {
         published.push_str(&format!(
@@ -782,25 +772,115 @@ fn node_state(ctx: &Context, ns: &str, name: &str) -> Option<String> {
     })
 }
 
-/// Bring a settled generation's `status.system` up to date with its GeneratedNodes (they roll
-/// out after it settled); one status write when a node's state changed, none otherwise.
-async fn refresh_system(
+/// The `Deployed` message of a generation whose GeneratedNodes `names` were applied.
+fn deployed_message(names: &[String], deploy_enabled: bool) -> String {
+    if deploy_enabled {
+        format!(
+            "GeneratedNode(s) {} applied; each reports its Deployment in its own status",
+            names.join(", ")
+        )
+    } else {
+        format!(
+            "GeneratedNode(s) {} applied with deploy.enabled=false (no Deployments)",
+            names.join(", ")
+        )
+    }
+}
+
+/// The `Ready` message of a generation of `nodes` nodes whose lowest quality is `lowest`.
+fn ready_message(nodes: usize, lowest: f64) -> String {
+    format!("{nodes} node(s) generated and published; lowest quality {lowest:.3}")
+}
+
+/// The `Deployed` and `Ready` reason of a generation one of whose nodes cannot start.
+pub const NODE_FAILING: &str = "NodeFailing";
+
+/// Bring a settled generation up to date with its GeneratedNodes (they roll out after it
+/// settled): `status.system`, and `Deployed`/`Ready`, which turn False (`NodeFailing`, with the
+/// pods' reason) while a node cannot start and back when it can. One status write when
+/// something changed, none otherwise.
+async fn refresh_nodes(
     ng: &NodeGeneration,
     ctx: &Context,
     ns: &str,
     current: &NodeGenerationStatus,
 ) -> Result<(), Error> {
-    let Some(system) = &current.system else {
-        return Ok(());
-    };
     let mut next = current.clone();
-    let mut refreshed = system.clone();
-    refreshed.refresh(|name| node_state(ctx, ns, name));
-    if &refreshed == system {
+    if let Some(system) = &current.system {
+        let mut refreshed = system.clone();
+        refreshed.refresh(|name| node_state(ctx, ns, name));
+        next.system = Some(refreshed);
+    }
+    // In Git output the nodes are Argo CD's to apply: their health is reported there.
+    if ng.spec.output.git.is_none() {
+        let failing: Vec<String> = current
+            .nodes
+            .iter()
+            .filter_map(|n| node_failure(ctx, ns, &n.name))
+            .collect();
+        let was_failing =
+            status::get(&current.conditions, READY).is_some_and(|c| c.reason == NODE_FAILING);
+        let conditions = if !failing.is_empty() {
+            let message = failing.join("; ");
+            vec![
+                Condition::new(
+                    DEPLOYED,
+                    ConditionStatus::False,
+                    NODE_FAILING,
+                    message.clone(),
+                ),
+                Condition::new(READY, ConditionStatus::False, NODE_FAILING, message),
+            ]
+        } else if was_failing {
+            let names: Vec<String> = current.nodes.iter().map(|n| n.name.clone()).collect();
+            let lowest = current.quality.unwrap_or(1.0);
+            vec![
+                Condition::new(
+                    DEPLOYED,
+                    ConditionStatus::True,
+                    "GeneratedNodesApplied",
+                    deployed_message(&names, ng.spec.deploy.enabled),
+                ),
+                Condition::new(
+                    READY,
+                    ConditionStatus::True,
+                    "GenerationSucceeded",
+                    ready_message(names.len(), lowest),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        for mut c in conditions {
+            c.observed_generation = ng.metadata.generation;
+            status::set_condition(&mut next.conditions, c, Some(&now));
+        }
+        status::sort(&mut next.conditions);
+    }
+    if &next == current {
         return Ok(());
     }
-    next.system = Some(refreshed);
+    let (before, after) = (
+        status::get(&current.conditions, READY),
+        status::get(&next.conditions, READY),
+    );
+    if before.map(|c| (&c.status, &c.reason)) != after.map(|c| (&c.status, &c.reason)) {
+        super::ready_event(ctx, &ng.object_ref(&()), before, after, |_| true).await;
+    }
     apply_status(ctx, ng, &next).await
+}
+
+/// `<node>: <reason>: <message>` when GeneratedNode `name` cannot start.
+fn node_failure(ctx: &Context, ns: &str, name: &str) -> Option<String> {
+    let gn = ctx
+        .caches
+        .generated_nodes
+        .get(&ObjectRef::new(name).within(ns))?;
+    let ready = status::get(&gn.status.as_ref()?.conditions, READY)?;
+    let failing =
+        !ready.is_true() && super::pod_health::FAILING_REASONS.contains(&ready.reason.as_str());
+    failing.then(|| format!("{name}: {}: {}", ready.reason, ready.message))
 }
 
 /// Merge the new conditions into the current status and write it if anything differs; emit an

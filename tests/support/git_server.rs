@@ -201,7 +201,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(root: &Path) -> Result<Daemon, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        Daemon::start_on(root, "127.0.0.1")
+    }
+
+    /// On `host` (an address of this machine): pods reach the host's own address, not its
+    /// loopback.
+    pub fn start_on(root: &Path, host: &str) -> Result<Daemon, String> {
+        let port = std::net::TcpListener::bind((host, 0))
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
@@ -211,7 +217,7 @@ impl Daemon {
                 "--reuseaddr",
                 "--export-all",
                 "--enable=receive-pack",
-                "--listen=127.0.0.1",
+                &format!("--listen={host}"),
                 &format!("--port={port}"),
                 &format!("--base-path={}", root.display()),
                 &root.display().to_string(),
@@ -220,9 +226,9 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
-        let base = format!("git://127.0.0.1:{port}");
+        let base = format!("git://{host}:{port}");
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect((host, port)).is_ok() {
                 return Ok(Daemon { base, child });
             }
             std::thread::sleep(std::time::Duration::from_millis(50));

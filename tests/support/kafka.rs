@@ -36,6 +36,8 @@ pub fn free_port() -> u16 {
 pub struct Broker {
     child: Child,
     pub port: u16,
+    /// The address it listens on and advertises.
+    pub host: String,
     /// The data directory `start` made, removed with the broker.
     data: Option<tempfile::TempDir>,
 }
@@ -66,17 +68,32 @@ impl Broker {
     /// the latency benchmark measures the client rather than the broker's storage. Not for
     /// tests: see the race described at `start`.
     pub fn start_in_memory(bin: &str, port: u16) -> Broker {
-        Broker::spawn(bin, port, "memory://tansu/", None)
+        Broker::spawn(bin, "127.0.0.1", port, "memory://tansu/", None)
     }
 
     /// A broker keeping topics and messages in a SQLite file in `dir`, so that a restart keeps
     /// them, like a real broker's log (tansu built with the `libsql` feature).
     pub fn start_persistent(bin: &str, port: u16, dir: &std::path::Path) -> Broker {
-        Broker::spawn(bin, port, "sqlite://tansu.db", Some(dir))
+        Broker::spawn(bin, "127.0.0.1", port, "sqlite://tansu.db", Some(dir))
     }
 
-    fn spawn(bin: &str, port: u16, storage: &str, dir: Option<&std::path::Path>) -> Broker {
-        let url = format!("tcp://127.0.0.1:{port}");
+    /// Like [`Broker::start`], listening on and advertising `host` (an address of this
+    /// machine that pods can reach).
+    pub fn start_on(bin: &str, host: &str, port: u16) -> Broker {
+        let dir = tempfile::tempdir().expect("a directory for the broker's data");
+        let mut broker = Broker::spawn(bin, host, port, "sqlite://tansu.db", Some(dir.path()));
+        broker.data = Some(dir);
+        broker
+    }
+
+    fn spawn(
+        bin: &str,
+        host: &str,
+        port: u16,
+        storage: &str,
+        dir: Option<&std::path::Path>,
+    ) -> Broker {
+        let url = format!("tcp://{host}:{port}");
         let mut command = Command::new(bin);
         if let Some(dir) = dir {
             command.current_dir(dir);
@@ -96,19 +113,20 @@ impl Broker {
             .spawn()
             .expect("tansu starts");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((host, port)).is_err() {
             assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
         Broker {
             child,
             port,
+            host: host.to_string(),
             data: None,
         }
     }
 
     pub fn servers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn kill(mut self) {
