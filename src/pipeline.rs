@@ -334,7 +334,7 @@ pub fn run(
     }
     for (index, node) in plan.nodes.iter().enumerate() {
         let node_shared = shared_context.as_ref().and_then(|c| c.for_node(index));
-        let rendered = match renderer.render(
+        let mut rendered = match renderer.render(
             node,
             generation_name,
             &plan.external_systems,
@@ -344,7 +344,6 @@ pub fn run(
             Ok(r) => r,
             Err(e) => return render_failed(outcome, plan.clone(), &node.service, e),
         };
-        let mut rendered = rendered;
         if let (Some(shared), Some(_)) = (&outcome.shared, &rendered.context.shared) {
             rendered.shared_hash = Some(shared.content_hash.clone());
             rendered.rehash();

@@ -2067,6 +2067,16 @@ fn real_node(c: &Cluster) -> Result<Option<KubeletNode>, String> {
     KubeletNode::start(c, assets, &[image]).map(Some)
 }
 
+/// The `Ready` conditions of GeneratedNode `gn` and NodeGeneration `ng` (null when absent).
+fn ready_conditions(c: &Cluster, ns: &str, gn: &str, ng: &str) -> Result<(Value, Value), String> {
+    let node = c.json(&["get", "gn", gn, "-n", ns])?;
+    let generation = generation_of(c, ns, ng)?;
+    Ok((
+        condition(&node, "Ready").cloned().unwrap_or_default(),
+        condition(&generation, "Ready").cloned().unwrap_or_default(),
+    ))
+}
+
 /// Argo CD's part: apply the GeneratedNode manifests committed under `root` on main of the
 /// `nodes` repository; returns their file names.
 fn apply_committed_manifests(
@@ -2361,12 +2371,7 @@ fn real_pods_roll_crash_fetch_and_join_the_bus(c: &Cluster) -> Outcome {
             Duration::from_secs(180),
             "CrashLoopBackOff on the node and its generation",
             || {
-                let gn = c.json(&["get", "gn", gn_name, "-n", ns])?;
-                let generation = generation_of(c, ns, "postgres-writer")?;
-                said = (
-                    condition(&gn, "Ready").cloned().unwrap_or_default(),
-                    condition(&generation, "Ready").cloned().unwrap_or_default(),
-                );
+                said = ready_conditions(c, ns, gn_name, "postgres-writer")?;
                 Ok(said.0["status"] == "False"
                     && said.0["reason"] == "CrashLoopBackOff"
                     && said.1["status"] == "False"
@@ -2389,12 +2394,8 @@ fn real_pods_roll_crash_fetch_and_join_the_bus(c: &Cluster) -> Outcome {
             Duration::from_secs(180),
             "the fixed handler's node Ready again",
             || {
-                let gn = c.json(&["get", "gn", gn_name, "-n", ns])?;
-                let generation = generation_of(c, ns, "postgres-writer")?;
-                Ok(
-                    condition(&gn, "Ready").is_some_and(|r| r["status"] == "True")
-                        && condition(&generation, "Ready").is_some_and(|r| r["status"] == "True"),
-                )
+                let (node, generation) = ready_conditions(c, ns, gn_name, "postgres-writer")?;
+                Ok(node["status"] == "True" && generation["status"] == "True")
             },
         )?;
         println!(

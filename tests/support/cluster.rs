@@ -39,7 +39,8 @@ pub struct Cluster {
     pub assets: Option<PathBuf>,
 }
 
-fn run(cmd: &mut Command) -> Result<Output, String> {
+/// Run `cmd` to completion; Err with its stderr when it fails.
+pub fn run(cmd: &mut Command) -> Result<Output, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(

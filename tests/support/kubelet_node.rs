@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::cluster::{Cluster, spawn};
+use super::cluster::{Cluster, run, spawn};
 
 /// The bridge the CNI configuration creates.
 const BRIDGE: &str = "omninode0";
@@ -77,16 +77,9 @@ pub struct KubeletNode {
     pub address: String,
 }
 
+/// `cmd`'s standard output, when it succeeds.
 fn sh(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run(cmd).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The host's address on its default route: the kubelet refuses a loopback node IP.
@@ -414,15 +407,7 @@ registerWithTaints:
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Shims of this containerd outlive it; they name its socket on their command line.
-        let socket = self.dir.join("containerd/containerd.sock");
-        let _ = Command::new("pkill")
-            .args([
-                "-9",
-                "-f",
-                &format!("containerd-shim.*{}", socket.display()),
-            ])
-            .status();
+        // Shims of this containerd outlive it; they name its directory on their command line.
         let _ = Command::new("pkill")
             .args([
                 "-9",
