@@ -106,23 +106,37 @@ if [ ! -x "$SSHD_ROOT/usr/sbin/sshd" ]; then
 fi
 if [ -x "$SSHD_ROOT/usr/sbin/sshd" ]; then export SSHD_ROOT; fi
 
-step "real pods: containerd, runc, CNI plugins and the node-runtime image (when a kubelet is there)"
+step "real pods: containerd, runc, CNI plugins, the node-runtime and operator images (when a kubelet is there)"
 # The e2e harness runs a one-node cluster when the control plane's binary directory also holds
 # kubelet and kube-scheduler (docs/testing.md, "Real pods"). It needs these Debian packages and
-# the node-runtime image, built without Docker by images/build-oci.sh and cached by content.
+# the node-runtime and operator images, built without Docker by images/build-oci.sh.
 ASSETS=${KUBEBUILDER_ASSETS:-/usr/local/kubebuilder/bin}
 if [ -z "${OMNINODE_E2E_KUBECONFIG:-}" ] && [ -x "$ASSETS/kubelet" ] && [ -x "$ASSETS/kube-scheduler" ]; then
   NODE_PACKAGES="containerd runc containernetworking-plugins mmdebstrap umoci busybox-static iptables"
   if ! dpkg -s $NODE_PACKAGES >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $NODE_PACKAGES
   fi
+  # Each image is rebuilt only when what it is made of changed: the node-runtime image from the
+  # runtime package, the operator image from the release binary (built in a target directory
+  # under the cache, so that only this crate recompiles from one run to the next).
   OCI=$CACHE/oci
-  want=$( (cat "$ROOT/images/build-oci.sh" "$ROOT/Cargo.toml"; cd "$ROOT" && git ls-files -z python/omninode-runtime \
+  mkdir -p "$OCI"
+  stale=""
+  want_runtime=$( (cat "$ROOT/images/build-oci.sh" "$ROOT/Cargo.toml"; cd "$ROOT" && git ls-files -z python/omninode-runtime \
     | xargs -0 cat) | sha256sum | cut -d' ' -f1)
-  if [ ! -f "$OCI/node-runtime.tar" ] || [ "$(cat "$OCI/.sha256" 2>/dev/null)" != "$want" ]; then
-    rm -rf "$OCI"
-    IMAGES=node-runtime bash "$ROOT/images/build-oci.sh" "$OCI"
-    echo "$want" >"$OCI/.sha256"
+  if [ ! -f "$OCI/node-runtime.tar" ] || [ "$(cat "$OCI/node-runtime.sha256" 2>/dev/null)" != "$want_runtime" ]; then
+    stale="node-runtime"
+  fi
+  (cd "$ROOT" && CARGO_TARGET_DIR=$CACHE/target-release cargo build --release --locked --quiet --bin omninode-operator)
+  OPERATOR_BIN=$CACHE/target-release/release/omninode-operator
+  want_operator=$(cat "$ROOT/images/build-oci.sh" "$OPERATOR_BIN" | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$OCI/operator.tar" ] || [ "$(cat "$OCI/operator.sha256" 2>/dev/null)" != "$want_operator" ]; then
+    stale="$stale operator"
+  fi
+  if [ -n "$stale" ]; then
+    IMAGES=$stale OPERATOR_BIN=$OPERATOR_BIN bash "$ROOT/images/build-oci.sh" "$OCI"
+    echo "$want_runtime" >"$OCI/node-runtime.sha256"
+    echo "$want_operator" >"$OCI/operator.sha256"
   fi
   export OMNINODE_OCI_DIR=$OCI
   echo "real-pod scenarios enabled: kubelet in $ASSETS, images in $OCI"

@@ -1214,13 +1214,15 @@ fn no_denials(op: &Operator) -> Outcome {
     Ok(())
 }
 
-/// `helm install` of the chart into a new namespace `ns`; the Python that drove Helm's SDK and
-/// the release. `None` (the scenario skips, saying why) without helm-python-sdk.
+/// `helm install` of the chart into a new namespace `ns`, once `prepare` has readied it; the
+/// Python that drove Helm's SDK and the release. `None` (the scenario skips, saying why)
+/// without helm-python-sdk.
 fn install_chart(
     c: &Cluster,
     ns: &str,
     release: &str,
     values: &Value,
+    prepare: impl FnOnce() -> Outcome,
 ) -> Result<Option<(String, Value)>, String> {
     let Some(python) = chart::helm_python() else {
         println!(
@@ -1229,6 +1231,7 @@ fn install_chart(
         return Ok(None);
     };
     c.create_namespace(ns)?;
+    prepare()?;
     let rel = chart::helm(
         c,
         &python,
@@ -1248,7 +1251,7 @@ fn install_chart(
 fn chart_install_least_privilege(c: &Cluster) -> Outcome {
     let ns = "e2e-chart";
     let release = "omninode-operator";
-    let Some((_, rel)) = install_chart(c, ns, release, &serde_json::json!({}))? else {
+    let Some((_, rel)) = install_chart(c, ns, release, &serde_json::json!({}), || Ok(()))? else {
         return Ok(());
     };
     let (op, kubeconfig) = operator_from_chart(c, ns, release)?;
@@ -1384,7 +1387,7 @@ fn chart_upgrade_keeps_generations(c: &Cluster) -> Outcome {
     let ns = "e2e-chart-upgrade";
     let release = "omninode-operator";
     let v1 = serde_json::json!({"rbac": {"scope": "namespace"}});
-    let Some((python, _)) = install_chart(c, ns, release, &v1)? else {
+    let Some((python, _)) = install_chart(c, ns, release, &v1, || Ok(()))? else {
         return Ok(());
     };
     let (mut op, _) = operator_from_chart(c, ns, release)?;
@@ -2062,9 +2065,23 @@ fn real_node(c: &Cluster) -> Result<Option<KubeletNode>, String> {
         println!("    (no real pods: set OMNINODE_OCI_DIR to the output of images/build-oci.sh)");
         return Ok(None);
     };
-    let image = PathBuf::from(oci).join("node-runtime.tar");
+    let oci = PathBuf::from(oci);
+    let image = oci.join("node-runtime.tar");
     ensure!(image.is_file(), "{} is missing", image.display());
-    KubeletNode::start(c, assets, &[image]).map(Some)
+    // The operator image is optional here; the scenario that needs it says so.
+    let images: Vec<PathBuf> = [image, oci.join("operator.tar")]
+        .into_iter()
+        .filter(|i| i.is_file())
+        .collect();
+    KubeletNode::start(c, assets, &images).map(Some)
+}
+
+/// The operator image of this version, as `images/build-oci.sh` names it.
+fn operator_image() -> (String, String) {
+    (
+        "localhost/omninode/operator".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    )
 }
 
 /// The `Ready` conditions of GeneratedNode `gn` and NodeGeneration `ng` (null when absent).
@@ -2125,28 +2142,8 @@ fn real_pods_examples_become_ready(c: &Cluster) -> Outcome {
         let _op = Operator::start(c, ns, &["--node-image", &image, "--git-image", &image])?;
         let started = Instant::now();
         apply_examples(c, ns)?;
-        let mut names = Vec::new();
-        wait_until(
-            Duration::from_secs(300),
-            "every GeneratedNode Ready",
-            || {
-                let ngs = items(&c.json(&["get", "ng", "-n", ns])?);
-                let gns = items(&c.json(&["get", "gn", "-n", ns])?);
-                let expected: usize = ngs
-                    .iter()
-                    .map(|n| n["status"]["nodes"].as_array().map_or(0, Vec::len))
-                    .sum();
-                names = gns
-                    .iter()
-                    .filter(|g| condition(g, "Ready").is_some_and(|r| r["status"] == "True"))
-                    .filter_map(|g| g["metadata"]["name"].as_str().map(str::to_string))
-                    .collect();
-                Ok(ngs.len() >= 11
-                    && expected > 0
-                    && names.len() == expected
-                    && gns.len() == expected)
-            },
-        )?;
+        let expected = wait_node_count(c, ns)?;
+        let names = wait_gns_ready(c, ns, expected, Duration::from_secs(300))?;
         let took = started.elapsed().as_secs_f64();
         let (mut pods, mut probed) = (0, 0);
         for name in &names {
@@ -2199,6 +2196,155 @@ fn real_pods_examples_become_ready(c: &Cluster) -> Outcome {
         );
         Ok(())
     })
+}
+
+/// Check 5 of the real-pod issue: the operator itself runs as a pod, installed by the chart
+/// (its image from `images/build-oci.sh`, its ServiceAccount, Pod Security `restricted`
+/// enforced on its namespace), reaches the API through the `kubernetes` Service, and makes
+/// every example's nodes Ready in real pods of that namespace.
+fn real_pods_operator_from_the_chart(c: &Cluster) -> Outcome {
+    with_real_node(c, |node| {
+        let in_ci = std::env::var("CI").is_ok();
+        if !node.proxies_services {
+            ensure!(!in_ci, "a kubelet is there but no kube-proxy beside it");
+            println!(
+                "    (skipped: no kube-proxy beside the kubelet, so pods cannot reach the API)"
+            );
+            return Ok(());
+        }
+        let oci = std::env::var_os("OMNINODE_OCI_DIR").map(PathBuf::from);
+        if !oci.is_some_and(|d| d.join("operator.tar").is_file()) {
+            ensure!(
+                !in_ci,
+                "OMNINODE_OCI_DIR has no operator.tar (scripts/test-all.sh builds it)"
+            );
+            println!(
+                "    (skipped: no operator.tar in OMNINODE_OCI_DIR; bash images/build-oci.sh DIR)"
+            );
+            return Ok(());
+        }
+        let ns = "e2e-operator-pod";
+        let release = "omninode-operator";
+        let (repository, tag) = operator_image();
+        let values = serde_json::json!({
+            "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "rbac": {"scope": "namespace"},
+            "nodes": {"image": node_image()},
+            "logging": {"format": "text"},
+        });
+        let started = Instant::now();
+        let installed = install_chart(c, ns, release, &values, || {
+            c.kubectl_ok(&[
+                "label",
+                "namespace",
+                ns,
+                "pod-security.kubernetes.io/enforce=restricted",
+                "pod-security.kubernetes.io/enforce-version=latest",
+            ])?;
+            node.admit(c, ns)
+        })?;
+        if installed.is_none() {
+            ensure!(!in_ci, "no Python with helm-python-sdk");
+            return Ok(());
+        }
+        let mut operator_pod = Value::Null;
+        wait_until(Duration::from_secs(120), "the operator pod Ready", || {
+            let pods = items(&c.json(&[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                "app.kubernetes.io/name=omninode-operator",
+            ])?);
+            operator_pod = pods.into_iter().find(pod_ready).unwrap_or_default();
+            Ok(!operator_pod.is_null())
+        })?;
+        let operator_ready = started.elapsed().as_secs_f64();
+        let deploy = c.json(&["get", "deployment", release, "-n", ns])?;
+        let spec = &operator_pod["spec"];
+        ensure!(
+            spec["serviceAccountName"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
+                && spec["nodeName"] == kubelet_node::NODE_NAME,
+            "the operator pod runs as {} on {}",
+            spec["serviceAccountName"],
+            spec["nodeName"]
+        );
+
+        let applied = Instant::now();
+        apply_examples(c, ns)?;
+        let expected: usize = wait_node_count(c, ns)?;
+        let names = wait_gns_ready(c, ns, expected, Duration::from_secs(300))?;
+        let nodes_ready = applied.elapsed().as_secs_f64();
+        let mut pods = 0;
+        for name in &names {
+            for pod in pods_of(c, ns, name)? {
+                ensure!(
+                    pod_ready(&pod),
+                    "a pod of {name} is not Ready: {}",
+                    pod["status"]
+                );
+                pods += 1;
+            }
+        }
+        // The operator pod did it alone: it never restarted, and the API never refused it.
+        let operator_pod = c.json(&[
+            "get",
+            "pod",
+            operator_pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default(),
+            "-n",
+            ns,
+        ])?;
+        let restarts = &operator_pod["status"]["containerStatuses"][0]["restartCount"];
+        ensure!(restarts == 0, "the operator pod restarted {restarts} times");
+        let log = node.container_log(ns, &operator_pod, "operator")?;
+        let denied: Vec<&str> = log
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
+            .take(3)
+            .collect();
+        ensure!(denied.is_empty(), "the operator was refused: {denied:?}");
+        let rejected = c.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "reason=FailedCreate",
+            "-o",
+            "name",
+        ])?;
+        ensure!(
+            rejected.trim().is_empty(),
+            "pods refused in the restricted namespace: {rejected}"
+        );
+        println!(
+            "    the chart's operator pod (restricted namespace, its own ServiceAccount) Ready in {operator_ready:.1} s; it made {} GeneratedNodes Ready on {pods} pods in {nodes_ready:.1} s, 0 restarts, no request refused",
+            names.len()
+        );
+        Ok(())
+    })
+}
+
+/// How many GeneratedNodes the NodeGenerations of `ns` list, once every one lists some.
+fn wait_node_count(c: &Cluster, ns: &str) -> Result<usize, String> {
+    let mut count = 0;
+    wait_until(
+        Duration::from_secs(120),
+        "the generations' node lists",
+        || {
+            let ngs = items(&c.json(&["get", "ng", "-n", ns])?);
+            let lists: Vec<usize> = ngs
+                .iter()
+                .map(|n| n["status"]["nodes"].as_array().map_or(0, Vec::len))
+                .collect();
+            count = lists.iter().sum();
+            Ok(ngs.len() >= 11 && lists.iter().all(|&n| n > 0))
+        },
+    )?;
+    Ok(count)
 }
 
 /// The pods of GeneratedNode `name` (by the label its Deployment's selector uses).
@@ -2492,7 +2638,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 22] = [
+    let scenarios: [Scenario; 23] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -2509,6 +2655,10 @@ fn main() -> ExitCode {
         (
             "real_pods_roll_crash_fetch_and_join_the_bus",
             real_pods_roll_crash_fetch_and_join_the_bus,
+        ),
+        (
+            "real_pods_operator_from_the_chart",
+            real_pods_operator_from_the_chart,
         ),
         (
             "system_rolls_out_in_dependency_order",

@@ -37,6 +37,10 @@ pub struct Cluster {
     /// The binary directory the control plane came from (none for an existing cluster): where
     /// a `kubelet` and `kube-scheduler` for real pods are looked for.
     pub assets: Option<PathBuf>,
+    /// The host address the API server also serves on, advertised as the endpoint of the
+    /// `kubernetes` Service, when a kubelet and kube-proxy are beside it: pods (the operator's
+    /// own, under the chart) reach the API through the Service as in any cluster.
+    pub pod_api_address: Option<String>,
 }
 
 /// Run `cmd` to completion; Err with its stderr when it fails.
@@ -55,13 +59,30 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
     run(Command::new("openssl").current_dir(dir).args(args)).map(|_| ())
 }
 
-/// CA, serving certificate for 127.0.0.1, an admin client certificate and the service-account
-/// signing key, all made with the openssl command line.
-fn certificates(dir: &Path) -> Result<(), String> {
+/// The host's address on its default route (the kubelet refuses a loopback node IP).
+pub fn host_address() -> Result<String, String> {
+    let out = run(Command::new("ip").args(["-4", "-o", "route", "get", "1.1.1.1"]))?;
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = out.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            return words.next().map(str::to_string).ok_or_else(|| out.clone());
+        }
+    }
+    Err(format!("no source address in `ip route get`: {out}"))
+}
+
+/// CA, serving certificate for 127.0.0.1, the `kubernetes` Service (and `host`, when pods are
+/// to reach the server there), an admin client certificate and the service-account signing
+/// key, all made with the openssl command line.
+fn certificates(dir: &Path, host: Option<&str>) -> Result<(), String> {
+    let host = host.map(|h| format!(",IP:{h}")).unwrap_or_default();
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc\n\
-         extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+        format!(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc{host}\n\
+             extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+        ),
     )
     .map_err(|e| e.to_string())?;
     std::fs::write(
@@ -178,6 +199,7 @@ impl Cluster {
                 processes: Vec::new(),
                 etcd_url: None,
                 assets: None,
+                pod_api_address: None,
             };
             cluster.install_crds()?;
             return Ok(Some(cluster));
@@ -195,7 +217,14 @@ impl Cluster {
     fn start(assets: &Path) -> Result<Cluster, String> {
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
         let d = tmp.path().to_path_buf();
-        certificates(&d)?;
+        // Real pods that call the API (the chart's operator) need it on the host's address
+        // and a kube-proxy that leads the `kubernetes` Service there.
+        let pod_api_address = ["kubelet", "kube-proxy"]
+            .iter()
+            .all(|b| assets.join(b).is_file())
+            .then(host_address)
+            .transpose()?;
+        certificates(&d, pod_api_address.as_deref())?;
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let mut cluster = Cluster {
             kubeconfig: d.join("kubeconfig"),
@@ -205,6 +234,7 @@ impl Cluster {
             processes: Vec::new(),
             etcd_url: Some(format!("http://127.0.0.1:{etcd_port}")),
             assets: Some(assets.to_path_buf()),
+            pod_api_address: pod_api_address.clone(),
         };
         let p = |f: &str| d.join(f).display().to_string();
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -223,13 +253,19 @@ impl Cluster {
             ],
             &d.join("etcd.log"),
         )?);
+        // On loopback only, with no endpoints for the `kubernetes` Service; or on every address,
+        // advertising the host's as that Service's endpoint (kept by the lease reconciler).
+        let (bind, advertise, endpoints) = match &pod_api_address {
+            Some(host) => ("0.0.0.0", host.as_str(), "lease"),
+            None => ("127.0.0.1", "127.0.0.1", "none"),
+        };
         cluster.processes.push(spawn(
             &assets.join("kube-apiserver"),
             &[
                 format!("--etcd-servers={etcd_url}"),
                 format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
+                format!("--bind-address={bind}"),
+                format!("--advertise-address={advertise}"),
                 format!("--tls-cert-file={}", p("server.crt")),
                 format!("--tls-private-key-file={}", p("server.key")),
                 format!("--client-ca-file={}", p("ca.crt")),
@@ -242,7 +278,7 @@ impl Cluster {
                 format!("--service-account-signing-key-file={}", p("sa.key")),
                 // Room for thousands of Services (the benchmark makes one per node).
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--endpoint-reconciler-type=none".into(),
+                format!("--endpoint-reconciler-type={endpoints}"),
                 format!("--cert-dir={}", p("apiserver-certs")),
             ],
             &d.join("kube-apiserver.log"),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::cluster::{Cluster, run, spawn};
+use super::cluster::{Cluster, host_address, run, spawn};
 
 /// The bridge the CNI configuration creates.
 const BRIDGE: &str = "omninode0";
@@ -26,6 +26,8 @@ pub const NODE_NAME: &str = "omninode-e2e";
 /// The node's taint: only pods of namespaces [`KubeletNode::admit`]ted tolerate it, so the
 /// Pending pods other scenarios left behind never land on it.
 const TAINT_KEY: &str = "omninode.ai/real-pods";
+/// The namespace annotation PodTolerationRestriction gives every new pod of the namespace.
+const TOLERATIONS_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/defaultTolerations";
 /// The sandbox image the harness builds (busybox `sleep infinity`) and names in containerd.
 const PAUSE_IMAGE: &str = "localhost/omninode/pause:1";
 /// Sysctls the kubelet (and CNI) set, restored at tear-down.
@@ -36,8 +38,13 @@ const SYSCTLS: &[&str] = &[
     "net.ipv4.ip_forward",
     "net.ipv4.conf.all.route_localnet",
 ];
-/// iptables tables restored at tear-down.
+/// iptables tables restored at tear-down, for IPv4 and IPv6 (the kubelet and kube-proxy make
+/// their canary chains in both).
 const TABLES: &[&str] = &["filter", "nat", "mangle"];
+const IPTABLES: &[(&str, &str)] = &[
+    ("iptables-save", "iptables-restore"),
+    ("ip6tables-save", "ip6tables-restore"),
+];
 
 /// Why real pods cannot run here, or None when they can.
 pub fn missing(assets: &Path) -> Option<String> {
@@ -71,27 +78,21 @@ pub struct KubeletNode {
     /// (name, process), in start order.
     processes: Vec<(&'static str, Child)>,
     sysctls: Vec<(String, String)>,
-    iptables: Vec<(&'static str, Vec<u8>)>,
+    /// (restore command, table, dump taken before).
+    iptables: Vec<(&'static str, &'static str, Vec<u8>)>,
     /// Network namespaces that existed before (containerd makes one per pod sandbox).
     netns: Vec<String>,
     pub address: String,
+    /// Whether a kube-proxy runs, so that pods reach Services (the API's included).
+    pub proxies_services: bool,
+    /// Namespaces [`KubeletNode::admit`]ted: tear-down takes their toleration back, so that
+    /// their ReplicaSets' replacement pods never land on a later scenario's node.
+    admitted: std::cell::RefCell<Vec<String>>,
 }
 
 /// `cmd`'s standard output, when it succeeds.
 fn sh(cmd: &mut Command) -> Result<String, String> {
     run(cmd).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The host's address on its default route: the kubelet refuses a loopback node IP.
-fn host_address() -> Result<String, String> {
-    let out = sh(Command::new("ip").args(["-4", "-o", "route", "get", "1.1.1.1"]))?;
-    let mut words = out.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "src" {
-            return words.next().map(str::to_string).ok_or_else(|| out.clone());
-        }
-    }
-    Err(format!("no source address in `ip route get`: {out}"))
 }
 
 impl KubeletNode {
@@ -112,6 +113,8 @@ impl KubeletNode {
             iptables: Vec::new(),
             netns: network_namespaces(),
             address: host_address()?,
+            proxies_services: false,
+            admitted: Default::default(),
         };
         // What tear-down restores.
         for key in SYSCTLS {
@@ -119,12 +122,14 @@ impl KubeletNode {
             node.sysctls
                 .push((key.to_string(), value.trim().to_string()));
         }
-        for table in TABLES {
-            let dump = Command::new("iptables-save")
-                .args(["-t", table])
-                .output()
-                .map_err(|e| e.to_string())?;
-            node.iptables.push((table, dump.stdout));
+        for (save, restore) in IPTABLES {
+            for table in TABLES {
+                let dump = Command::new(save)
+                    .args(["-t", table])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                node.iptables.push((restore, table, dump.stdout));
+            }
         }
         node.write_configs(cluster)?;
         let p = |f: &str| d.join(f).display().to_string();
@@ -170,6 +175,20 @@ impl KubeletNode {
                 &d.join("kube-scheduler.log"),
             )?,
         ));
+        // Services for pods, when the API server serves them on the host's address: kube-proxy
+        // leads the `kubernetes` Service's address there.
+        let proxy = assets.join("kube-proxy");
+        if proxy.is_file() && cluster.pod_api_address.is_some() {
+            node.processes.push((
+                "kube-proxy",
+                spawn(
+                    &proxy,
+                    &[format!("--config={}", p("kube-proxy.yaml"))],
+                    &d.join("kube-proxy.log"),
+                )?,
+            ));
+            node.proxies_services = true;
+        }
         node.wait_for(Duration::from_secs(60), "the node to be Ready", || {
             let ready = cluster
                 .kubectl(&[
@@ -258,6 +277,26 @@ registerWithTaints:
 "#,
                 ca = ca.display()
             ),
+        )?;
+        // Zero conntrack settings: kube-proxy leaves the host's conntrack sysctls alone.
+        write(
+            "kube-proxy.yaml",
+            format!(
+                r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {{kubeconfig: {kubeconfig}}}
+hostnameOverride: {NODE_NAME}
+mode: iptables
+clusterCIDR: {POD_SUBNET}
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:{healthz}
+metricsBindAddress: 127.0.0.1:{metrics}
+conntrack: {{maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}
+"#,
+                kubeconfig = cluster.kubeconfig.display(),
+                healthz = super::cluster::free_port(),
+                metrics = super::cluster::free_port(),
+            ),
         )
     }
 
@@ -300,18 +339,58 @@ registerWithTaints:
 
     /// Let namespace `ns`'s pods onto the node: its pods get the toleration of the node's taint
     /// (by the PodTolerationRestriction admission plugin). Call before they are created.
+    ///
+    /// The OpenShift-flavoured API server also puts an `openshift-service-ca.crt` ConfigMap into
+    /// every service-account token volume; nothing here publishes it, so it is created (empty)
+    /// for pods that mount a token (the chart's operator).
     pub fn admit(&self, cluster: &Cluster, ns: &str) -> Result<(), String> {
+        cluster.kubectl_ok(&[
+            "create",
+            "configmap",
+            "openshift-service-ca.crt",
+            "-n",
+            ns,
+            "--from-literal=service-ca.crt=",
+        ])?;
         let tolerations =
             format!(r#"[{{"key": "{TAINT_KEY}", "operator": "Exists", "effect": "NoSchedule"}}]"#);
-        cluster
-            .kubectl_ok(&[
-                "annotate",
-                "namespace",
-                ns,
-                "--overwrite",
-                &format!("scheduler.alpha.kubernetes.io/defaultTolerations={tolerations}"),
-            ])
-            .map(|_| ())
+        cluster.kubectl_ok(&[
+            "annotate",
+            "namespace",
+            ns,
+            "--overwrite",
+            &format!("{TOLERATIONS_ANNOTATION}={tolerations}"),
+        ])?;
+        self.admitted.borrow_mut().push(ns.to_string());
+        Ok(())
+    }
+
+    /// What container `container` of `pod` (a Pod as JSON) wrote, every run of it: the files
+    /// the kubelet keeps (`kubectl logs` would need a kubelet serving certificate).
+    pub fn container_log(
+        &self,
+        ns: &str,
+        pod: &serde_json::Value,
+        container: &str,
+    ) -> Result<String, String> {
+        let meta = &pod["metadata"];
+        let dir = self.dir.join("pod-logs").join(format!(
+            "{ns}_{}_{}",
+            meta["name"].as_str().unwrap_or_default(),
+            meta["uid"].as_str().unwrap_or_default()
+        ));
+        let dir = dir.join(container);
+        let mut runs: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        runs.sort();
+        let mut log = String::new();
+        for run in runs {
+            log += &std::fs::read_to_string(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+        }
+        Ok(log)
     }
 
     /// `ctr images import` into the kubelet's namespace; a tag-only archive is named after the
@@ -373,8 +452,17 @@ registerWithTaints:
 
     fn tear_down(&mut self) {
         // Pods first, through the kubelet, so CNI releases their addresses and veths; the node
-        // is cordoned so that their ReplicaSets' replacements stay Pending.
+        // is cordoned and the namespaces lose their toleration, so that their ReplicaSets'
+        // replacements stay Pending here and on any later node.
         let _ = self.kubectl(&["cordon", NODE_NAME]);
+        for ns in self.admitted.borrow().iter() {
+            let _ = self.kubectl(&[
+                "annotate",
+                "namespace",
+                ns,
+                &format!("{TOLERATIONS_ANNOTATION}-"),
+            ]);
+        }
         let _ = self.kubectl(&[
             "delete",
             "pods",
@@ -429,8 +517,8 @@ registerWithTaints:
             let _ = Command::new("umount").args(["-l", m]).status();
         }
         let _ = Command::new("ip").args(["link", "delete", BRIDGE]).status();
-        for (table, dump) in &self.iptables {
-            if let Ok(mut child) = Command::new("iptables-restore")
+        for (restore, table, dump) in &self.iptables {
+            if let Ok(mut child) = Command::new(restore)
                 .args(["-T", table])
                 .stdin(Stdio::piped())
                 .spawn()
