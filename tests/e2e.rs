@@ -2094,6 +2094,51 @@ fn ready_conditions(c: &Cluster, ns: &str, gn: &str, ng: &str) -> Result<(Value,
     ))
 }
 
+/// Wait until GeneratedNode `gn` says `Ready=False` with `reason` and NodeGeneration `ng`
+/// `NodeFailing` naming it; both conditions. On a timeout, what they and the pods said.
+fn wait_failing(
+    c: &Cluster,
+    ns: &str,
+    gn: &str,
+    ng: &str,
+    reason: &str,
+) -> Result<(Value, Value), String> {
+    let mut said = (Value::Null, Value::Null);
+    let what = format!("{reason} on the node and NodeFailing on its generation");
+    wait_until(Duration::from_secs(180), &what, || {
+        said = ready_conditions(c, ns, gn, ng)?;
+        Ok(said.0["status"] == "False"
+            && said.0["reason"] == reason
+            && said.1["status"] == "False"
+            && said.1["reason"] == "NodeFailing"
+            && said.1["message"].as_str().is_some_and(|m| m.contains(gn)))
+    })
+    .map_err(|e| {
+        let pods: Vec<Value> = pods_of(c, ns, gn)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p["status"].clone())
+            .collect();
+        format!(
+            "{e}; the node said {}, its generation {}; pods: {pods:?}",
+            said.0, said.1
+        )
+    })?;
+    Ok(said)
+}
+
+/// Wait until GeneratedNode `gn` and NodeGeneration `ng` are both Ready.
+fn wait_both_ready(c: &Cluster, ns: &str, gn: &str, ng: &str) -> Outcome {
+    wait_until(
+        Duration::from_secs(180),
+        "the node and its generation Ready",
+        || {
+            let (node, generation) = ready_conditions(c, ns, gn, ng)?;
+            Ok(node["status"] == "True" && generation["status"] == "True")
+        },
+    )
+}
+
 /// Argo CD's part: apply the GeneratedNode manifests committed under `root` on main of the
 /// `nodes` repository; returns their file names.
 fn apply_committed_manifests(
@@ -2504,50 +2549,63 @@ fn real_pods_roll_crash_fetch_and_join_the_bus(c: &Cluster) -> Outcome {
                 "metadata": {"name": "my-handlers"}, "data": {key.clone(): text}})
             .to_string()
         };
-        c.apply(
-            ns,
-            &handlers("raise RuntimeError(\"the user's handler fails at start-up\")\n"),
-        )?;
+        // A handler that starts but keeps the node unready: its readiness probe fails while the
+        // liveness probe passes, so the kubelet gives no reason; the operator says
+        // ReadinessProbeFailing once the grace is over.
+        let unready = format!(
+            "{USERS_HANDLER}\n\nfrom omninode_runtime.node import NodeRuntime\n\n\
+             NodeRuntime.not_ready_reasons = lambda self: [\"the user's database is unreachable\"]  # type: ignore[method-assign]\n"
+        );
         let mut ng = example_manifest("effect-postgres-writer.yaml")?;
         ng["spec"]["handlers"] = serde_json::json!({"configMap": {"name": "my-handlers"}});
-        c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
-        let broke = Instant::now();
-        let mut said = (Value::Null, Value::Null);
-        wait_until(
-            Duration::from_secs(180),
-            "CrashLoopBackOff on the node and its generation",
-            || {
-                said = ready_conditions(c, ns, gn_name, "postgres-writer")?;
-                Ok(said.0["status"] == "False"
-                    && said.0["reason"] == "CrashLoopBackOff"
-                    && said.1["status"] == "False"
-                    && said.1["reason"] == "NodeFailing"
-                    && said.1["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("CrashLoopBackOff")))
-            },
-        )?;
-        println!(
-            "    a handler raising at start-up: after {:.1} s the GeneratedNode says Ready=False {}: {}; the NodeGeneration says {}",
-            broke.elapsed().as_secs_f64(),
-            said.0["reason"],
-            said.0["message"],
-            said.1["reason"]
-        );
-        c.apply(ns, &handlers(USERS_HANDLER))?;
-        let fixed = Instant::now();
-        wait_until(
-            Duration::from_secs(180),
-            "the fixed handler's node Ready again",
-            || {
-                let (node, generation) = ready_conditions(c, ns, gn_name, "postgres-writer")?;
-                Ok(node["status"] == "True" && generation["status"] == "True")
-            },
-        )?;
-        println!(
-            "    the fixed handler: node and generation Ready again {:.1} s later",
-            fixed.elapsed().as_secs_f64()
-        );
+        let broken = [
+            (
+                "a handler raising at start-up",
+                "raise RuntimeError(\"the user's handler fails at start-up\")\n".to_string(),
+                "CrashLoopBackOff",
+            ),
+            (
+                "a handler that keeps the node unready",
+                unready,
+                "ReadinessProbeFailing",
+            ),
+        ];
+        for (what, text, reason) in broken {
+            c.apply(ns, &handlers(&text))?;
+            // The first time creates the generation; then it is unchanged.
+            c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+            let broke = Instant::now();
+            let said = wait_failing(c, ns, gn_name, "postgres-writer", reason)?;
+            let restarts: i64 = pods_of(c, ns, gn_name)?
+                .iter()
+                .flat_map(|p| {
+                    p["status"]["containerStatuses"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .map(|s| s["restartCount"].as_i64().unwrap_or(0))
+                .sum();
+            // Only a crash restarts; the liveness probe keeps an unready node running.
+            ensure!(
+                (restarts > 0) == (reason == "CrashLoopBackOff"),
+                "{what}: {restarts} restarts"
+            );
+            println!(
+                "    {what}: after {:.1} s the GeneratedNode says Ready=False {}: {} ({restarts} restarts); the NodeGeneration says {}",
+                broke.elapsed().as_secs_f64(),
+                said.0["reason"],
+                said.0["message"],
+                said.1["reason"]
+            );
+            c.apply(ns, &handlers(USERS_HANDLER))?;
+            let fixed = Instant::now();
+            wait_both_ready(c, ns, gn_name, "postgres-writer")?;
+            println!(
+                "    the fixed handler: node and generation Ready again {:.1} s later",
+                fixed.elapsed().as_secs_f64()
+            );
+        }
 
         // An Effect node's pod on a broker started here: it announces itself.
         let Some(bin) = tansu()? else {

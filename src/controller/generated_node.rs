@@ -161,7 +161,13 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     };
 
     let (mut conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
-    if let Some((reason, message)) = super::pod_health::failure(&ctx.caches.pods, &ns, &name) {
+    let health = super::pod_health::health(
+        &ctx.caches.pods,
+        &ns,
+        &name,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    if let Some((reason, message)) = health.failure {
         // A pod that will not start says why, instead of an open-ended "rolling out".
         for c in conditions
             .iter_mut()
@@ -171,7 +177,10 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         }
     }
     write_status(gn, ctx, conditions, Some(ready_replicas)).await?;
-    Ok(Action::requeue(ctx.resync))
+    // An unready pod within its grace gets no event when the grace runs out: look then.
+    Ok(Action::requeue(
+        health.recheck_in.map_or(ctx.resync, |d| d.min(ctx.resync)),
+    ))
 }
 
 /// The conditions of a node that gets no Deployment (yet): all three False, for one reason.
@@ -346,6 +355,8 @@ pub fn summarise(d: &Deployment, want: i32) -> (Vec<Condition>, i32) {
     let ready = st.ready_replicas.unwrap_or(0);
     let available = st.available_replicas.unwrap_or(0);
     let updated = st.updated_replicas.unwrap_or(0);
+    // Pods of every ReplicaSet: more than the updated ones means old pods still serve.
+    let total = st.replicas.unwrap_or(0);
     let deployment_condition = |t: &str| {
         st.conditions
             .iter()
@@ -374,7 +385,9 @@ pub fn summarise(d: &Deployment, want: i32) -> (Vec<Condition>, i32) {
             counts.clone(),
         )
     });
-    let rolled_out = observed && updated >= want && ready >= want;
+    // As `kubectl rollout status` judges it: every pod updated, no old one left, and enough
+    // ready (old pods that are still ready do not count).
+    let rolled_out = observed && updated >= want && total <= updated && ready >= want;
     out.push(if stalled {
         Condition::new(
             PROGRESSING,
@@ -454,6 +467,35 @@ mod tests {
     use crate::api::GeneratedNodeStatus;
     use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
     use k8s_openapi::api::apps::v1::DeploymentStatus;
+
+    #[test]
+    fn a_rollout_whose_new_pod_is_unready_is_not_ready_while_the_old_pod_serves() {
+        let deployment = |replicas: i32, updated: i32, ready: i32| {
+            let mut d = Deployment::default();
+            d.metadata.generation = Some(2);
+            d.status = Some(DeploymentStatus {
+                observed_generation: Some(2),
+                replicas: Some(replicas),
+                updated_replicas: Some(updated),
+                ready_replicas: Some(ready),
+                available_replicas: Some(ready),
+                ..Default::default()
+            });
+            d
+        };
+        let ready_of = |d: &Deployment| {
+            let (conditions, _) = summarise(d, 1);
+            let ready = status::get(&conditions, READY).cloned().unwrap();
+            (ready.status, ready.reason)
+        };
+        // The old pod is ready, the updated one is not: still rolling out.
+        assert_eq!(
+            ready_of(&deployment(2, 1, 1)),
+            (ConditionStatus::False, "RollingOut".to_string())
+        );
+        // The old pod is gone and the updated one ready.
+        assert_eq!(ready_of(&deployment(1, 1, 1)).0, ConditionStatus::True);
+    }
 
     fn gn() -> GeneratedNode {
         let mut gn: GeneratedNode = serde_json::from_value(serde_json::json!({

@@ -67,7 +67,8 @@ pub fn code_config_map_name(node: &str) -> String {
     format!("{node}-code")
 }
 
-/// NodeGenerations whose `prdFrom` names this ConfigMap (the watch mapper).
+/// NodeGenerations whose `prdFrom` or `handlers` names this ConfigMap (the watch mapper): an
+/// edit of the user's PRD or handlers regenerates at once.
 pub fn referencing(
     store: &Store<NodeGeneration>,
     cm: &PartialObjectMeta<ConfigMap>,
@@ -79,10 +80,13 @@ pub fn referencing(
         .iter()
         .filter(|ng| ng.namespace() == ns)
         .filter(|ng| {
-            ng.spec
+            let prd = ng
+                .spec
                 .prd_from
                 .as_ref()
-                .is_some_and(|f| f.config_map_key_ref.name == name)
+                .map(|f| &f.config_map_key_ref.name);
+            let handlers = ng.spec.handlers.as_ref().map(|h| &h.config_map.name);
+            prd == Some(&name) || handlers == Some(&name)
         })
         .map(|ng| ObjectRef::from_obj(ng.as_ref()))
         .collect()
@@ -878,8 +882,7 @@ fn node_failure(ctx: &Context, ns: &str, name: &str) -> Option<String> {
         .generated_nodes
         .get(&ObjectRef::new(name).within(ns))?;
     let ready = status::get(&gn.status.as_ref()?.conditions, READY)?;
-    let failing =
-        !ready.is_true() && super::pod_health::FAILING_REASONS.contains(&ready.reason.as_str());
+    let failing = !ready.is_true() && super::pod_health::is_failing(&ready.reason);
     failing.then(|| format!("{name}: {}: {}", ready.reason, ready.message))
 }
 
@@ -959,6 +962,43 @@ mod tests {
         ng.metadata.uid = Some("uid-orders".into());
         ng.metadata.generation = Some(1);
         ng
+    }
+
+    #[test]
+    fn an_edit_of_the_prd_or_the_handlers_config_map_reaches_its_generations() {
+        use kube::core::PartialObjectMeta;
+        use kube::runtime::{reflector, watcher};
+        let mut from_cm = ng(PRD);
+        from_cm.metadata.name = Some("from-cm".into());
+        from_cm.spec.prd = None;
+        from_cm.spec.prd_from = serde_json::from_value(
+            serde_json::json!({"configMapKeyRef": {"name": "prds", "key": "prd.md"}}),
+        )
+        .unwrap();
+        let mut handled = ng(PRD);
+        handled.metadata.name = Some("handled".into());
+        handled.spec.handlers =
+            serde_json::from_value(serde_json::json!({"configMap": {"name": "my-handlers"}}))
+                .unwrap();
+        let (store, mut writer) = reflector::store();
+        for ng in [from_cm, handled, ng(PRD)] {
+            writer.apply_watcher_event(&watcher::Event::Apply(ng));
+        }
+        let names = |cm: &str, ns: &str| {
+            let mut meta = PartialObjectMeta::<ConfigMap>::default();
+            meta.metadata.name = Some(cm.into());
+            meta.metadata.namespace = Some(ns.into());
+            let mut refs: Vec<String> = referencing(&store, &meta)
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            refs.sort();
+            refs
+        };
+        assert_eq!(names("prds", "ns"), ["from-cm"]);
+        assert_eq!(names("my-handlers", "ns"), ["handled"]);
+        assert!(names("my-handlers", "other").is_empty());
+        assert!(names("unrelated", "ns").is_empty());
     }
 
     /// The fake API server starts out holding the object, as a real one would.

@@ -1,9 +1,13 @@
 //! Why a GeneratedNode's pods cannot run, from their container states: the kubelet's own reason
 //! (`CrashLoopBackOff`, `ImagePullBackOff`, `ErrImageNeverPull`, …) becomes the node's `Ready`
 //! reason, so a node that will not start says so instead of "rolling out" until the
-//! Deployment's progress deadline.
+//! Deployment's progress deadline. A container that started but keeps failing its readiness
+//! probe has no kubelet reason; it gets [`READINESS_FAILING`] once it had time to pass.
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
@@ -19,13 +23,34 @@ pub const FAILING_REASONS: &[&str] = &[
     "RunContainerError",
 ];
 
+/// The reason of a container that started but does not pass its readiness probe.
+pub const READINESS_FAILING: &str = "ReadinessProbeFailing";
+
+/// How long a started container may stay unready before it counts as failing: the readiness
+/// probe's whole failure window (`deploy`: every 5 s, 3 failures) twice over, so that a pod
+/// that is merely slow to pass it never flaps to failing.
+pub const READINESS_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether `reason` (a GeneratedNode's `Ready` reason) says that it cannot start.
+pub fn is_failing(reason: &str) -> bool {
+    reason == READINESS_FAILING || FAILING_REASONS.contains(&reason)
+}
+
 /// The label that ties a node's pods to it (its Deployment's selector).
 const NAME_LABEL: &str = "app.kubernetes.io/name";
 
-/// A failing pod of GeneratedNode `name` in `ns`: the kubelet's reason and a message naming the
-/// pod, the container and its last exit. Pods are looked at in name order, so the answer is
-/// stable while nothing changes.
-pub fn failure(pods: &Store<Pod>, ns: &str, name: &str) -> Option<(String, String)> {
+/// What the pods of a GeneratedNode say about it.
+#[derive(Debug, Default, PartialEq)]
+pub struct Health {
+    /// A failing pod: the reason and a message naming the pod, the container and its last exit.
+    pub failure: Option<(String, String)>,
+    /// When to look again: a started container is unready but still within its grace.
+    pub recheck_in: Option<Duration>,
+}
+
+/// The health of GeneratedNode `name`'s pods in `ns` at `now`. Pods are looked at in name
+/// order, so the answer is stable while nothing changes.
+pub fn health(pods: &Store<Pod>, ns: &str, name: &str, now: Timestamp) -> Health {
     let mut mine: Vec<_> = pods
         .state()
         .into_iter()
@@ -34,7 +59,65 @@ pub fn failure(pods: &Store<Pod>, ns: &str, name: &str) -> Option<(String, Strin
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     mine.sort_by_key(|p| p.name_any());
-    mine.iter().find_map(|p| pod_failure(p))
+    let failure = mine
+        .iter()
+        .find_map(|p| pod_failure(p).or_else(|| unready(p, now).failure));
+    let recheck_in = mine.iter().filter_map(|p| unready(p, now).recheck_in).min();
+    Health {
+        failure,
+        recheck_in,
+    }
+}
+
+/// A running, started container of `pod` that is not ready: failing once it has run for
+/// [`READINESS_GRACE`] and the pod has been unready as long; else when to look again.
+fn unready(pod: &Pod, now: Timestamp) -> Health {
+    let Some(status) = pod.status.as_ref() else {
+        return Health::default();
+    };
+    let since_unready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready" && c.status == "False")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    let Some(since_unready) = since_unready else {
+        return Health::default();
+    };
+    let grace = READINESS_GRACE.as_secs() as i64;
+    for c in status.container_statuses.iter().flatten() {
+        let Some(started_at) = c
+            .state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.as_ref())
+        else {
+            continue;
+        };
+        if c.ready || c.started != Some(true) {
+            continue;
+        }
+        let since = started_at.0.max(since_unready);
+        let waited = now.as_second() - since.as_second();
+        if waited >= grace {
+            let message = format!(
+                "pod {}: container {} is running but has not passed its readiness probe for {}s",
+                pod.name_any(),
+                c.name,
+                grace
+            );
+            return Health {
+                failure: Some((READINESS_FAILING.to_string(), message)),
+                recheck_in: None,
+            };
+        }
+        return Health {
+            failure: None,
+            recheck_in: Some(Duration::from_secs((grace - waited).max(1) as u64)),
+        };
+    }
+    Health::default()
 }
 
 fn pod_failure(pod: &Pod) -> Option<(String, String)> {
@@ -151,6 +234,62 @@ mod tests {
         assert_eq!(
             message,
             "pod n-abc: container node CrashLoopBackOff (last exit code 1, Error)"
+        );
+    }
+
+    /// A pod whose container started at `started` (seconds) and is unready since `unready`.
+    fn unready_pod(started: i64, unready: i64, ready: bool) -> Pod {
+        use k8s_openapi::api::core::v1::{ContainerStateRunning, PodCondition};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = |s: i64| Time(Timestamp::from_second(s).unwrap());
+        let mut p = Pod::default();
+        p.metadata.name = Some("n-abc".into());
+        p.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                last_transition_time: Some(at(unready)),
+                ..Default::default()
+            }]),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "node".into(),
+                ready,
+                started: Some(true),
+                state: Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(at(started)),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn a_started_container_failing_readiness_fails_only_after_its_grace() {
+        let now = |s: i64| Timestamp::from_second(s).unwrap();
+        let p = unready_pod(1_000, 1_010, false);
+        // 20 s after it became unready: look again in 10 s.
+        let early = unready(&p, now(1_030));
+        assert_eq!(early.failure, None);
+        assert_eq!(early.recheck_in, Some(Duration::from_secs(10)));
+        let late = unready(&p, now(1_040));
+        let (reason, message) = late.failure.unwrap();
+        assert_eq!(reason, READINESS_FAILING);
+        assert_eq!(
+            message,
+            "pod n-abc: container node is running but has not passed its readiness probe for 30s"
+        );
+        assert!(is_failing(&reason));
+        // The message does not change as time goes on (status writes stay put).
+        assert_eq!(unready(&p, now(5_000)).failure.unwrap().1, message);
+        // A ready pod is healthy and needs no second look.
+        assert_eq!(
+            unready(&unready_pod(1_000, 1_010, true), now(9_000)),
+            Health::default()
         );
     }
 
