@@ -143,6 +143,9 @@ pub fn graph(components: &[Component], types: &[NodeType]) -> Result<SystemGraph
                 .collect()
         })
         .collect();
+    let partials: Vec<Vec<Vec<String>>> = (0..phrases.len())
+        .map(|n| partial_phrases(&phrases, n))
+        .collect();
     // A wiring line names a node as written (any case, with or without "node"/"the"): a typo is
     // an unknown node, not a guess.
     let spelled: Vec<Vec<String>> = components
@@ -195,9 +198,12 @@ pub fn graph(components: &[Component], types: &[NodeType]) -> Result<SystemGraph
             // Coordinators describe their steps in their own words (not other coordinators).
             // (Not a reducer: one it describes is more often fed by its events than a step.)
             let describes = coordinator[from] && !coordinator[to] && !is_reducer(to);
-            let Some(reverse) =
-                mention(&sentences, name, &phrases[to], coordinator[from], describes)
-            else {
+            let target = Target {
+                name,
+                phrase: &phrases[to],
+                partials: &partials[to],
+            };
+            let Some(reverse) = mention(&sentences, &target, coordinator[from], describes) else {
                 continue;
             };
             let flip = !coordinator[from] && !coordinator[to];
@@ -214,13 +220,13 @@ pub fn graph(components: &[Component], types: &[NodeType]) -> Result<SystemGraph
     // The one coordinator, if its prose names no sibling, coordinates all of them, except
     // reducers already fed by another node. (Of several, one that names none is no hub.)
     let hubs: Vec<usize> = (0..components.len()).filter(|n| coordinator[*n]).collect();
+    // A node that nothing else touches is one of its steps, described too loosely to find.
     for &from in hubs.iter().filter(|_| hubs.len() == 1) {
-        if g.uses(from).next().is_some() {
-            continue;
-        }
+        let silent = g.uses(from).next().is_none();
         for (to, &hub) in coordinator.iter().enumerate() {
             let fed = is_reducer(to) && g.uses(to).next().is_some();
-            if to != from && !hub && !fed && !g.reaches(to, from) {
+            let isolated = !g.edges.iter().any(|(a, b)| *a == to || *b == to);
+            if to != from && !hub && !fed && (silent || isolated) && !g.reaches(to, from) {
                 g.add(from, to);
             }
         }
@@ -270,34 +276,88 @@ const FEEDS_WORDS: &[&str] = &["to", "into", "feeds", "feed", "for"];
 /// ("the Demand Velocity Tracker subscribes to these", "…, its main consumer").
 const USES_AFTER: &[&str] = &["subscrib", "consum", "read", "aggreg", "fold", "listen"];
 
-/// Whether a component's sentences mention the node named `name` (its stems), and if so
-/// whether the mention says the component feeds that node (`Some(true)`).
+/// A node as other nodes' sentences may refer to it.
+struct Target<'a> {
+    /// The stems of its name.
+    name: &'a BTreeSet<String>,
+    /// Its name's stems in order.
+    phrase: &'a [String],
+    /// Shorter runs of its name that still say which node ([`partial_phrases`]).
+    partials: &'a [Vec<String>],
+}
+
+/// Runs of at least two consecutive stems of node `n`'s name, at least half of it, that are
+/// not all role words and appear in no other node's name: "due date calculation" still names
+/// "Vaccine Due Date Calculator", "hold notice" names "Hold Notice Sender". Longest first.
+fn partial_phrases(phrases: &[Vec<String>], n: usize) -> Vec<Vec<String>> {
+    let phrase = &phrases[n];
+    let mut out = Vec::new();
+    for len in (2..phrase.len()).rev() {
+        if 2 * len < phrase.len() {
+            break;
+        }
+        for run in phrase.windows(len) {
+            let generic = run.iter().all(|w| GENERIC_STEMS.contains(&w.as_str()));
+            let shared = phrases
+                .iter()
+                .enumerate()
+                .any(|(other, p)| other != n && p.windows(len).any(|w| w == run));
+            if !generic && !shared {
+                out.push(run.to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// Whether a component's sentences mention the node `target`, and if so whether the mention
+/// says the component feeds that node (`Some(true)`).
 ///
 /// A sentence mentions a node when it holds every stem of the node's name; a coordinator's
 /// sentence also when it holds the name's first stem as a verb or object of a step ("books the
 /// flight" for "Flight Booking" needs both; "screens each payment" for "Sanctions Screening"
-/// needs one that is not a filler of every node name).
+/// needs one that is not a filler of every node name). A sentence also mentions it by a run of
+/// its name that no other name has ([`partial_phrases`]).
 fn mention(
     sentences: &[Vec<String>],
-    name: &BTreeSet<String>,
-    phrase: &[String],
+    target: &Target,
     coordinator: bool,
     describes: bool,
 ) -> Option<bool> {
+    let (name, phrase) = (target.name, target.phrase);
     for words in sentences {
         let stems: BTreeSet<&str> = words.iter().map(String::as_str).collect();
-        if !name.iter().all(|n| stems.contains(n.as_str())) {
-            continue;
-        }
+        let position = |run: &[String]| words.windows(run.len().max(1)).position(|w| w == run);
         // A worker names a node by its name, words in order; a coordinator may describe the
         // step instead ("captures the payment" for "Payment Capture").
-        let at = words.windows(phrase.len().max(1)).position(|w| w == phrase);
-        if at.is_none() && !coordinator {
+        let found = if name.iter().all(|n| stems.contains(n.as_str())) {
+            match position(phrase) {
+                Some(at) => Some((at, phrase.len())),
+                None if coordinator => Some((
+                    words.iter().position(|w| name.contains(w)).unwrap_or(0),
+                    phrase.len(),
+                )),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let found = found.or_else(|| {
+            target
+                .partials
+                .iter()
+                .find_map(|run| position(run).map(|at| (at, run.len())))
+        });
+        let Some((first, len)) = found else {
             continue;
-        }
-        let first = at.unwrap_or_else(|| words.iter().position(|w| name.contains(w)).unwrap_or(0));
+        };
         let before = words[..first].iter().rev().take(2);
-        let after = words.iter().skip(first + phrase.len()).take(4);
+        // After a possessive ("the Collector's readings") comes what it owns, not a verb.
+        let possessive = words.get(first + len).is_some_and(|w| w == "s");
+        let after = words
+            .iter()
+            .skip(first + len)
+            .take(if possessive { 0 } else { 4 });
         let feeds = !coordinator
             && (before
                 .into_iter()
@@ -377,6 +437,10 @@ fn significant_stems(stemmer: &Stemmer, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Stands between the words of a sentence where punctuation was: a name written in prose is
+/// never split by a comma or a parenthesis, so no run of a name may match across it.
+const BREAK: &str = "|";
+
 /// The stems of the words of each sentence of a component's description and requirements.
 fn sentence_stems(stemmer: &Stemmer, component: &Component) -> Vec<Vec<String>> {
     component
@@ -385,10 +449,15 @@ fn sentence_stems(stemmer: &Stemmer, component: &Component) -> Vec<Vec<String>> 
         .chain(&component.items)
         .flat_map(|t| t.split(['.', ';', '!', '?']))
         .map(|sentence| {
-            naming::words(sentence)
-                .iter()
-                .map(|w| stemmer.stem(w).into_owned())
-                .collect::<Vec<_>>()
+            let mut words = Vec::new();
+            for part in sentence.split([',', '(', ')', ':', '"']) {
+                let stems = naming::words(part);
+                if !stems.is_empty() && !words.is_empty() {
+                    words.push(BREAK.to_string());
+                }
+                words.extend(stems.iter().map(|w| stemmer.stem(w).into_owned()));
+            }
+            words
         })
         .filter(|words| !words.is_empty())
         .collect()
@@ -436,6 +505,64 @@ mod tests {
             ]
         );
         assert_eq!(g.dependency_order(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_run_of_a_name_that_no_other_name_has_still_names_the_node() {
+        let cs = [
+            component("Vaccine Due Date Calculator", "Works out due dates.", &[]),
+            component(
+                "Reminder Sender",
+                "Gets each due date from the due-date calculation and reminds owners.",
+                &[],
+            ),
+        ];
+        let g = graph(&cs, &[Compute, Effect]).unwrap();
+        assert_eq!(
+            edges(&g),
+            [("Reminder Sender", "Vaccine Due Date Calculator")]
+        );
+    }
+
+    #[test]
+    fn punctuation_and_possessives_are_no_part_of_a_name() {
+        let cs = [
+            component(
+                "Review Form",
+                "Stores each review (scores for relevance) in PostgreSQL.",
+                &[],
+            ),
+            component("Review Score Tally", "Keeps running totals.", &[]),
+            component("Sensor Reading Collector", "Polls sensors.", &[]),
+            component(
+                "Air Rollup",
+                "Averages the Sensor Reading Collector's readings per hour.",
+                &[],
+            ),
+        ];
+        let g = graph(&cs, &[Effect, Reducer, Effect, Reducer]).unwrap();
+        assert_eq!(edges(&g), [("Air Rollup", "Sensor Reading Collector")]);
+    }
+
+    #[test]
+    fn a_coordinator_that_names_some_steps_takes_the_untouched_nodes() {
+        let cs = [
+            component("Feed Sync", "Mirrors advisories.", &[]),
+            component("Ticket Filer", "Files tickets.", &[]),
+            component(
+                "Triage Coordinator",
+                "Files a ticket for each advisory with the Ticket Filer.",
+                &[],
+            ),
+        ];
+        let g = graph(&cs, &[Effect, Effect, Orchestrator]).unwrap();
+        assert_eq!(
+            edges(&g),
+            [
+                ("Triage Coordinator", "Feed Sync"),
+                ("Triage Coordinator", "Ticket Filer")
+            ]
+        );
     }
 
     #[test]
