@@ -175,10 +175,16 @@ impl Outcome {
                 .into_iter()
                 .filter_map(|i| {
                     let node = self.nodes.get(i)?;
+                    let guessed = g
+                        .uses(i)
+                        .filter(|used| g.guessed(i, *used))
+                        .filter_map(|used| self.nodes.get(used).map(|n| n.name.clone()))
+                        .collect();
                     Some(SystemNodeStatus {
                         name: node.name.clone(),
                         title: g.nodes.get(i).cloned().unwrap_or_default(),
                         uses: node.depends_on.clone(),
+                        guessed,
                         state: "Generated".to_string(),
                     })
                 })

@@ -156,3 +156,35 @@ fn invalid_systems_fail_with_a_reason_naming_the_nodes() {
         println!("  {file}: {} — {message}", err.reason());
     }
 }
+
+/// The status says which edges were guessed from the prose and which a wiring line declared.
+#[test]
+fn the_status_shows_which_edges_are_guesses() {
+    use omninode_operator::api::{NodeGenerationSpec, NodeGenerationStatus};
+    use omninode_operator::render::Renderer;
+    let prd = "# Checkout\n\n## Overview\nTakes orders.\n\n## Nodes\n\n\
+               ### Stock Reservation\nReserves stock for an order in PostgreSQL.\n\n\
+               ### Payment Capture\nCaptures the payment with the card provider.\n\
+               Uses: Stock Reservation\n\n\
+               ### Checkout Workflow\nReserves the stock, then captures the payment.\n";
+    let renderer = Renderer::embedded().unwrap();
+    let outcome = omninode_operator::pipeline::run(
+        &renderer,
+        "checkout",
+        &NodeGenerationSpec::default(),
+        prd,
+        "c".into(),
+        None,
+    );
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    let mut status = NodeGenerationStatus::default();
+    outcome.fill_status(&mut status);
+    let system = status.system.unwrap();
+    let of = |title: &str| system.nodes.iter().find(|n| n.title == title).unwrap();
+    let payment = of("Payment Capture");
+    assert_eq!(payment.uses.len(), 1);
+    assert!(payment.guessed.is_empty(), "a wiring line is no guess");
+    let workflow = of("Checkout Workflow");
+    assert_eq!(workflow.uses.len(), 2);
+    assert_eq!(workflow.guessed, workflow.uses, "read from the prose");
+}

@@ -29,6 +29,9 @@ pub struct SystemGraph {
     pub nodes: Vec<String>,
     /// `(user, used)` index pairs, sorted, unique.
     pub edges: Vec<(usize, usize)>,
+    /// The edges of wiring lines (`Uses:`, `Depends on:`); the others were read from the prose,
+    /// a guess the status shows as such.
+    pub declared: Vec<(usize, usize)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +55,12 @@ fn cycle_text(cycle: &[String]) -> String {
 }
 
 impl SystemGraph {
+    /// Whether edge `(from, to)` was read from the prose rather than a wiring line.
+    pub fn guessed(&self, from: usize, to: usize) -> bool {
+        self.edges.binary_search(&(from, to)).is_ok()
+            && self.declared.binary_search(&(from, to)).is_err()
+    }
+
     /// The nodes `node` uses directly, in PRD order.
     pub fn uses(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
         self.edges
@@ -155,6 +164,7 @@ pub fn graph(components: &[Component], types: &[NodeType]) -> Result<SystemGraph
     let mut g = SystemGraph {
         nodes: components.iter().map(|c| c.name.clone()).collect(),
         edges: Vec::new(),
+        declared: Vec::new(),
     };
 
     for (from, component) in components.iter().enumerate() {
@@ -178,6 +188,7 @@ pub fn graph(components: &[Component], types: &[NodeType]) -> Result<SystemGraph
             cycle.into_iter().map(|n| g.nodes[n].clone()).collect(),
         ));
     }
+    g.declared = g.edges.clone();
 
     // Prose edges, coordinators first: they are the likeliest users.
     let coordinator = coordinators(components, types);
@@ -504,6 +515,7 @@ mod tests {
                 ("Checkout Flow", "Payment Capture")
             ]
         );
+        assert!(g.guessed(2, 0) && g.guessed(2, 1));
         assert_eq!(g.dependency_order(), [0, 1, 2]);
     }
 
@@ -588,6 +600,7 @@ mod tests {
         let g = graph(&cs, &[Compute, Reducer]).unwrap();
         assert_eq!(edges(&g), [("Merchant Rollup", "Risk Scoring")]);
         assert_eq!(g.dependency_order(), [0, 1]);
+        assert!(!g.guessed(1, 0));
     }
 
     #[test]

@@ -407,6 +407,10 @@ pub struct SystemNodeStatus {
     /// The GeneratedNodes this node uses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uses: Vec<String>,
+    /// Those of `uses` read from the PRD's prose, not from a `Uses:`/`Depends on:` line: a
+    /// guess to check (a wiring line makes an edge exact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guessed: Vec<String>,
     /// `Ready`, or why not yet: the GeneratedNode's `Ready` reason (`WaitingForDependencies`,
     /// `RollingOut`, …), `Generated` before it exists.
     pub state: String,
