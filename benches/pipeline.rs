@@ -52,7 +52,12 @@ fn code_config_map_bytes(node: &omninode_operator::render::RenderedNode) -> usiz
 
 fn corpus(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
+    // OMNINODE_BENCH_CORPUS (directories, `:`-separated) replaces the corpus, so that two
+    // builds can be compared on the same PRDs.
     let mut stack = vec![root.join("tests/corpus"), root.join("examples")];
+    if let Some(dirs) = std::env::var_os("OMNINODE_BENCH_CORPUS") {
+        stack = std::env::split_paths(&dirs).collect();
+    }
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let p = entry.path();

@@ -40,6 +40,8 @@ pub use metrics::ControllerMetrics;
 
 /// Label selector of everything the operator creates.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=omninode-operator";
+/// How long a NodeGeneration's reconcile waits for more triggers (trailing edge).
+const NG_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// What a reconcile can fail with; every variant is retried with per-object backoff.
 #[derive(Debug, thiserror::Error)]
@@ -462,8 +464,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let gn_controller = gn_controller.reconcile_on(gn_changed_rx.flat_map(move |changed| {
         futures::stream::iter(generated_node::dependents(&gn_store, &changed))
     }));
+    // A generation is reconciled for every status change of each of its nodes: wait for a
+    // burst (a system's nodes moving together) to end, and write its status once.
+    let ng_config = controller_config.debounce(NG_DEBOUNCE);
     let ng_controller = Controller::for_stream(node_generations, ng_reader)
-        .with_config(controller_config)
+        .with_config(ng_config)
         .owns(api::<GeneratedNode>(&client, ns), managed.clone())
         .owns_stream(changes(config_maps));
     let ng_store = ng_controller.store();

@@ -731,12 +731,16 @@ impl Drop for Operator {
 
 /// Manifests of `count` NodeGenerations made from the examples, cycled.
 pub fn many_generations(count: usize) -> Result<String, String> {
-    let mut files: Vec<_> =
-        std::fs::read_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")))
-            .map_err(|e| e.to_string())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .collect();
+    // OMNINODE_BENCH_EXAMPLES replaces the examples, so that two builds can be compared on the
+    // same workload.
+    let dir = std::env::var_os("OMNINODE_BENCH_EXAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).into());
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
     files.sort();
     let docs: Vec<serde_json::Value> = files
         .iter()
