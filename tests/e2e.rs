@@ -333,11 +333,14 @@ fn system_rolls_out_in_dependency_order(c: &Cluster) -> Outcome {
     let mut round = 0usize;
     loop {
         round += 1;
-        let gns = items(&c.json(&["get", "gn", "-n", ns])?);
+        // Deployments before GeneratedNodes: a dependency Ready before a Deployment existed is
+        // then Ready in the later read too (the other order lets a node be deployed between
+        // the two reads and look deployed before its dependency was Ready).
         let deployments: BTreeSet<String> = items(&c.json(&["get", "deployment", "-n", ns])?)
             .iter()
             .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_string))
             .collect();
+        let gns = items(&c.json(&["get", "gn", "-n", ns])?);
         for gn in &gns {
             let name = gn["metadata"]["name"]
                 .as_str()

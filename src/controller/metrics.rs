@@ -78,6 +78,19 @@ impl Default for ControllerMetrics {
 
 impl ControllerMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Every controller's series exist from the start, at 0: an alert's rate() has a series
+        // to read before the first reconcile ends (and a scrape right after one sees it).
+        for controller in [
+            super::node_generation::CONTROLLER,
+            super::generated_node::CONTROLLER,
+        ] {
+            for result in ["success", "error"] {
+                let _ = self.reconciles.get_or_create(&ReconcileLabels {
+                    controller: controller.to_string(),
+                    result: result.to_string(),
+                });
+            }
+        }
         let r = registry.sub_registry_with_prefix("omninode");
         r.register(
             "reconciles",
