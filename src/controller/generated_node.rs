@@ -161,18 +161,21 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     };
 
     let (mut conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
-    let health = super::pod_health::health(
-        &ctx.caches.pods,
-        &ns,
-        &name,
-        k8s_openapi::jiff::Timestamp::now(),
-    );
+    // Only a node that is not Ready needs its pods looked at (a scan of the Pods cache).
+    let ready = conditions.iter().any(|c| c.type_ == READY && c.is_true());
+    let health = if ready {
+        Default::default()
+    } else {
+        super::pod_health::health(
+            &ctx.caches.pods,
+            &ns,
+            &name,
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+    };
     if let Some((reason, message)) = health.failure {
         // A pod that will not start says why, instead of an open-ended "rolling out".
-        for c in conditions
-            .iter_mut()
-            .filter(|c| c.type_ == READY && !c.is_true())
-        {
+        for c in conditions.iter_mut().filter(|c| c.type_ == READY) {
             *c = Condition::new(READY, ConditionStatus::False, &reason, message.clone());
         }
     }

@@ -59,10 +59,12 @@ pub fn health(pods: &Store<Pod>, ns: &str, name: &str, now: Timestamp) -> Health
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     mine.sort_by_key(|p| p.name_any());
+    let unready: Vec<Health> = mine.iter().map(|p| unready(p, now)).collect();
     let failure = mine
         .iter()
-        .find_map(|p| pod_failure(p).or_else(|| unready(p, now).failure));
-    let recheck_in = mine.iter().filter_map(|p| unready(p, now).recheck_in).min();
+        .zip(&unready)
+        .find_map(|(p, u)| pod_failure(p).or_else(|| u.failure.clone()));
+    let recheck_in = unready.iter().filter_map(|u| u.recheck_in).min();
     Health {
         failure,
         recheck_in,
