@@ -60,7 +60,7 @@ if [ ! -x "$TANSU" ]; then
 fi
 export TANSU_BIN=$TANSU
 
-step "promtool (Debian's prometheus package, unpacked into $CACHE)"
+step "promtool and prometheus (Debian's prometheus package, unpacked into $CACHE)"
 PROMTOOL=$CACHE/prometheus/usr/bin/promtool
 if [ ! -x "$PROMTOOL" ]; then
   tmp=$(mktemp -d)
@@ -72,6 +72,9 @@ if [ ! -x "$PROMTOOL" ]; then
   rm -rf "$tmp"
 fi
 export PROMTOOL
+# The same package's server: the e2e suite scrapes the operator with it (the dashboard and alerts).
+PROMETHEUS=$CACHE/prometheus/usr/bin/prometheus
+export PROMETHEUS
 
 step "lua5.1 (Debian's lua5.1 package, unpacked into $CACHE) for the Argo CD health checks"
 # Argo CD runs health checks with gopher-lua, a Lua 5.1: tests/python/test_argocd_health.py runs

@@ -7,7 +7,7 @@
 use crate::analysis;
 use crate::api::{IntelligenceMode, NodeGenerationSpec, NodeType};
 use crate::intelligence::wire::SessionStatus;
-use crate::intelligence::{IntelligenceClient, IntelligenceError, advisor};
+use crate::intelligence::{ContractFamily, IntelligenceClient, IntelligenceError, advisor};
 use crate::manifest::Rejected;
 use crate::pipeline::{self, Outcome};
 use crate::prd;
@@ -81,6 +81,7 @@ pub async fn run(
     let timeout = std::time::Duration::from_secs(spec.intelligence.timeout_seconds.into());
     let mut hints = None;
     let mut fallback = None;
+    let asked = std::time::Instant::now();
     if let (Some(c), Ok(parsed)) = (client, prd::parse(prd_text)) {
         c.publish_status(
             session,
@@ -100,10 +101,15 @@ pub async fn run(
             {
                 return Err(unavailable(c, session, &e.to_string()));
             }
-            Err(e) => fallback = Some(e.to_string()),
+            Err(e) => {
+                c.metrics().fell_back(ContractFamily::Codegen);
+                fallback = Some(e.to_string());
+            }
         }
     }
+    let asking = asked.elapsed().as_secs_f64();
     let mut outcome = pipeline::run(renderer, name, spec, prd_text, id, hints.as_ref());
+    outcome.stage_seconds.analysis += asking;
     if let Some(why) = &fallback {
         outcome.note_fallback(why);
     }
@@ -111,6 +117,7 @@ pub async fn run(
         return Ok(outcome);
     };
     if outcome.succeeded() {
+        let scoring = std::time::Instant::now();
         let scores = futures::future::join_all(outcome.nodes.iter().map(|n| {
             let main = format!("{}/node.py", n.rendered.context.package);
             let path = format!("{}/{main}", n.rendered.dir_name);
@@ -132,9 +139,13 @@ pub async fn run(
                     let why = format!("code analysis of {} unanswered: {e}", node.name);
                     return Err(unavailable(c, session, &why));
                 }
-                Err(e) => tracing::debug!(node = %node.name, error = %e, "no service score"),
+                Err(e) => {
+                    c.metrics().fell_back(ContractFamily::CodeAnalysis);
+                    tracing::debug!(node = %node.name, error = %e, "no service score");
+                }
             }
         }
+        outcome.stage_seconds.quality += scoring.elapsed().as_secs_f64();
     }
     let (status, message) = match &outcome.failure {
         None => (

@@ -1,12 +1,15 @@
 //! The pure core, composed: PRD → plan → rendered nodes → quality reports → status.
 //!
 //! Shared by the offline `generate` command and the controller so that both produce
-//! byte-identical files for the same manifest. No I/O happens here.
+//! byte-identical files for the same manifest. No I/O happens here (the clock is read only for
+//! the stage-duration metric).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::analysis::{self, IntelligenceHints, Overrides, Plan, PlannedNode};
-use std::collections::BTreeMap;
 
 use crate::api::{
     AnalysisStatus, Condition, ConditionStatus, DeploySpec, FIELD_MANAGER, GeneratedNodeDeploy,
@@ -92,6 +95,17 @@ pub struct Outcome {
     /// Conditions `Analyzed`, `Generated`, `Validated` (in that order, as far as reached).
     pub conditions: Vec<Condition>,
     pub failure: Option<Failure>,
+    /// Wall time of each stage, for the stage-duration metric only (never written to status:
+    /// output stays byte-identical).
+    pub stage_seconds: StageSeconds,
+}
+
+/// Seconds spent in each stage of one generation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageSeconds {
+    pub analysis: f64,
+    pub render: f64,
+    pub quality: f64,
 }
 
 impl Outcome {
@@ -294,7 +308,9 @@ pub fn run(
         shared: None,
         conditions: Vec::new(),
         failure: None,
+        stage_seconds: StageSeconds::default(),
     };
+    let clock = Instant::now();
 
     let parsed = match prd::parse(prd_text) {
         Ok(p) => p,
@@ -304,7 +320,9 @@ pub fn run(
         }
     };
     let overrides = overrides(spec, generation_name);
-    let plan = match analysis::plan(&parsed, &overrides, hints) {
+    let plan = analysis::plan(&parsed, &overrides, hints);
+    outcome.stage_seconds.analysis = clock.elapsed().as_secs_f64();
+    let plan = match plan {
         Ok(p) => p,
         Err(e) => {
             fail(&mut outcome, ANALYZED, e.reason(), e.to_string());
@@ -332,6 +350,8 @@ pub fn run(
         onex: spec.quality.onex_threshold,
     };
     let shared_context = SharedContext::new(&plan, generation_name);
+    let clock = Instant::now();
+    let mut scoring = Duration::ZERO;
     if let Some(ctx) = &shared_context {
         match renderer.render_shared(ctx) {
             Ok(shared) => outcome.shared = Some(shared),
@@ -354,7 +374,9 @@ pub fn run(
             rendered.shared_hash = Some(shared.content_hash.clone());
             rendered.rehash();
         }
+        let scored = Instant::now();
         let report = quality::score(&rendered, thresholds);
+        scoring += scored.elapsed();
         outcome.nodes.push(NodeOutcome {
             name: node_resource_name(generation_name, node),
             planned: node.clone(),
@@ -380,11 +402,14 @@ pub fn run(
         format!("{} node(s), {files} files rendered", outcome.nodes.len()),
     ));
 
+    outcome.stage_seconds.render = (clock.elapsed() - scoring).as_secs_f64();
+    let clock = Instant::now();
     let shared_issues = outcome
         .shared
         .as_ref()
         .map(quality::check_shared)
         .unwrap_or_default();
+    outcome.stage_seconds.quality = (scoring + clock.elapsed()).as_secs_f64();
     if !shared_issues.is_empty() {
         let issues: Vec<String> = shared_issues
             .iter()

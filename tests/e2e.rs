@@ -916,17 +916,14 @@ fn tansu() -> Result<Option<String>, String> {
     }
 }
 
-/// With the real broker and the stand-in responder the analysis comes from the service; with
-/// the responder stopped, generations still complete from the built-in library.
-fn intelligence_service_and_fallback(c: &Cluster) -> Outcome {
-    let Some(bin) = tansu()? else {
-        return Ok(());
-    };
-    let port = support::kafka::free_port();
-    let broker = support::kafka::Broker::start(&bin, port);
+/// A tansu broker with the operator's topics (created as the operator would, before the
+/// responder subscribes to them) and the stand-in responder; the bootstrap servers.
+fn service_on_a_broker(
+    bin: &str,
+    prefix: &str,
+) -> Result<(support::kafka::Broker, support::kafka::Responder, String), String> {
+    let broker = support::kafka::Broker::start(bin, support::kafka::free_port());
     let servers = broker.servers();
-    let prefix = "e2e.";
-    // Create the topics (as the operator would) before the responder subscribes to them.
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let client = omninode_operator::intelligence::IntelligenceClient::connect(
@@ -941,18 +938,34 @@ fn intelligence_service_and_fallback(c: &Cluster) -> Outcome {
         }
     })?;
     let responder = support::kafka::Responder::start(&servers, prefix, &[]);
-    let ns = "e2e-intelligence";
-    c.create_namespace(ns)?;
-    let _op = Operator::start(
+    Ok((broker, responder, servers))
+}
+
+/// An operator in `ns` whose intelligence client uses the broker at `servers`.
+fn operator_asking(c: &Cluster, ns: &str, servers: &str, prefix: &str) -> Result<Operator, String> {
+    Operator::start(
         c,
         ns,
         &[
             "--kafka-bootstrap-servers",
-            &servers,
+            servers,
             "--kafka-topic-prefix",
             prefix,
         ],
-    )?;
+    )
+}
+
+/// With the real broker and the stand-in responder the analysis comes from the service; with
+/// the responder stopped, generations still complete from the built-in library.
+fn intelligence_service_and_fallback(c: &Cluster) -> Outcome {
+    let Some(bin) = tansu()? else {
+        return Ok(());
+    };
+    let prefix = "e2e.";
+    let (broker, responder, servers) = service_on_a_broker(&bin, prefix)?;
+    let ns = "e2e-intelligence";
+    c.create_namespace(ns)?;
+    let _op = operator_asking(c, ns, &servers, prefix)?;
     apply_example(c, ns, "effect-email-notifier.yaml", "email-notifier")?;
     let source = generation_of(c, ns, "email-notifier")?["status"]["analysis"]["source"].clone();
     ensure!(
@@ -1138,31 +1151,199 @@ fn metrics_pass_promtool(c: &Cluster) -> Outcome {
         "    promtool check metrics: clean ({} lines)",
         metrics.lines().count()
     );
-    // Every series the chart's alert rules read is really exposed.
-    let rules = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("charts/omninode-operator/rules/omninode-alerts.yaml"),
-    )
-    .map_err(|e| e.to_string())?;
-    let used: BTreeSet<&str> = rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    Ok(())
+}
+
+/// The chart's rule file and dashboard, as shipped.
+fn chart_file(path: &str) -> Result<String, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("charts/omninode-operator")
+        .join(path);
+    std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Every query of the dashboard's panels: (panel title, PromQL), its variables replaced as
+/// Grafana would for "all namespaces" and a 1 m rate interval.
+fn dashboard_queries() -> Result<Vec<(String, String)>, String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&chart_file("dashboards/omninode-operator.json")?)
+            .map_err(|e| e.to_string())?;
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                let expr = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$namespace", ".*");
+                queries.push((panel["title"].as_str().unwrap_or("?").to_string(), expr));
+            }
+        }
+    }
+    Ok(queries)
+}
+
+/// The `omninode_*` series names a PromQL text reads.
+fn series_names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("omninode_") && w.len() > "omninode_".len())
-        .collect();
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every series the chart's alert rules and its dashboard read is really exposed by `op`.
+fn rules_and_dashboard_series_exposed(op: &Operator) -> Outcome {
+    let metrics = op.get("/metrics")?;
+    let mut used = series_names(&chart_file("rules/omninode-alerts.yaml")?);
+    for (_, expr) in dashboard_queries()? {
+        used.extend(series_names(&expr));
+    }
     let exposed: BTreeSet<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    let missing: Vec<&&str> = used.iter().filter(|m| !exposed.contains(**m)).collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|m| !exposed.contains(m.as_str()))
+        .collect();
     ensure!(
         missing.is_empty(),
-        "the alert rules read series the operator does not expose: {missing:?}"
+        "the alert rules or the dashboard read series the operator does not expose: {missing:?}"
     );
     println!(
-        "    the {} series the alert rules read are all exposed",
+        "    the {} series the alert rules and the dashboard read are all exposed",
         used.len()
     );
     Ok(())
+}
+
+/// A real Prometheus scrapes the operator while generations succeed and then fail: every
+/// dashboard panel's query returns data, and the failure-rate alert fires only once more than
+/// 10 % of generations fail.
+fn prometheus_sees_the_dashboard_and_the_alert(c: &Cluster) -> Outcome {
+    let Some(prometheus) = support::prometheus::binary() else {
+        ensure!(
+            std::env::var_os("CI").is_none(),
+            "PROMETHEUS is not set; scripts/test-all.sh installs Debian's prometheus"
+        );
+        println!("    skipped: no prometheus (apt-get install prometheus, or set PROMETHEUS)");
+        return Ok(());
+    };
+    let Some(bin) = tansu()? else {
+        return Ok(());
+    };
+    // The intelligence service answers, so that its panels have latencies to show.
+    let prefix = "e2e-prom.";
+    let (_broker, _responder, servers) = service_on_a_broker(&bin, prefix)?;
+    let ns = "e2e-prometheus";
+    c.create_namespace(ns)?;
+    let op = operator_asking(c, ns, &servers, prefix)?;
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("charts/omninode-operator/rules/omninode-alerts.yaml");
+    let prom = support::prometheus::Prometheus::start(
+        &prometheus,
+        &format!("127.0.0.1:{}", op.metrics_port),
+        ns,
+        &rules,
+        c.dir().join("prometheus.log"),
+    )?;
+    let alert = "OmninodeGenerationFailureRateHigh";
+    let settled = |outcome: &str| -> Result<f64, String> {
+        let q = format!("sum(omninode_generations_settled_total{{outcome=\"{outcome}\"}})");
+        Ok(support::prometheus::value(prom.query(&q)?.first()).unwrap_or(0.0))
+    };
+    // Rules evaluated after Prometheus has seen `count` generations of `outcome`.
+    let evaluated_after = |outcome: &str, count: f64| -> Outcome {
+        wait_until(Duration::from_secs(60), "Prometheus to scrape them", || {
+            Ok(settled(outcome)? >= count)
+        })?;
+        let seen = prom.evaluations()?;
+        wait_until(Duration::from_secs(30), "two more rule evaluations", || {
+            Ok(prom.evaluations()? >= seen + 2.0)
+        })
+    };
+
+    let good = 12;
+    c.apply(ns, &support::cluster::many_generations(good)?)?;
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "ng",
+        "--all",
+        "-n",
+        ns,
+        "--timeout=300s",
+    ])?;
+    evaluated_after("succeeded", good as f64)?;
+    ensure!(
+        prom.firing(alert)? == 0,
+        "{alert} fires with every generation succeeding"
+    );
+    println!("    {good} generations succeeded: {alert} not firing");
+
+    let ratio = || -> Result<f64, String> {
+        let q = "sum(rate(omninode_generations_settled_total{outcome=\"failed\"}[5m])) / sum(rate(omninode_generations_settled_total[5m]))";
+        Ok(support::prometheus::value(prom.query(q)?.first()).unwrap_or(f64::NAN))
+    };
+    let broken = |from: usize, to: usize| -> Outcome {
+        let mut yaml = String::new();
+        for i in from..to {
+            yaml.push_str(&format!(
+                "---\napiVersion: codegen.omninode.ai/v1alpha1\nkind: NodeGeneration\nmetadata:\n  name: broken-{i}\nspec:\n  prd: \"   \"\n"
+            ));
+        }
+        c.apply(ns, &yaml)
+    };
+    // One failure in 13 (7.7 %): still not firing.
+    broken(0, 1)?;
+    evaluated_after("failed", 1.0)?;
+    ensure!(
+        prom.firing(alert)? == 0,
+        "{alert} fires at a failure ratio of {:.3}",
+        ratio()?
+    );
+    println!(
+        "    1 failed: {alert} not firing (failure ratio {:.3})",
+        ratio()?
+    );
+    // Four in 16 (25 %): firing.
+    broken(1, 4)?;
+    evaluated_after("failed", 4.0)?;
+    wait_until(
+        Duration::from_secs(30),
+        "the failure-rate alert to fire",
+        || Ok(prom.firing(alert)? == 1),
+    )?;
+    println!(
+        "    3 more failed: {alert} firing (failure ratio {:.3})",
+        ratio()?
+    );
+
+    let queries = dashboard_queries()?;
+    let mut empty = Vec::new();
+    let mut finite = 0;
+    for (title, expr) in &queries {
+        let result = prom.query(expr)?;
+        if result.is_empty() {
+            empty.push(format!("{title}: {expr}"));
+        }
+        if result
+            .iter()
+            .any(|r| support::prometheus::value(Some(r)).is_some_and(f64::is_finite))
+        {
+            finite += 1;
+        }
+    }
+    ensure!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+    println!(
+        "    all {} dashboard queries return data, {finite} of them a finite value",
+        queries.len()
+    );
+    rules_and_dashboard_series_exposed(&op)
 }
 
 /// Apply every example into `ns` and wait until each is Ready; their names.
@@ -2699,7 +2880,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 23] = [
+    let scenarios: [Scenario; 24] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -2749,6 +2930,10 @@ fn main() -> ExitCode {
         ("deletion_collects_children", deletion_collects_children),
         ("graceful_shutdown", graceful_shutdown),
         ("metrics_pass_promtool", metrics_pass_promtool),
+        (
+            "prometheus_sees_the_dashboard_and_the_alert",
+            prometheus_sees_the_dashboard_and_the_alert,
+        ),
         ("leader_election_fails_over", leader_election_fails_over),
         ("kill_and_restart_mid_flight", kill_and_restart_mid_flight),
         (

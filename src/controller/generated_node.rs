@@ -32,6 +32,7 @@ const PROGRESSING: &str = "Progressing";
 const READY: &str = "Ready";
 
 pub async fn reconcile(gn: Arc<GeneratedNode>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.metrics.running(CONTROLLER);
     let started = Instant::now();
     let span = tracing::info_span!(
         "reconcile",
@@ -452,6 +453,7 @@ async fn write_status(
         return Ok(());
     }
     apply_status(ctx, gn, &next).await?;
+    observe_deploy(ctx, gn, &current, &next, &now);
     // Events on the transitions users care about: ready, and failures other than a rollout.
     ready_event(
         ctx,
@@ -462,6 +464,30 @@ async fn write_status(
     )
     .await;
     Ok(())
+}
+
+/// The deploy stage of a node ends when it becomes Ready: it took from the moment it stopped
+/// being Ready (its rollout began), or from its creation.
+fn observe_deploy(
+    ctx: &Context,
+    gn: &GeneratedNode,
+    current: &crate::api::GeneratedNodeStatus,
+    next: &crate::api::GeneratedNodeStatus,
+    now: &Time,
+) {
+    let was = status::get(&current.conditions, READY);
+    if was.is_some_and(Condition::is_true)
+        || !status::get(&next.conditions, READY).is_some_and(Condition::is_true)
+    {
+        return;
+    }
+    let since = was
+        .and_then(|c| c.last_transition_time.as_ref())
+        .or(gn.metadata.creation_timestamp.as_ref());
+    if let Some(since) = since {
+        let took = now.0.duration_since(since.0).as_secs_f64().max(0.0);
+        ctx.metrics.stage("deploy", took);
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::progress::GenerationProgress;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
@@ -38,9 +41,41 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NodeTypeLabel {
-    pub node_type: String,
+pub struct OutcomeLabel {
+    /// `succeeded` or `failed`
+    pub outcome: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node_type: String,
+    /// A domain of the built-in library, or `other` (a user's `spec.domain` is free text).
+    pub domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// analysis, render, quality, publish or deploy
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `pushed`, `no_changes` or `failed`
+    pub result: &'static str,
+}
+
+/// The domain as a label: one of the built-in library's (a closed set) or `other`.
+pub fn domain_label(domain: &str) -> String {
+    if crate::analysis::library().domains.contains_key(domain) {
+        domain.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+/// The stages of a generation whose durations are measured, in order.
+pub const STAGES: [&str; 5] = ["analysis", "render", "quality", "publish", "deploy"];
 
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -49,10 +84,25 @@ pub struct ControllerMetrics {
     pub api_requests: Family<ApiLabels, Counter>,
     /// NodeGenerations settled, counted when their `Ready` condition changes.
     pub generations: Family<OutcomeLabels, Counter>,
+    /// The same count by outcome alone, both series there from the start: a rate() over a
+    /// series that first appears at 1 misses that first one, and a new failure reason would
+    /// otherwise go unseen by the failure-rate alert.
+    pub settled: Family<OutcomeLabel, Counter>,
     /// How long analysis, rendering and the quality gate took for one generation.
     pub generation_seconds: Histogram,
     /// The overall quality score of every node generated.
-    pub node_quality: Family<NodeTypeLabel, Histogram>,
+    pub node_quality: Family<NodeLabels, Histogram>,
+    /// Seconds per stage: the first three per generation, publish per generation that reaches
+    /// it, deploy per node from its rollout's start to Ready.
+    pub stage_seconds: Family<StageLabel, Histogram>,
+    /// Git output pushes by result.
+    pub git_pushes: Family<ResultLabel, Counter>,
+    /// 1 on the replica that reconciles (the lease holder, or the only replica).
+    pub leader: Gauge,
+    /// Reconciles running now, by controller (at most the controller's concurrency).
+    pub in_flight: Family<ControllerLabel, Gauge>,
+    /// Generations in progress and the age of the oldest, sampled at scrape time.
+    pub progress: GenerationProgress,
 }
 
 impl Default for ControllerMetrics {
@@ -66,12 +116,23 @@ impl Default for ControllerMetrics {
             }),
             api_requests: Family::default(),
             generations: Family::default(),
+            settled: Family::default(),
             generation_seconds: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
             node_quality: Family::new_with_constructor(|| {
                 Histogram::new([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0])
             }),
+            stage_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0, 120.0, 300.0,
+                ])
+            }),
+            git_pushes: Family::default(),
+            leader: Gauge::default(),
+            in_flight: Family::default(),
+            progress: GenerationProgress::default(),
         }
     }
 }
@@ -84,12 +145,26 @@ impl ControllerMetrics {
             super::node_generation::CONTROLLER,
             super::generated_node::CONTROLLER,
         ] {
+            let label = ControllerLabel {
+                controller: controller.to_string(),
+            };
+            let _ = self.in_flight.get_or_create(&label);
+            let _ = self.reconcile_seconds.get_or_create(&label);
             for result in ["success", "error"] {
                 let _ = self.reconciles.get_or_create(&ReconcileLabels {
                     controller: controller.to_string(),
                     result: result.to_string(),
                 });
             }
+        }
+        for outcome in ["succeeded", "failed"] {
+            let _ = self.settled.get_or_create(&OutcomeLabel { outcome });
+        }
+        for stage in STAGES {
+            let _ = self.stage_seconds.get_or_create(&StageLabel { stage });
+        }
+        for result in ["pushed", "no_changes", "failed"] {
+            let _ = self.git_pushes.get_or_create(&ResultLabel { result });
         }
         let r = registry.sub_registry_with_prefix("omninode");
         r.register(
@@ -113,25 +188,75 @@ impl ControllerMetrics {
             self.generations.clone(),
         );
         r.register(
+            "generations_settled",
+            "NodeGenerations settled, by outcome (both series from the start)",
+            self.settled.clone(),
+        );
+        r.register(
             "generation_duration_seconds",
             "Analysis, rendering and quality gate of one generation",
             self.generation_seconds.clone(),
         );
         r.register(
             "node_quality_score",
-            "Overall quality score of each generated node, by node type",
+            "Overall quality score of each generated node, by node type and domain",
             self.node_quality.clone(),
         );
+        r.register(
+            "stage_duration_seconds",
+            "Duration of each stage: analysis, render, quality and publish per generation, deploy per node",
+            self.stage_seconds.clone(),
+        );
+        r.register(
+            "git_pushes",
+            "Pushes of Git output by result",
+            self.git_pushes.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica reconciles (holds the lease, or runs alone)",
+            self.leader.clone(),
+        );
+        r.register(
+            "reconciles_in_flight",
+            "Reconciles running now, by controller",
+            self.in_flight.clone(),
+        );
+        r.register_collector(Box::new(self.progress.clone()));
+    }
+
+    /// Count a reconcile as running until the guard drops (also when its future is cancelled).
+    pub fn running(&self, controller: &str) -> InFlight {
+        let gauge = self
+            .in_flight
+            .get_or_create(&ControllerLabel {
+                controller: controller.to_string(),
+            })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    pub fn stage(&self, stage: &'static str, seconds: f64) {
+        self.stage_seconds
+            .get_or_create(&StageLabel { stage })
+            .observe(seconds);
+    }
+
+    pub fn git_push(&self, result: &'static str) {
+        self.git_pushes.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// A generation settled: `Ready` became `ready` with `reason`.
     pub fn settled(&self, ready: bool, reason: &str) {
+        let outcome = if ready { "succeeded" } else { "failed" };
         self.generations
             .get_or_create(&OutcomeLabels {
-                outcome: if ready { "succeeded" } else { "failed" }.to_string(),
+                outcome: outcome.to_string(),
                 reason: reason.to_string(),
             })
             .inc();
+        self.settled.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn observe(&self, controller: &str, ok: bool, took: Duration) {
@@ -177,6 +302,15 @@ impl ControllerMetrics {
             }
         }
         total
+    }
+}
+
+/// A running reconcile, counted in `omninode_reconciles_in_flight` while it lives.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

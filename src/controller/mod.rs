@@ -13,6 +13,7 @@ mod leader;
 pub mod metrics;
 pub mod node_generation;
 mod pod_health;
+mod progress;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -368,6 +369,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    metrics.leader.set(1);
 
     let intelligence = match config.intelligence.kafka_bootstrap_servers {
         Some(_) => Some(IntelligenceClient::connect(
@@ -472,6 +474,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .owns(api::<GeneratedNode>(&client, ns), managed.clone())
         .owns_stream(changes(config_maps));
     let ng_store = ng_controller.store();
+    metrics.progress.watch(ng_store.clone());
     let ng_controller = ng_controller.watches_stream(user_config_maps, move |cm| {
         node_generation::referencing(&ng_store, &cm)
     });
@@ -531,6 +534,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .for_each(|_| futures::future::ready(()));
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controllers started");
     tokio::join!(ng, gn);
+    ctx.metrics.leader.set(0);
     health.set_ready(false);
     shutdown.cancel();
     let _ = server.await;

@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::metrics::NodeTypeLabel;
+use super::metrics::{NodeLabels, domain_label};
 use super::{
     Context, Error, apply_params, apply_status, delete_ignoring_missing, git_output, ready_event,
 };
@@ -93,6 +93,7 @@ pub fn referencing(
 }
 
 pub async fn reconcile(ng: Arc<NodeGeneration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.metrics.running(CONTROLLER);
     let started = Instant::now();
     let generation = ng.metadata.generation.unwrap_or(0);
     let correlation_id = pipeline::correlation_id(
@@ -275,14 +276,21 @@ async fn generate_and_publish(
     .await
     {
         Ok(o) => {
-            ctx.metrics
-                .generation_seconds
+            let m = &ctx.metrics;
+            m.generation_seconds
                 .observe(started.elapsed().as_secs_f64());
+            m.stage("analysis", o.stage_seconds.analysis);
+            if o.plan.is_some() {
+                m.stage("render", o.stage_seconds.render);
+            }
+            if !o.nodes.is_empty() {
+                m.stage("quality", o.stage_seconds.quality);
+            }
             for node in &o.nodes {
-                ctx.metrics
-                    .node_quality
-                    .get_or_create(&NodeTypeLabel {
+                m.node_quality
+                    .get_or_create(&NodeLabels {
                         node_type: node.planned.node_type.as_str().to_string(),
+                        domain: domain_label(&node.planned.domain),
                     })
                     .observe(node.report.overall);
             }
@@ -313,8 +321,12 @@ async fn generate_and_publish(
         conditions.extend(blocked_after(f.condition, &rejected));
         return Ok(Settled::stopped(conditions, outcome));
     }
+    let publishing = std::time::Instant::now();
     if let Some(git) = &ng.spec.output.git {
-        return publish_to_git(ng, ctx, ns, name, git, conditions, outcome).await;
+        let settled = publish_to_git(ng, ctx, ns, name, git, conditions, outcome).await;
+        ctx.metrics
+            .stage("publish", publishing.elapsed().as_secs_f64());
+        return settled;
     }
     let mut outcome = outcome;
     let mut taken = 0;
@@ -360,6 +372,8 @@ async fn generate_and_publish(
         }
     }
     delete_unplanned(ng, ctx, ns, name, &children).await?;
+    ctx.metrics
+        .stage("publish", publishing.elapsed().as_secs_f64());
 
     let cm_names: Vec<String> = children
         .iter()
@@ -410,6 +424,11 @@ async fn publish_to_git(
     delete_unplanned(ng, ctx, ns, name, &[]).await?;
     match git_output::publish(ng, ctx, ns, git, &outcome.nodes, outcome.shared.as_ref()).await? {
         Ok(landed) => {
+            ctx.metrics.git_push(if landed.reason == "Pushed" {
+                "pushed"
+            } else {
+                "no_changes"
+            });
             if landed.reason == "Pushed" && !landed.orphans.is_empty() {
                 orphaned_handlers_event(ctx, ng, &landed.orphans).await;
             }
@@ -438,6 +457,7 @@ async fn publish_to_git(
             ))
         }
         Err(not) => {
+            ctx.metrics.git_push("failed");
             conditions.extend(failure(PUBLISHED, &not.rejected));
             Ok(Settled {
                 conditions,

@@ -476,11 +476,11 @@ impl IntelligenceClient {
     ) -> Result<Reply, IntelligenceError> {
         let inner = &self.inner;
         if inner.health.get() == Reach::Down {
-            inner.metrics.count(label, "broker_unavailable");
+            inner.metrics.count(family, label, "broker_unavailable");
             return Err(IntelligenceError::BrokerUnavailable);
         }
         let Some(permit) = inner.acquire(family) else {
-            inner.metrics.count(label, "circuit_open");
+            inner.metrics.count(family, label, "circuit_open");
             return Err(IntelligenceError::CircuitOpen);
         };
         let cid = uuid::Uuid::new_v4().to_string();
@@ -498,7 +498,7 @@ impl IntelligenceClient {
                 );
                 guard.settle(&probe_label, &result);
             });
-            inner.metrics.count(label, "circuit_open");
+            inner.metrics.count(family, label, "circuit_open");
             return Err(IntelligenceError::CircuitOpen);
         }
         // If the caller drops this future mid-flight, the guard still releases the permit, so
@@ -621,6 +621,7 @@ impl<'a> PermitGuard<'a> {
     fn settle(&mut self, label: &str, result: &Result<Reply, IntelligenceError>) {
         let metrics = &self.inner.metrics;
         metrics.count(
+            self.family,
             label,
             match result {
                 Ok(_) => "success",
@@ -628,9 +629,7 @@ impl<'a> PermitGuard<'a> {
             },
         );
         if result.is_ok() {
-            metrics
-                .latency_seconds
-                .observe(self.started.elapsed().as_secs_f64());
+            metrics.observe_latency(self.family, self.started.elapsed().as_secs_f64());
         }
         let verdict = match result {
             Ok(_) => None,

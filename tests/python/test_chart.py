@@ -96,7 +96,8 @@ def test_optional_objects_follow_their_switches() -> None:
     default = kinds(render())
     assert "PodDisruptionBudget" not in default
     assert "ServiceMonitor" not in default and "NetworkPolicy" not in default
-    assert "PrometheusRule" not in default
+    assert "PrometheusRule" not in default and "PodMonitor" not in default
+    assert not any(c["metadata"]["name"].endswith("-dashboard") for c in default.get("ConfigMap", []))
     assert [r["kind"] for r in default["ClusterRole"]] == ["ClusterRole"]
     assert not any(r["metadata"]["name"].endswith("leader-election") for r in default.get("Role", []))
     env = {e["name"]: e.get("value") for e in default["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -109,6 +110,13 @@ def test_optional_objects_follow_their_switches() -> None:
     assert rule["metadata"]["labels"]["release"] == "prometheus"
     shipped = yaml.safe_load((CHART / "rules" / "omninode-alerts.yaml").read_text())
     assert rule["spec"]["groups"] == shipped["groups"], "the PrometheusRule is not the tested rule file"
+    dashboard = next(c for c in full["ConfigMap"] if c["metadata"]["name"] == "omninode-operator-dashboard")
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"]["omninode-operator.json"] == (CHART / "dashboards" / "omninode-operator.json").read_text().rstrip("\n")
+    nodes = full["PodMonitor"][0]
+    assert nodes["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert nodes["spec"]["podMetricsEndpoints"][0]["port"] == "http"
     assert "ClusterRole" not in full
     roles = {r["metadata"]["name"]: r for r in full["Role"]}
     assert roles["omninode-operator"]["metadata"]["namespace"] == "team-a"

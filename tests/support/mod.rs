@@ -4,3 +4,4 @@ pub mod git_server;
 pub mod kafka;
 pub mod kubelet_node;
 pub mod node_process;
+pub mod prometheus;
