@@ -4,6 +4,8 @@
 //! fallback to the built-in library, and the service's quality scores happen here, the same way
 //! for both.
 
+use tracing::Instrument;
+
 use crate::analysis;
 use crate::api::{IntelligenceMode, NodeGenerationSpec, NodeType};
 use crate::intelligence::wire::SessionStatus;
@@ -93,7 +95,10 @@ pub async fn run(
             .ok()
             .and_then(|p| p.nodes.first().map(|n| n.node_type))
             .unwrap_or(NodeType::Effect);
-        match advisor::advise(c, session, prd_text, &parsed, builtin, timeout).await {
+        let advice = advisor::advise(c, session, prd_text, &parsed, builtin, timeout)
+            .instrument(tracing::info_span!("analysis", service = true))
+            .await;
+        match advice {
             Ok(h) => hints = Some(h),
             Err(e)
                 if mode == IntelligenceMode::Required
@@ -129,6 +134,7 @@ pub async fn run(
                 .unwrap_or_default();
             async move { advisor::assess(c, &path, &code).await }
         }))
+        .instrument(tracing::info_span!("quality", service = true))
         .await;
         for (node, score) in outcome.nodes.iter_mut().zip(scores) {
             match score {

@@ -269,6 +269,19 @@ pub fn deployment(
             ..Default::default()
         });
     }
+    // The trace of the generation that made this node, which the node continues.
+    if let Some(parent) = gn
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::ANNOTATION_TRACEPARENT))
+    {
+        env.push(EnvVar {
+            name: "TRACEPARENT".into(),
+            value: Some(parent.clone()),
+            ..Default::default()
+        });
+    }
     env.extend(spec.deploy.env.iter().cloned());
     let resources = spec
         .deploy

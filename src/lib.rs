@@ -21,4 +21,5 @@ pub mod runtime_compat;
 pub mod runtime_dist;
 pub mod status;
 pub mod telemetry;
+pub mod trace;
 pub mod training;

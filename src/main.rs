@@ -67,17 +67,28 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Run { config } => init_logging(config.log_format, &config.log_level),
-        _ => init_logging(LogFormat::Text, "warn"),
-    }
-    match run(cli) {
+    let spans = match &cli.command {
+        Command::Run { config } => init_logging(
+            config.log_format,
+            &config.log_level,
+            config.otlp_endpoint.as_deref(),
+        ),
+        _ => init_logging(LogFormat::Text, "warn", None),
+    };
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    };
+    // Flush the spans still batched.
+    if let Some(provider) = spans
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("tracing: {e}");
     }
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -320,7 +320,8 @@ pub fn run(
         }
     };
     let overrides = overrides(spec, generation_name);
-    let plan = analysis::plan(&parsed, &overrides, hints);
+    let plan =
+        tracing::info_span!("analysis").in_scope(|| analysis::plan(&parsed, &overrides, hints));
     outcome.stage_seconds.analysis = clock.elapsed().as_secs_f64();
     let plan = match plan {
         Ok(p) => p,
@@ -360,13 +361,16 @@ pub fn run(
     }
     for (index, node) in plan.nodes.iter().enumerate() {
         let node_shared = shared_context.as_ref().and_then(|c| c.for_node(index));
-        let mut rendered = match renderer.render(
-            node,
-            generation_name,
-            &plan.external_systems,
-            &plan.dependencies,
-            node_shared,
-        ) {
+        let rendered = tracing::info_span!("render", node = %node.service).in_scope(|| {
+            renderer.render(
+                node,
+                generation_name,
+                &plan.external_systems,
+                &plan.dependencies,
+                node_shared,
+            )
+        });
+        let mut rendered = match rendered {
             Ok(r) => r,
             Err(e) => return render_failed(outcome, plan.clone(), &node.service, e),
         };
@@ -375,7 +379,8 @@ pub fn run(
             rendered.rehash();
         }
         let scored = Instant::now();
-        let report = quality::score(&rendered, thresholds);
+        let report = tracing::info_span!("quality", node = %node.service)
+            .in_scope(|| quality::score(&rendered, thresholds));
         scoring += scored.elapsed();
         outcome.nodes.push(NodeOutcome {
             name: node_resource_name(generation_name, node),

@@ -11,8 +11,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use opentelemetry::trace::TracerProvider;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -21,21 +27,62 @@ pub enum LogFormat {
     Json,
 }
 
-/// Install the global subscriber; `RUST_LOG` overrides `default_filter`.
-pub fn init_logging(format: LogFormat, default_filter: &str) {
+/// Install the global subscriber; `RUST_LOG` overrides `default_filter`. With an OTLP endpoint,
+/// spans are also exported there (batched, on their own thread); the returned provider flushes
+/// them when shut down. Without one no span is recorded beyond what the logs need.
+pub fn init_logging(
+    format: LogFormat,
+    default_filter: &str,
+    otlp_endpoint: Option<&str>,
+) -> Option<SdkTracerProvider> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
+    let provider = otlp_endpoint.and_then(|endpoint| match span_exporter(endpoint) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("tracing: no OTLP export to {endpoint}: {e}");
+            None
+        }
+    });
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("omninode-operator"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target().starts_with("omninode_operator")
+            }))
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(otel);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).init(),
+        LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_filter(filter),
+            )
             .init(),
     }
+    provider
+}
+
+/// A tracer provider exporting over OTLP/HTTP (protobuf) to `endpoint` (its `/v1/traces`).
+fn span_exporter(
+    endpoint: &str,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("omninode-operator")
+                .build(),
+        )
+        .build())
 }
 
 /// Shared state of the HTTP endpoints.
@@ -98,7 +145,7 @@ async fn metrics(State(health): State<Arc<Health>>, headers: HeaderMap) -> impl 
 
 /// OpenMetrics text → Prometheus text 0.0.4: counter families are named with their `_total`
 /// suffix in `# HELP`/`# TYPE` (OpenMetrics names the family without it), `# UNIT` and `# EOF`
-/// go. Samples are the same in both formats.
+/// go, and so do exemplars. Samples are the same in both formats.
 pub fn prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
@@ -119,7 +166,8 @@ pub fn prometheus_text(openmetrics: &str) -> String {
         });
         match renamed {
             Some(l) => out.push_str(&l),
-            None => out.push_str(line),
+            // Exemplars (` # {trace_id="…"} 0.1`) exist only in OpenMetrics.
+            None => out.push_str(line.split_once(" # ").map_or(line, |(sample, _)| sample)),
         }
         out.push('\n');
     }
@@ -164,10 +212,10 @@ mod tests {
 
     #[test]
     fn counters_get_their_total_name_in_the_classic_format() {
-        let om = "# HELP omninode_reconciles Reconciles.\n# TYPE omninode_reconciles counter\nomninode_reconciles_total{result=\"ok\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\n# UNIT lat seconds\nlat_sum 1.0\n# EOF\n";
+        let om = "# HELP omninode_reconciles Reconciles.\n# TYPE omninode_reconciles counter\nomninode_reconciles_total{result=\"ok\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\n# UNIT lat seconds\nlat_sum 1.0\nlat_bucket{le=\"1.0\"} 1 # {trace_id=\"ab\"} 0.5\n# EOF\n";
         assert_eq!(
             prometheus_text(om),
-            "# HELP omninode_reconciles_total Reconciles.\n# TYPE omninode_reconciles_total counter\nomninode_reconciles_total{result=\"ok\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\nlat_sum 1.0\n"
+            "# HELP omninode_reconciles_total Reconciles.\n# TYPE omninode_reconciles_total counter\nomninode_reconciles_total{result=\"ok\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\nlat_sum 1.0\nlat_bucket{le=\"1.0\"} 1\n"
         );
     }
 }

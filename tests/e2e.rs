@@ -1217,6 +1217,200 @@ fn rules_and_dashboard_series_exposed(op: &Operator) -> Outcome {
     Ok(())
 }
 
+/// The `traceparent` headers of the messages on `topic` so far (read from its start by a
+/// consumer group of its own).
+fn traceparents_on(servers: &str, topic: &str) -> Result<Vec<String>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", format!("e2e-trace-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found = Vec::new();
+    let mut quiet = 0;
+    while Instant::now() < deadline && quiet < 4 {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                quiet = 0;
+                for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+                    if header.key == "traceparent" {
+                        found
+                            .push(String::from_utf8_lossy(header.value.unwrap_or_default()).into());
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(format!("{topic}: {e}")),
+            None if !found.is_empty() => quiet += 1,
+            None => {}
+        }
+    }
+    Ok(found)
+}
+
+/// One generation's trace (issue 17, check 3): the trace id the operator starts for it is in the
+/// `traceparent` of its intelligence requests, in the spans it exports over OTLP, in its node's
+/// Deployment, and - continued by the node's runtime - in the node's log and its answers.
+fn trace_follows_a_generation(c: &Cluster) -> Outcome {
+    let Some(bin) = tansu()? else {
+        return Ok(());
+    };
+    let Some(python) = python_for_processes("the traced node")? else {
+        return Ok(());
+    };
+    let prefix = "e2e-trace.";
+    let (_broker, _responder, servers) = service_on_a_broker(&bin, prefix)?;
+    let collector = support::otlp::Collector::start()?;
+    let ns = "e2e-trace";
+    c.create_namespace(ns)?;
+    let endpoint = collector.endpoint();
+    let _op = Operator::start(
+        c,
+        ns,
+        &[
+            "--kafka-bootstrap-servers",
+            &servers,
+            "--kafka-topic-prefix",
+            prefix,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    )?;
+    apply_example(c, ns, "effect-email-notifier.yaml", "email-notifier")?;
+    let ng = generation_of(c, ns, "email-notifier")?;
+    let trace = ng["status"]["traceId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        trace.len() == 32 && trace.chars().all(|ch| ch.is_ascii_hexdigit()),
+        "status.traceId is {:?}",
+        ng["status"]["traceId"]
+    );
+
+    // The intelligence service was asked within the trace.
+    let topic = support::kafka::config(&servers, prefix).code_analysis_request();
+    let parents = traceparents_on(&servers, &topic)?;
+    ensure!(
+        parents
+            .iter()
+            .any(|p| p.split('-').nth(1) == Some(trace.as_str())),
+        "no code-analysis request on {topic} carries trace {trace}: {parents:?}"
+    );
+
+    // The operator exported its spans of that trace.
+    let raw = hex_bytes(&trace)?;
+    wait_until(
+        Duration::from_secs(30),
+        "spans of the trace at the OTLP collector",
+        || Ok(collector.traces_containing(&raw) > 0),
+    )?;
+
+    // The node's Deployment hands the trace to the node, which continues it.
+    let deployments = items(&c.json(&[
+        "get",
+        "deployment",
+        "-n",
+        ns,
+        "-l",
+        "codegen.omninode.ai/generation=email-notifier",
+    ])?);
+    let deployment = deployments.first().ok_or("no Deployment")?;
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let parent = env
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "TRACEPARENT")
+        .and_then(|e| e["value"].as_str())
+        .ok_or("the Deployment sets no TRACEPARENT")?
+        .to_string();
+    ensure!(
+        parent.split('-').nth(1) == Some(trace.as_str()),
+        "TRACEPARENT {parent} is not of trace {trace}"
+    );
+    let cms = items(&c.json(&[
+        "get",
+        "configmap",
+        "-n",
+        ns,
+        "-l",
+        "codegen.omninode.ai/generation=email-notifier",
+    ])?);
+    let cm = cms.first().ok_or("no code ConfigMap")?;
+    let package = cm["metadata"]["annotations"]["codegen.omninode.ai/entry"]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let files = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for (key, text) in cm["data"].as_object().into_iter().flatten() {
+        std::fs::write(files.path().join(key), text.as_str().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+    }
+    let log = c.dir().join("traced-node.log");
+    let node = NodeProcess::start_flat_with(
+        &python,
+        files.path(),
+        &package,
+        &[("TRACEPARENT", parent.as_str())],
+        Some(&log),
+    )?;
+    // A caller continuing the generation's trace (as an orchestrator of the system would).
+    let caller = format!("00-{trace}-00f067aa0ba902b7-01");
+    let (status, answer, _) = node.process_traced(
+        &serde_json::json!({"operation": "send_notification", "payload": {}}),
+        &caller,
+    )?;
+    let answer = answer.ok_or(format!("POST /process ({status}) answered no traceparent"))?;
+    ensure!(
+        answer.split('-').nth(1) == Some(trace.as_str()) && answer != caller,
+        "the node answered traceparent {answer} to {caller}"
+    );
+    let code = node.stop()?;
+    ensure!(code == 0, "exit code {code} after SIGTERM");
+    let lines = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+    let traced: Vec<&str> = lines
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("\"trace_id\": \"{trace}\""))
+                || l.contains(&format!("\"trace_id\":\"{trace}\""))
+        })
+        .collect();
+    ensure!(
+        traced.iter().any(|l| l.contains("node_started")),
+        "the node's start-up log does not continue trace {trace}:\n{lines}"
+    );
+    ensure!(
+        traced.len() >= 2,
+        "the node logged the request outside trace {trace}:\n{lines}"
+    );
+    println!(
+        "    trace {trace}: {} traced intelligence request(s), spans at the OTLP collector, the Deployment's TRACEPARENT, {} node log line(s) and the node's answer ({status})",
+        parents.iter().filter(|p| p.contains(&trace)).count(),
+        traced.len()
+    );
+    Ok(())
+}
+
+/// The bytes of a hex string.
+fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(|| format!("not hex: {text}"))
+        })
+        .collect()
+}
+
 /// A real Prometheus scrapes the operator while generations succeed and then fail: every
 /// dashboard panel's query returns data, and the failure-rate alert fires only once more than
 /// 10 % of generations fail.
@@ -1343,6 +1537,26 @@ fn prometheus_sees_the_dashboard_and_the_alert(c: &Cluster) -> Outcome {
         "    all {} dashboard queries return data, {finite} of them a finite value",
         queries.len()
     );
+    // A stage's latency leads to the trace of a generation that took it.
+    let traces: BTreeSet<String> = items(&c.json(&["get", "ng", "-n", ns])?)
+        .iter()
+        .filter_map(|ng| ng["status"]["traceId"].as_str().map(str::to_string))
+        .collect();
+    let exemplars = prom.exemplars("omninode_stage_duration_seconds_bucket")?;
+    let linked = exemplars
+        .iter()
+        .filter(|e| {
+            e["labels"]["trace_id"]
+                .as_str()
+                .is_some_and(|t| traces.contains(t))
+        })
+        .count();
+    ensure!(
+        linked > 0 && linked == exemplars.len(),
+        "{linked} of {} stage-duration exemplars name a generation's trace",
+        exemplars.len()
+    );
+    println!("    {linked} stage-duration exemplars, each the trace id of a generation");
     rules_and_dashboard_series_exposed(&op)
 }
 
@@ -2880,7 +3094,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 24] = [
+    let scenarios: [Scenario; 25] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -2934,6 +3148,7 @@ fn main() -> ExitCode {
             "prometheus_sees_the_dashboard_and_the_alert",
             prometheus_sees_the_dashboard_and_the_alert,
         ),
+        ("trace_follows_a_generation", trace_follows_a_generation),
         ("leader_election_fails_over", leader_election_fails_over),
         ("kill_and_restart_mid_flight", kill_and_restart_mid_flight),
         (

@@ -22,6 +22,9 @@ pub const FIELD_MANAGER: &str = "omninode-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_GENERATION: &str = "codegen.omninode.ai/generation";
 pub const LABEL_NODE: &str = "codegen.omninode.ai/node";
+/// The W3C `traceparent` of the generation that last changed a GeneratedNode: its Deployment
+/// gives it to the node as `TRACEPARENT`, so the node continues that trace.
+pub const ANNOTATION_TRACEPARENT: &str = "codegen.omninode.ai/traceparent";
 
 /// Both CRDs, in the order `crds/` and `omninode-operator crd` list them.
 pub fn crds()

@@ -386,6 +386,11 @@ pub struct NodeGenerationStatus {
     /// computed: the controller regenerates only when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_hash: Option<String>,
+    /// W3C trace id of the observed generation (derived from the UID and `metadata.generation`):
+    /// the operator's spans, the `traceparent` of its Kafka messages and the log lines of the
+    /// nodes it deployed carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// The nodes of a system in rollout order (every node after the nodes it uses).

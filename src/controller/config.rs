@@ -29,6 +29,10 @@ pub struct RunConfig {
     /// Log filter when `RUST_LOG` is unset.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// OTLP/HTTP endpoint (`http://collector:4318`) to export spans to; none: no spans are
+    /// recorded (the `traceparent` headers still travel).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Elect a leader through a Lease so that only one replica writes (needed for replicas > 1).
     #[arg(long, env = "LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_elect: bool,

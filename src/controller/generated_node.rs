@@ -486,7 +486,14 @@ fn observe_deploy(
         .or(gn.metadata.creation_timestamp.as_ref());
     if let Some(since) = since {
         let took = now.0.duration_since(since.0).as_secs_f64().max(0.0);
-        ctx.metrics.stage("deploy", took);
+        let trace_id = gn
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::api::ANNOTATION_TRACEPARENT))
+            .and_then(|p| p.split('-').nth(1))
+            .map(str::to_string);
+        ctx.metrics.stage("deploy", took, trace_id);
     }
 }
 

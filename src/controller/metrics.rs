@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -59,6 +60,12 @@ pub struct StageLabel {
     pub stage: &'static str,
 }
 
+/// The exemplar of a stage duration: the trace of the generation it belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `pushed`, `no_changes` or `failed`
@@ -94,7 +101,7 @@ pub struct ControllerMetrics {
     pub node_quality: Family<NodeLabels, Histogram>,
     /// Seconds per stage: the first three per generation, publish per generation that reaches
     /// it, deploy per node from its rollout's start to Ready.
-    pub stage_seconds: Family<StageLabel, Histogram>,
+    pub stage_seconds: Family<StageLabel, HistogramWithExemplars<TraceExemplar>>,
     /// Git output pushes by result.
     pub git_pushes: Family<ResultLabel, Counter>,
     /// 1 on the replica that reconciles (the lease holder, or the only replica).
@@ -124,10 +131,13 @@ impl Default for ControllerMetrics {
                 Histogram::new([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0])
             }),
             stage_seconds: Family::new_with_constructor(|| {
-                Histogram::new([
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0, 120.0, 300.0,
-                ])
+                HistogramWithExemplars::new(
+                    [
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                    ]
+                    .into_iter(),
+                )
             }),
             git_pushes: Family::default(),
             leader: Gauge::default(),
@@ -237,10 +247,15 @@ impl ControllerMetrics {
         InFlight(gauge)
     }
 
-    pub fn stage(&self, stage: &'static str, seconds: f64) {
+    /// A stage took `seconds`; the generation's trace id (the current one, unless given) is its
+    /// exemplar, so a slow bucket leads to its trace.
+    pub fn stage(&self, stage: &'static str, seconds: f64, trace_id: Option<String>) {
+        let exemplar = trace_id
+            .or_else(crate::trace::current_trace_id)
+            .map(|trace_id| TraceExemplar { trace_id });
         self.stage_seconds
             .get_or_create(&StageLabel { stage })
-            .observe(seconds);
+            .observe(seconds, exemplar, None);
     }
 
     pub fn git_push(&self, result: &'static str) {

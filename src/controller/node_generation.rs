@@ -33,11 +33,14 @@ use crate::pipeline::{self, Outcome};
 use crate::publish::configmap::{self, CONTENT_HASH_ANNOTATION};
 use crate::render::RenderedShared;
 use crate::status::{self, ANALYZED, DEPLOYED, GENERATED, PUBLISHED, READY, VALIDATED};
+use crate::trace::GenerationTrace;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const CONTROLLER: &str = "nodegeneration";
 /// Hash of the spec the operator last applied to a child; a child whose own spec no longer
 /// hashes to it was edited by someone else and is re-applied.
 pub const APPLIED_HASH_ANNOTATION: &str = "codegen.omninode.ai/applied-hash";
+
 /// The file a code ConfigMap's node starts from (`<package>/__main__.py`): lets the GeneratedNode
 /// controller check the code from its metadata-only cache, without reading the ConfigMap.
 pub const ENTRY_ANNOTATION: &str = "codegen.omninode.ai/entry";
@@ -223,7 +226,13 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
                 prd: &prd,
                 handlers: handlers.as_ref(),
             };
-            generate_and_publish(ng, ctx, &ns, &name, run).await?
+            let trace = GenerationTrace::of(&ng.uid().unwrap_or_else(|| name.clone()), generation);
+            let span = tracing::info_span!("generation", trace_id = %trace.trace_id());
+            // Err only when spans are not recorded (no OTLP endpoint): nothing to parent then.
+            let _ = span.set_parent(trace.context());
+            trace
+                .scope(generate_and_publish(ng, ctx, &ns, &name, run).instrument(span))
+                .await?
         }
     };
     write_status(
@@ -279,12 +288,12 @@ async fn generate_and_publish(
             let m = &ctx.metrics;
             m.generation_seconds
                 .observe(started.elapsed().as_secs_f64());
-            m.stage("analysis", o.stage_seconds.analysis);
+            m.stage("analysis", o.stage_seconds.analysis, None);
             if o.plan.is_some() {
-                m.stage("render", o.stage_seconds.render);
+                m.stage("render", o.stage_seconds.render, None);
             }
             if !o.nodes.is_empty() {
-                m.stage("quality", o.stage_seconds.quality);
+                m.stage("quality", o.stage_seconds.quality, None);
             }
             for node in &o.nodes {
                 m.node_quality
@@ -323,9 +332,11 @@ async fn generate_and_publish(
     }
     let publishing = std::time::Instant::now();
     if let Some(git) = &ng.spec.output.git {
-        let settled = publish_to_git(ng, ctx, ns, name, git, conditions, outcome).await;
+        let settled = publish_to_git(ng, ctx, ns, name, git, conditions, outcome)
+            .instrument(tracing::info_span!("publish", output = "git"))
+            .await;
         ctx.metrics
-            .stage("publish", publishing.elapsed().as_secs_f64());
+            .stage("publish", publishing.elapsed().as_secs_f64(), None);
         return settled;
     }
     let mut outcome = outcome;
@@ -356,24 +367,11 @@ async fn generate_and_publish(
         }
     }
 
-    let params = apply_params();
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let gns: Api<GeneratedNode> = Api::namespaced(ctx.client.clone(), ns);
-    for (cm, gn) in &children {
-        let cm_name = cm.metadata.name.clone().unwrap_or_default();
-        if !config_map_current(ctx, ns, cm) {
-            cms.patch_metadata(&cm_name, &params, &Patch::Apply(cm))
-                .await?;
-        }
-        let gn_name = gn.name_any();
-        if !generated_node_current(ctx, ns, gn)? {
-            gns.patch_metadata(&gn_name, &params, &Patch::Apply(gn))
-                .await?;
-        }
-    }
-    delete_unplanned(ng, ctx, ns, name, &children).await?;
+    apply_children(ng, ctx, ns, name, &children)
+        .instrument(tracing::info_span!("publish", output = "configmap"))
+        .await?;
     ctx.metrics
-        .stage("publish", publishing.elapsed().as_secs_f64());
+        .stage("publish", publishing.elapsed().as_secs_f64(), None);
 
     let cm_names: Vec<String> = children
         .iter()
@@ -408,6 +406,32 @@ async fn generate_and_publish(
         },
         ctx.resync,
     ))
+}
+
+/// Apply the code ConfigMaps and GeneratedNodes that changed, and delete those no longer planned.
+async fn apply_children(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    children: &[(ConfigMap, GeneratedNode)],
+) -> Result<(), Error> {
+    let params = apply_params();
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let gns: Api<GeneratedNode> = Api::namespaced(ctx.client.clone(), ns);
+    for (cm, gn) in children {
+        let cm_name = cm.metadata.name.clone().unwrap_or_default();
+        if !config_map_current(ctx, ns, cm) {
+            cms.patch_metadata(&cm_name, &params, &Patch::Apply(cm))
+                .await?;
+        }
+        let gn_name = gn.name_any();
+        if !generated_node_current(ctx, ns, gn)? {
+            gns.patch_metadata(&gn_name, &params, &Patch::Apply(gn))
+                .await?;
+        }
+    }
+    delete_unplanned(ng, ctx, ns, name, children).await
 }
 
 /// Git output: commit and push instead of applying children (those of an earlier ConfigMap
@@ -647,10 +671,19 @@ fn children_of(
             name: Some(node.name.clone()),
             namespace: Some(ns.to_string()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                APPLIED_HASH_ANNOTATION.to_string(),
-                hash,
-            )])),
+            // The traceparent is not compared by `generated_node_current`: a node whose spec
+            // did not change keeps the trace of the generation that made it.
+            annotations: Some(BTreeMap::from([
+                (APPLIED_HASH_ANNOTATION.to_string(), hash),
+                (
+                    crate::api::ANNOTATION_TRACEPARENT.to_string(),
+                    GenerationTrace::of(
+                        &ng.uid().unwrap_or_else(|| generation.to_string()),
+                        ng.metadata.generation.unwrap_or(0),
+                    )
+                    .traceparent(),
+                ),
+            ])),
             owner_references: Some(vec![owner.clone()]),
             ..Default::default()
         },
@@ -946,6 +979,13 @@ async fn write_status(
     }
     next.phase = Some(status::phase(&next.conditions));
     next.observed_generation = generation;
+    next.trace_id = Some(
+        GenerationTrace::of(
+            &ng.uid().unwrap_or_else(|| ng.name_any()),
+            generation.unwrap_or(0),
+        )
+        .trace_id(),
+    );
     next.input_hash = Some(input_hash);
     if &next == current {
         return Ok(());

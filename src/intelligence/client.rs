@@ -22,6 +22,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -423,7 +424,11 @@ impl IntelligenceClient {
         let Ok(bytes) = serde_json::to_vec(&event) else {
             return;
         };
-        let record = FutureRecord::to(&topic).key(session_id).payload(&bytes);
+        let parent = crate::trace::current_traceparent();
+        let record = with_trace(
+            FutureRecord::to(&topic).key(session_id).payload(&bytes),
+            parent.as_deref(),
+        );
         if let Err((e, _)) = self.inner.producer().send_result(record) {
             tracing::debug!(error = %e, topic, "could not publish a codegen status event");
         }
@@ -485,12 +490,14 @@ impl IntelligenceClient {
         };
         let cid = uuid::Uuid::new_v4().to_string();
         let bytes = value(&cid);
+        // Taken here: a probe runs in a task of its own, outside the generation's scope.
+        let parent = crate::trace::current_traceparent();
         if permit.probe {
             let probe = self.inner.clone();
             let (probe_label, probe_topic) = (label.to_string(), topic.to_string());
             tokio::spawn(async move {
                 let mut guard = PermitGuard::new(&probe, family, permit);
-                let result = send_and_wait(&probe, &probe_topic, timeout, cid, bytes).await;
+                let result = send_and_wait(&probe, &probe_topic, timeout, cid, bytes, parent).await;
                 tracing::debug!(
                     family = family.as_str(),
                     ok = result.is_ok(),
@@ -504,7 +511,7 @@ impl IntelligenceClient {
         // If the caller drops this future mid-flight, the guard still releases the permit, so
         // a half-open probe can never stay in flight forever.
         let mut guard = PermitGuard::new(inner, family, permit);
-        let result = send_and_wait(inner, topic, timeout, cid, bytes).await;
+        let result = send_and_wait(inner, topic, timeout, cid, bytes, parent).await;
         guard.settle(label, &result);
         result
     }
@@ -522,12 +529,27 @@ impl Inner {
 
 /// Send one request and wait for its reply, at most `timeout`; at once `BrokerUnavailable` when
 /// the broker is (or goes) down meanwhile.
+/// The W3C `traceparent` header on a record, when it belongs to a trace.
+fn with_trace<'a, K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    record: FutureRecord<'a, K, P>,
+    traceparent: Option<&str>,
+) -> FutureRecord<'a, K, P> {
+    match traceparent {
+        Some(value) => record.headers(OwnedHeaders::new().insert(Header {
+            key: crate::trace::TRACEPARENT,
+            value: Some(value),
+        })),
+        None => record,
+    }
+}
+
 async fn send_and_wait(
     inner: &Inner,
     topic: &str,
     timeout: Duration,
     cid: String,
     bytes: Vec<u8>,
+    traceparent: Option<String>,
 ) -> Result<Reply, IntelligenceError> {
     let deadline = tokio::time::Instant::now() + timeout;
     if inner.health.get() == Reach::Connecting && !inner.health.settled(timeout).await {
@@ -544,7 +566,10 @@ async fn send_and_wait(
         let mut sends = 0;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let record = FutureRecord::to(topic).key(&cid).payload(&bytes);
+            let record = with_trace(
+                FutureRecord::to(topic).key(&cid).payload(&bytes),
+                traceparent.as_deref(),
+            );
             match inner
                 .producer()
                 .send(record, Timeout::After(remaining))

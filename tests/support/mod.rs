@@ -4,4 +4,5 @@ pub mod git_server;
 pub mod kafka;
 pub mod kubelet_node;
 pub mod node_process;
+pub mod otlp;
 pub mod prometheus;

@@ -69,15 +69,27 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// `python -m <package>` with `code` on PYTHONPATH, as a Deployment with a Git source runs it.
     pub fn start(python: &Path, code: &Path, package: &str) -> Result<NodeProcess, String> {
-        NodeProcess::spawn(python, &["-m", package], Some(code), code)
+        NodeProcess::spawn(python, &["-m", package], Some(code), code, &[], None)
     }
 
     /// `python -m omninode_runtime.launch <files> <package>` on a code ConfigMap's flat files
     /// (keys as file names), as a Deployment with a ConfigMap source runs it.
     pub fn start_flat(python: &Path, files: &Path, package: &str) -> Result<NodeProcess, String> {
+        NodeProcess::start_flat_with(python, files, package, &[], None)
+    }
+
+    /// As [`NodeProcess::start_flat`], with extra environment variables (a Deployment's) and
+    /// the node's log (stderr) written to `log`.
+    pub fn start_flat_with(
+        python: &Path,
+        files: &Path,
+        package: &str,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<NodeProcess, String> {
         let files_arg = files.to_string_lossy().into_owned();
         let args = ["-m", "omninode_runtime.launch", files_arg.as_str(), package];
-        NodeProcess::spawn(python, &args, None, files)
+        NodeProcess::spawn(python, &args, None, files, env, log)
     }
 
     fn spawn(
@@ -85,6 +97,8 @@ impl NodeProcess {
         args: &[&str],
         pythonpath: Option<&Path>,
         cwd: &Path,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
     ) -> Result<NodeProcess, String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -98,12 +112,18 @@ impl NodeProcess {
         if let Some(path) = pythonpath {
             command.env("PYTHONPATH", path);
         }
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).map_err(|e| e.to_string())?),
+            None => Stdio::null(),
+        };
         let child = command
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .env_remove("TRACEPARENT")
+            .envs(env.iter().copied())
             .current_dir(cwd)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| e.to_string())?;
         let mut node = NodeProcess { child, port };
@@ -134,6 +154,28 @@ impl NodeProcess {
         Ok((status, value))
     }
 
+    /// `POST /process` with `body` and a `traceparent` header: the status code, the answer's
+    /// `traceparent` header and its JSON body.
+    pub fn process_traced(
+        &self,
+        body: &Value,
+        traceparent: &str,
+    ) -> Result<(u16, Option<String>, Value), String> {
+        let (status, head, text) = self.exchange(
+            "POST",
+            "/process",
+            Some(&body.to_string()),
+            &format!("traceparent: {traceparent}\r\n"),
+        )?;
+        let answer = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("traceparent"))
+            .map(|(_, v)| v.trim().to_string());
+        let value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        Ok((status, answer, value))
+    }
+
     /// One HTTP/1.0 exchange (the connection closes after it).
     fn request(
         &self,
@@ -141,6 +183,18 @@ impl NodeProcess {
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, String), String> {
+        self.exchange(method, path, body, "")
+            .map(|(status, _, text)| (status, text))
+    }
+
+    /// One HTTP/1.0 exchange with extra header lines: status, response head, body.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &str,
+    ) -> Result<(u16, String, String), String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -148,7 +202,7 @@ impl NodeProcess {
         let body = body.unwrap_or_default();
         write!(
             stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .map_err(|e| e.to_string())?;
@@ -161,11 +215,10 @@ impl NodeProcess {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("no status line in {answer:?}"))?;
-        let text = answer
+        let (head, text) = answer
             .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, text))
+            .unwrap_or((answer.as_str(), ""));
+        Ok((status, head.to_string(), text.to_string()))
     }
 
     /// SIGTERM, and the exit code once it stopped (within 5 s, or it is killed).

@@ -62,6 +62,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=exemplar-storage")
             .stdout(Stdio::null())
             .stderr(Stdio::from(out))
             .spawn()
@@ -102,6 +103,26 @@ impl Prometheus {
             .as_array()
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// The exemplars of the series `selector` selects, over all time: each series' `exemplars`.
+    pub fn exemplars(&self, selector: &str) -> Result<Vec<serde_json::Value>, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
+        let body = self.get(&format!(
+            "/api/v1/query_exemplars?query={}&start=0&end={now}",
+            encode(selector)
+        ))?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        Ok(answer["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .collect())
     }
 
     /// The alerts of `name` in state `firing`.

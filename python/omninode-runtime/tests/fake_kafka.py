@@ -18,8 +18,10 @@ from pydantic import JsonValue
 from omninode_runtime.bus import (
     AssignmentCallback,
     DeliveryCallback,
+    Headers,
     KafkaConsumer,
     KafkaProducer,
+    ReceivedHeaders,
     build_envelope,
     parse_command,
 )
@@ -35,8 +37,9 @@ class FakePartition:
 
 
 class FakeMessage:
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes, headers: Headers | None = None) -> None:
         self._value = value
+        self._headers = headers
 
     def value(self) -> bytes | None:
         return self._value
@@ -44,15 +47,19 @@ class FakeMessage:
     def error(self) -> object | None:
         return None
 
+    def headers(self) -> ReceivedHeaders | None:
+        return list(self._headers) if self._headers else None
+
 
 class FakeBroker:
     """KafkaClients whose producers and consumers share one set of topic logs."""
 
     def __init__(self) -> None:
         self.sent: list[Sent] = []
+        self.sent_headers: list[Headers] = []  # in step with ``sent``
         self.created: dict[str, int] = {}
         self.consumer_configs: list[dict[str, object]] = []
-        self._logs: dict[str, list[bytes]] = {}
+        self._logs: dict[str, list[tuple[bytes, Headers]]] = {}
         self._lock = threading.Lock()
         self._listeners: dict[str, list[Callable[[bytes], None]]] = {}
 
@@ -68,24 +75,29 @@ class FakeBroker:
     ) -> None:
         self.created.update(topics)
 
-    def append(self, topic: str, key: str, value: bytes) -> None:
+    def append(
+        self, topic: str, key: str, value: bytes, headers: Headers | None = None
+    ) -> None:
         """Write one message; a sibling listening on ``topic`` gets it at once."""
         try:
             decoded = json.loads(value)
         except ValueError:
             decoded = {"unreadable": value.decode(errors="replace")}
         with self._lock:
-            self._logs.setdefault(topic, []).append(value)
+            self._logs.setdefault(topic, []).append((value, list(headers or [])))
             self.sent.append((topic, key, decoded))
+            self.sent_headers.append(list(headers or []))
             listeners = list(self._listeners.get(topic, []))
         for listener in listeners:
             listener(value)
 
-    def publish(self, topic: str, key: str, value: JsonValue) -> None:
+    def publish(
+        self, topic: str, key: str, value: JsonValue, headers: Headers | None = None
+    ) -> None:
         """Write ``value`` as JSON (a test injecting a message)."""
-        self.append(topic, key, json.dumps(value).encode())
+        self.append(topic, key, json.dumps(value).encode(), headers)
 
-    def read(self, topic: str, offset: int) -> bytes | None:
+    def read(self, topic: str, offset: int) -> tuple[bytes, Headers] | None:
         with self._lock:
             log = self._logs.get(topic, [])
             return log[offset] if offset < len(log) else None
@@ -104,6 +116,17 @@ class FakeBroker:
         with self._lock:
             return [value for sent_topic, _, value in self.sent if sent_topic == topic]
 
+    def traceparents(self, topic: str) -> list[str | None]:
+        """The ``traceparent`` header of each message written to ``topic``."""
+        with self._lock:
+            return [
+                next((v.decode() for k, v in headers if k == "traceparent"), None)
+                for (sent_topic, _, _), headers in zip(
+                    self.sent, self.sent_headers, strict=True
+                )
+                if sent_topic == topic
+            ]
+
 
 class FakeBrokerProducer:
     def __init__(self, broker: FakeBroker) -> None:
@@ -117,9 +140,10 @@ class FakeBrokerProducer:
         key: bytes | None = None,
         *,
         on_delivery: DeliveryCallback | None = None,
+        headers: Headers | None = None,
     ) -> None:
         assert value is not None and key is not None and on_delivery is not None
-        self.broker.append(topic, key.decode(), value)
+        self.broker.append(topic, key.decode(), value, headers)
         self.pending.append(on_delivery)
 
     def poll(self, timeout: float = -1) -> int:
@@ -164,10 +188,10 @@ class FakeBrokerConsumer:
                 self._on_assign(self, [FakePartition(0)])
             return None
         for topic in self.topics:
-            value = self.broker.read(topic, self.positions[topic])
-            if value is not None:
+            record = self.broker.read(topic, self.positions[topic])
+            if record is not None:
                 self.positions[topic] += 1
-                return FakeMessage(value)
+                return FakeMessage(*record)
         time.sleep(min(max(timeout, 0.0), 0.005))
         return None
 

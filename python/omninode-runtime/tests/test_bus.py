@@ -18,9 +18,11 @@ from omninode_runtime import ModelNodeSettings
 from omninode_runtime.bus import (
     AssignmentCallback,
     DeliveryCallback,
+    Headers,
     KafkaConsumer,
     KafkaMessage,
     KafkaProducer,
+    ReceivedHeaders,
     parse_command,
 )
 from omninode_runtime.introspection import node_instance_id
@@ -40,6 +42,7 @@ class FakeProducer:
         key: bytes | None = None,
         *,
         on_delivery: DeliveryCallback | None = None,
+        headers: Headers | None = None,
     ) -> None:
         assert value is not None and key is not None and on_delivery is not None
         self.sent.append((topic, key.decode(), json.loads(value)))
@@ -64,6 +67,9 @@ class FakeMessage:
         return self._value
 
     def error(self) -> object | None:
+        return None
+
+    def headers(self) -> ReceivedHeaders | None:
         return None
 
 

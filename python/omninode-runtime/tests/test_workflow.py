@@ -26,6 +26,7 @@ from omninode_runtime import (
     load_contract,
 )
 from omninode_runtime.bus import EnumBusState, build_envelope
+from omninode_runtime.tracecontext import parse_traceparent
 from support import (
     FIXTURE_CONTRACT,
     as_dict,
@@ -561,6 +562,62 @@ def test_a_generated_node_answers_as_a_sibling(tmp_path: Path) -> None:
     assert [c["correlation_id"] for c in commands] == [step_cid(cid, "store")]
     loaded = load_contract(tmp_path / "contract.yaml").workflow_coordination
     assert loaded is not None and loaded.steps[0].step_type is EnumNodeKind.EFFECT
+
+
+def test_a_workflow_runs_in_one_trace_across_nodes(tmp_path: Path) -> None:
+    """A command's trace goes on to the sibling's command, reply and result."""
+    broker = FakeBroker()
+    commands, replies = (
+        "onex.cmd.test.fixture-writer.v1",
+        "onex.evt.test.fixture-writer-completed.v1",
+    )
+    step = {
+        "step_name": "store",
+        "step_type": "EFFECT_GENERIC",
+        "node": "fixture_node",
+        "operation": "insert_record",
+        "command_topic": commands,
+        "reply_topic": replies,
+        "timeout_ms": 3000,
+    }
+    node = orchestrator(tmp_path, broker, [as_dict(json.loads(json.dumps(step)))])
+    effect = NodeFixtureWriterEffect(
+        ModelNodeSettings(
+            kafka_servers="fake:9092", replica="pod-0", namespace="ns", traceparent=None
+        ),
+        kafka_clients=broker,
+    )
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    traceparent = f"00-{trace_id}-b7ad6b7169203331-01"
+    cid = str(uuid4())
+    command: Body = {"correlation_id": cid, "payload": {"operation": "run_review"}}
+
+    async def go() -> None:
+        await effect.start()
+        await connected(node)
+        broker.publish(
+            cmd("review"), cid, command, [("traceparent", traceparent.encode())]
+        )
+        try:
+            for _ in range(300):
+                if broker.on(TERMINAL):
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            await node.stop()
+            await effect.stop()
+
+    run(go())
+    (result,) = broker.traceparents(TERMINAL)
+    (sent,) = broker.traceparents(commands)
+    (reply,) = broker.traceparents(replies)
+    contexts = [parse_traceparent(value) for value in (result, sent, reply)]
+    assert [c.trace_id if c else None for c in contexts] == [trace_id] * 3, contexts
+    spans = [c.span_id for c in contexts if c]
+    # The orchestrator sent the command from the span it processes the request
+    # in; the sibling answered from a span of its own.
+    assert spans[0] == spans[1] != spans[2]
+    assert "b7ad6b7169203331" not in spans
 
 
 def bad_contract(tmp_path: Path, steps: list[Body]) -> Callable[[], object]:

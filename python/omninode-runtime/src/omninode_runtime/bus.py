@@ -4,6 +4,10 @@
 below, so a node without it (or without a reachable broker) keeps serving
 HTTP with the bus ``degraded`` and a reason in its health body.  Blocking
 client calls run in daemon threads: a dead broker must not hold up SIGTERM.
+
+Every message carries the W3C ``traceparent`` of the work that published it
+(a Kafka header), and a consumed message is handled in a child context of its
+own header, or in a new trace without one (see ``tracecontext``).
 """
 
 import asyncio
@@ -25,11 +29,20 @@ from pydantic import JsonValue
 
 from ._json import canonical_json
 from .logs import log_event
+from .tracecontext import (
+    TRACEPARENT_HEADER,
+    continue_trace,
+    current_traceparent,
+    trace_scope,
+)
 
 # omnibase_core's ModelEventEnvelope takes its version as a semver mapping only.
 ENVELOPE_VERSION: dict[str, JsonValue] = {"major": 2, "minor": 1, "patch": 0}
 T = TypeVar("T")
 DeliveryCallback = Callable[[object, object], None]
+# Kafka headers as confluent_kafka takes and gives them (a value may be None).
+Headers = list[tuple[str, bytes]]
+ReceivedHeaders = list[tuple[str, bytes | None]]
 MessageCallback = Callable[[bytes], Coroutine[object, object, None]]
 AssignmentCallback = Callable[[object, list[Any]], None]
 
@@ -55,6 +68,10 @@ class KafkaMessage(Protocol):
         """A KafkaError, or None for a real message."""
         ...
 
+    def headers(self) -> ReceivedHeaders | None:
+        """The message's headers, in order (None when it has none)."""
+        ...
+
 
 class KafkaProducer(Protocol):
     """The part of ``confluent_kafka.Producer`` the bus uses."""
@@ -66,6 +83,7 @@ class KafkaProducer(Protocol):
         key: bytes | None = None,
         *,
         on_delivery: DeliveryCallback | None = None,
+        headers: Headers | None = None,
     ) -> None:
         """Queue one message."""
         ...
@@ -206,6 +224,13 @@ def parse_command(raw: bytes) -> tuple[dict[str, JsonValue], str | None]:
     if reply_id is not None and "correlation_id" not in command and _is_uuid(reply_id):
         command["correlation_id"] = reply_id
     return command, reply_id
+
+
+def header(message: KafkaMessage, name: str) -> bytes | None:
+    """The value of the one header ``name`` (lower case; keys match in any
+    case); None when there is none, or several."""
+    values = [value for key, value in message.headers() or [] if key.lower() == name]
+    return values[0] if len(values) == 1 else None
 
 
 def _is_uuid(text: str) -> bool:
@@ -399,12 +424,15 @@ class EventBus:
         producer = self._producer
         if producer is None:
             return False
+        traceparent = current_traceparent()
+        headers = [(TRACEPARENT_HEADER, traceparent.encode())] if traceparent else None
         try:
             producer.produce(
                 topic,
                 value=canonical_json(value).encode("utf-8"),
                 key=key.encode("utf-8"),
                 on_delivery=on_delivery,
+                headers=headers,
             )
         except Exception as exc:
             self.failed += 1
@@ -446,9 +474,11 @@ class EventBus:
         """Consume ``topic`` in a thread, handing each message to ``on_message``.
 
         Messages are processed one at a time, in order; ``on_message`` runs on
-        the node's event loop.  The node's commands use its group; other inputs
-        shared by its replicas (a reducer's sources) use the group plus
-        ``group_suffix``, in a consumer of their own.
+        the node's event loop, in a trace context continuing the message's
+        ``traceparent`` header (a new trace without one).  The node's commands
+        use its group; other inputs shared by its replicas (a reducer's
+        sources) use the group plus ``group_suffix``, in a consumer of their
+        own.
         """
         if self._clients is None:
             return
@@ -524,10 +554,17 @@ class EventBus:
                     )
                     continue
                 self.consumed += 1
-                try:
-                    asyncio.run_coroutine_threadsafe(on_message(value), loop).result()
-                except Exception:
-                    _logger.exception("processing a consumed message failed")
+                # The coroutine's task copies this context: the message is
+                # processed (and its failure logged) in the sender's trace.
+                trace = continue_trace(header(message, TRACEPARENT_HEADER))
+                with trace_scope(trace):
+                    try:
+                        future = asyncio.run_coroutine_threadsafe(
+                            on_message(value), loop
+                        )
+                        future.result()
+                    except Exception:
+                        _logger.exception("processing a consumed message failed")
                 consumer.store_offsets(message)
         except Exception:
             _logger.exception("the consumer stopped")

@@ -25,6 +25,7 @@ from .logs import LogFormat, configure_logging, log_event
 from .models import ModelNodeSettings
 from .node import NodeRuntime
 from .server import NodeHttpServer
+from .tracecontext import trace_scope
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_RUNTIME_VERSION = 0, 1, 2, 3
 STOP_TIMEOUT_S = 4.0
@@ -160,16 +161,17 @@ async def serve(node: NodeRuntime, host: str, port: int) -> int:
     server.start()
     try:
         await node.start()
-        log_event(
-            _logger,
-            logging.INFO,
-            "node_started",
-            port=server.port,
-            host=host,
-            node_type=node.contract.kind.value,
-            runtime_version=omninode_runtime.RUNTIME_VERSION,
-            event_bus=node.bus.state.value,
-        )
+        with trace_scope(node.startup_trace):
+            log_event(
+                _logger,
+                logging.INFO,
+                "node_started",
+                port=server.port,
+                host=host,
+                node_type=node.contract.kind.value,
+                runtime_version=omninode_runtime.RUNTIME_VERSION,
+                event_bus=node.bus.state.value,
+            )
         await stop.wait()
         log_event(_logger, logging.INFO, "node_stopping")
     finally:

@@ -2,7 +2,9 @@
 
 Every line carries ``ts``, ``level``, ``logger``, ``event``, the node identity
 (``node_name``, ``node_id``) and, while a request is being processed, its
-``correlation_id``, so a log pipeline can follow one request across nodes.
+``correlation_id`` and the ``trace_id`` and ``span_id`` of its W3C trace
+context (see ``tracecontext``), so a log pipeline can follow one request
+across nodes.
 Libraries logging through :mod:`logging` get the same shape for free.
 """
 
@@ -16,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import JsonValue
+
+from .tracecontext import current_trace
 
 LogFormat = Literal["json", "text"]
 
@@ -45,6 +49,19 @@ def correlation_scope(correlation_id: object) -> Iterator[None]:
         _correlation_id.reset(token)
 
 
+def _context_fields() -> dict[str, JsonValue]:
+    """``correlation_id``, ``trace_id`` and ``span_id`` of the work running now."""
+    fields: dict[str, JsonValue] = {}
+    correlation_id = _correlation_id.get()
+    if correlation_id is not None:
+        fields["correlation_id"] = correlation_id
+    trace = current_trace()
+    if trace is not None:
+        fields["trace_id"] = trace.trace_id
+        fields["span_id"] = trace.span_id
+    return fields
+
+
 def log_event(
     logger: logging.Logger, level: int, event: str, **fields: JsonValue
 ) -> None:
@@ -71,10 +88,8 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
             **_identity,
+            **_context_fields(),
         }
-        correlation_id = _correlation_id.get()
-        if correlation_id is not None:
-            line["correlation_id"] = correlation_id
         line.update(_record_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -88,9 +103,8 @@ class TextLogFormatter(logging.Formatter):
         """The record as ``time level logger: event key=value ...``."""
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")
         fields = _record_fields(record)
-        correlation_id = _correlation_id.get()
-        if correlation_id is not None:
-            fields.setdefault("correlation_id", correlation_id)
+        for key, value in _context_fields().items():
+            fields.setdefault(key, value)
         details = " ".join(
             f"{key}={json.dumps(value, default=str)}" for key, value in fields.items()
         )

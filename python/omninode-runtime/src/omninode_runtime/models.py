@@ -11,6 +11,8 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from .tracecontext import TRACEPARENT_ENV
+
 
 class ModelNodeInput(BaseModel):
     """One request: an operation, its JSON payload and a correlation id."""
@@ -85,6 +87,11 @@ class ModelNodeSettings(BaseModel):
         default=None, description="Kafka bootstrap servers; None: no broker."
     )
     skip_event_bus: bool = Field(default=False, description="Never use the bus.")
+    traceparent: str | None = Field(
+        default_factory=lambda: os.environ.get(TRACEPARENT_ENV) or None,
+        description="W3C traceparent the node's start-up continues (the trace of "
+        "the generation that produced it); default: $TRACEPARENT.",
+    )
     consumer_group: str | None = Field(
         default=None,
         min_length=1,

@@ -57,6 +57,7 @@ from .mixins import (
 )
 from .models import ModelNodeInput, ModelNodeOutput, ModelNodeSettings
 from .replies import ReplyRouter
+from .tracecontext import TraceContext, child_of, parse_traceparent, trace_scope
 from .workflow import WorkflowEngine, WorkflowFailedError
 
 HandlerFunction = Callable[
@@ -165,6 +166,7 @@ class NodeRuntime:
         )
         self._init_bus_state()
         self._bus_task: asyncio.Task[None] | None = None
+        self.startup_trace: TraceContext | None = None
         self._phase = "created"
         self._created_at = time.monotonic()
 
@@ -220,14 +222,36 @@ class NodeRuntime:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Serve requests; join the event bus in the background (see health)."""
+        """Serve requests; join the event bus in the background (see health).
+
+        Joining (up to the start-up announcement) runs in ``startup_trace``.
+        """
         if self._phase in ("starting", "running"):
             return
         self._phase = "starting"
         set_identity(node_name=self.node_name, node_id=str(self.node_id))
-        if self._bus_wanted() and self.bus.state is not EnumBusState.DISABLED:
-            self._bus_task = asyncio.get_running_loop().create_task(self._run_bus())
+        self.startup_trace = self._startup_trace()
+        with trace_scope(self.startup_trace):
+            if self._bus_wanted() and self.bus.state is not EnumBusState.DISABLED:
+                loop = asyncio.get_running_loop()
+                self._bus_task = loop.create_task(self._run_bus())
         self._phase = "running"
+
+    def _startup_trace(self) -> TraceContext | None:
+        """A child of ``settings.traceparent`` (the generation's trace), if valid."""
+        traceparent = self.settings.traceparent
+        if not traceparent:
+            return None
+        parent = parse_traceparent(traceparent)
+        if parent is None:
+            log_event(
+                self.logger,
+                logging.WARNING,
+                "startup_traceparent_invalid",
+                traceparent=traceparent[:100],
+            )
+            return None
+        return child_of(parent)
 
     async def stop(self) -> None:
         """Stop: leave the bus (shutdown introspection, bounded flush)."""
@@ -500,9 +524,10 @@ class NodeRuntime:
             subscribe = self.contract.event_bus.subscribe_topics
             if subscribe:
                 self.bus.start_consumer(subscribe[0], self._on_command)
-            while introspection.member:
-                await asyncio.sleep(introspection.heartbeat_seconds)
-                self._announce(EnumIntrospectionReason.HEARTBEAT)
+            with trace_scope(None):  # heartbeats are no part of the start-up
+                while introspection.member:
+                    await asyncio.sleep(introspection.heartbeat_seconds)
+                    self._announce(EnumIntrospectionReason.HEARTBEAT)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -9,6 +9,9 @@ keeps all node state single-threaded.
 ``GET /metrics`` Prometheus text; ``POST /process`` an input model as JSON:
 200 on success, 500 for a failed operation, 400 for a body that is not a JSON
 object, 422 for input the node refuses, 413 for a body above the limit.
+A ``/process`` request is handled in a child context of its ``traceparent``
+header (a new trace without a valid one), which the response's
+``traceparent`` header names; the probes are not traced.
 """
 
 import asyncio
@@ -25,6 +28,12 @@ from pydantic import JsonValue
 
 from .logs import log_event
 from .metrics import METRICS_CONTENT_TYPE
+from .tracecontext import (
+    TRACEPARENT_HEADER,
+    continue_trace,
+    current_traceparent,
+    trace_scope,
+)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 LOOP_TIMEOUT_S = 5.0
@@ -166,6 +175,15 @@ class NodeRequestRouter(BaseHTTPRequestHandler):
         if path != "/process":
             self._send(json_response(404, {"error": f"no such endpoint: {path}"}))
             return
+        # Several traceparent fields are invalid: the request starts a new trace.
+        received = self.headers.get_all(TRACEPARENT_HEADER) or []
+        trace = continue_trace(received[0] if len(received) == 1 else None)
+        # The node's task copies this context: its log lines and events carry
+        # it, as do the access log line and the response.
+        with trace_scope(trace):
+            self._answer_process()
+
+    def _answer_process(self) -> None:
         try:
             length = int(self.headers.get("Content-Length") or "0")
         except ValueError:
@@ -204,6 +222,9 @@ class NodeRequestRouter(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-store")
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            self.send_header(TRACEPARENT_HEADER, traceparent)
         self.end_headers()
         self.wfile.write(payload)
 
