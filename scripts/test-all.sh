@@ -164,6 +164,11 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --locked
 
+step "fuzzing: the PRD parser, the manifest reader, the escaping filters, the reply decoder (60 s each)"
+# tests/fuzz.rs: property-based, mutating the seed corpora in tests/fuzz/corpus/ (2 s each in
+# the plain `cargo test` above).
+OMNINODE_FUZZ_SECONDS=60 cargo test --locked --test fuzz -- --nocapture
+
 step "generated nodes: ruff, mypy --strict, pytest, start, probes, SIGTERM, broker"
 OMNINODE_BIN=$ROOT/target/debug/omninode-operator \
 OMNINODE_MYPY_CACHE=$CACHE/mypy PYTHONDONTWRITEBYTECODE=1 \

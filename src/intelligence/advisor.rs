@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::client::{IntelligenceClient, IntelligenceError};
-use super::wire::{CodeAnalysisOperation, CodegenOperation};
+use super::wire::{CodeAnalysisOperation, CodegenOperation, CodegenResponse};
 use crate::analysis::IntelligenceHints;
 use crate::api::NodeType;
 use crate::prd::Prd;
@@ -60,15 +60,29 @@ pub async fn advise(
         client.codegen_within(CodegenOperation::Pattern, session_id, pattern, timeout),
     );
     let analysis = analysis?;
+    Ok(hints(
+        &analysis,
+        mixins.ok().as_ref(),
+        patterns.ok().as_ref(),
+    ))
+}
+
+/// The plan hints in the service's answers: the analysis, and (when they came) the mixin and
+/// pattern recommendations. Whatever the service sent, only these fields reach the plan.
+pub fn hints(
+    analysis: &CodegenResponse,
+    mixins: Option<&CodegenResponse>,
+    patterns: Option<&CodegenResponse>,
+) -> IntelligenceHints {
     let result = analysis.analysis();
     let mut recommended = result.recommended_mixins.clone();
     // Mixin recommendations refine the plan when they come; their absence is not a failure.
-    if let Ok(m) = mixins {
+    if let Some(m) = mixins {
         recommended.extend(m.mixin_names());
     }
     recommended.sort();
     recommended.dedup();
-    Ok(IntelligenceHints {
+    IntelligenceHints {
         node_type_hints: result
             .node_type_hints
             .iter()
@@ -79,7 +93,7 @@ pub async fn advise(
         operations: result.operations.clone(),
         patterns: patterns.map(|p| p.pattern_names()).unwrap_or_default(),
         correlation_id: analysis.correlation_id.clone().unwrap_or_default(),
-    })
+    }
 }
 
 /// The service's quality assessment of a node's main module.

@@ -2,7 +2,7 @@
 //! a directory of templates with the same names can replace them).
 
 mod context;
-mod filters;
+pub mod filters;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
