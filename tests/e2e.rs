@@ -853,52 +853,237 @@ fn kill_and_restart_mid_flight(c: &Cluster) -> Outcome {
     wait_until(Duration::from_secs(240), "all 200 Ready", || {
         Ok(ready_count(c, ns)?.0 == 200)
     })?;
-    let (_, all) = ready_count(c, ns)?;
+    let (gns, cms) = batch_intact(c, ns, 200)?;
+    println!(
+        "    killed with {at_kill}/200 Ready; after restart all 200 Ready in {:.1} s; {} GeneratedNodes, {} ConfigMaps, none duplicated or orphaned",
+        started.elapsed().as_secs_f64(),
+        gns,
+        cms
+    );
+    Ok(())
+}
+
+/// After a batch of `count` generations in `ns`: every one Ready on its current spec with its
+/// status whole, exactly one GeneratedNode and one code ConfigMap per planned node, each owned
+/// by a generation that exists, and no Deployment without its GeneratedNode. The numbers of
+/// GeneratedNodes and code ConfigMaps.
+fn batch_intact(c: &Cluster, ns: &str, count: usize) -> Result<(usize, usize), String> {
+    let (ready, all) = ready_count(c, ns)?;
+    ensure!(
+        ready == count && all.len() == count,
+        "{ready} of {} generations Ready, {count} expected",
+        all.len()
+    );
     let mut planned = BTreeSet::new();
+    let mut uids = BTreeSet::new();
     for ng in &all {
         let nodes = ng["status"]["nodes"]
             .as_array()
             .cloned()
             .unwrap_or_default();
         ensure!(
-            !nodes.is_empty() && ng["status"]["analysis"].is_object(),
+            !nodes.is_empty()
+                && ng["status"]["analysis"].is_object()
+                && ng["status"]["observedGeneration"] == ng["metadata"]["generation"],
             "status of {} lost",
             ng["metadata"]["name"]
         );
         for n in nodes {
             planned.insert(n["name"].as_str().unwrap_or_default().to_string());
         }
+        uids.insert(
+            ng["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
-    let names = |kind: &str| -> Result<Vec<String>, String> {
-        Ok(items(&c.json(&["get", kind, "-n", ns])?)
-            .iter()
-            .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
-            .collect())
+    let owned = |kind: &str, selector: &str| -> Result<BTreeSet<String>, String> {
+        let objects = items(&c.json(&["get", kind, "-n", ns, "-l", selector])?);
+        let mut names = BTreeSet::new();
+        for o in &objects {
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let owner = o["metadata"]["ownerReferences"][0]["uid"]
+                .as_str()
+                .unwrap_or_default();
+            ensure!(uids.contains(owner), "{kind} {name} is an orphan");
+            ensure!(names.insert(name.clone()), "{kind} {name} twice");
+        }
+        Ok(names)
     };
-    let gns = names("gn")?;
+    let managed = "app.kubernetes.io/managed-by=omninode-operator";
+    let gns = owned("gn", managed)?;
     ensure!(
-        gns.len() == planned.len(),
-        "{} GeneratedNodes for {} planned nodes",
+        gns == planned,
+        "{} GeneratedNodes for {} planned nodes, or other ones",
         gns.len(),
         planned.len()
     );
-    ensure!(
-        gns.iter().cloned().collect::<BTreeSet<_>>() == planned,
-        "GeneratedNodes differ from the planned nodes"
-    );
-    let cms: BTreeSet<String> = names("configmap")?
+    let cms: BTreeSet<String> = owned("configmap", managed)?
         .into_iter()
         .filter(|n| n.ends_with("-code"))
         .collect();
     let want: BTreeSet<String> = planned.iter().map(|n| format!("{n}-code")).collect();
     ensure!(cms == want, "code ConfigMaps differ from the planned nodes");
+    // A Deployment per node at most, each owned by a GeneratedNode that exists (a system's
+    // nodes wait for the ones they use to be Ready: without a kubelet, not all are deployed).
+    let gn_uids: BTreeSet<String> = items(&c.json(&["get", "gn", "-n", ns])?)
+        .iter()
+        .filter_map(|g| g["metadata"]["uid"].as_str().map(str::to_string))
+        .collect();
+    let deployments = items(&c.json(&["get", "deployment", "-n", ns, "-l", managed])?);
+    for d in &deployments {
+        let owner = d["metadata"]["ownerReferences"][0]["uid"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            gn_uids.contains(owner),
+            "Deployment {} is an orphan",
+            d["metadata"]["name"]
+        );
+    }
+    ensure!(
+        deployments.len() <= planned.len(),
+        "{} Deployments for {} nodes",
+        deployments.len(),
+        planned.len()
+    );
+    Ok((gns.len(), cms.len()))
+}
+
+/// Generations in the fault scenarios' batches (each example four times).
+const FAULT_BATCH: usize = 44;
+
+/// Writes per generation of a fault-free batch, measured once per run.
+fn fault_free_writes(c: &Cluster) -> Result<f64, String> {
+    static BASELINE: std::sync::OnceLock<Result<f64, String>> = std::sync::OnceLock::new();
+    BASELINE.get_or_init(|| fault_free_batch(c)).clone()
+}
+
+fn fault_free_batch(c: &Cluster) -> Result<f64, String> {
+    let ns = "e2e-fault-free";
+    c.create_namespace(ns)?;
+    let op = Operator::start(c, ns, &[])?;
+    c.apply(ns, &support::cluster::many_generations(FAULT_BATCH)?)?;
+    wait_until(
+        Duration::from_secs(300),
+        "the fault-free batch Ready",
+        || Ok(ready_count(c, ns)?.0 == FAULT_BATCH),
+    )?;
+    let writes = settled_writes(&op)? / FAULT_BATCH as f64;
+    batch_intact(c, ns, FAULT_BATCH)?;
+    Ok(writes)
+}
+
+/// The operator's writes once they stop growing (its last status writes trail Ready).
+fn settled_writes(op: &Operator) -> Result<f64, String> {
+    let mut last = op.writes()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = op.writes()?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// A batch of generations through `fault`, struck once a third of them are Ready (issue 18):
+/// afterwards the batch is intact ([`batch_intact`]) and the operator wrote at most 1.5 times
+/// as much per generation as without the fault. `after` checks what the fault should have
+/// made the operator do.
+fn batch_through(
+    c: &Cluster,
+    name: &str,
+    fault: impl FnOnce(&Cluster, &Operator) -> Outcome,
+    after: impl FnOnce(&Operator) -> Outcome,
+) -> Outcome {
+    let baseline = fault_free_writes(c)?;
+    let ns = format!("e2e-fault-{name}");
+    c.create_namespace(&ns)?;
+    let op = Operator::start(c, &ns, &[])?;
+    c.apply(&ns, &support::cluster::many_generations(FAULT_BATCH)?)?;
+    wait_until(
+        Duration::from_secs(120),
+        "a third of the batch Ready",
+        || Ok(ready_count(c, &ns)?.0 >= FAULT_BATCH / 3),
+    )?;
+    let at_fault = ready_count(c, &ns)?.0;
+    let struck = Instant::now();
+    fault(c, &op)?;
+    wait_until(Duration::from_secs(300), "the whole batch Ready", || {
+        Ok(ready_count(c, &ns)?.0 == FAULT_BATCH)
+    })?;
+    let took = struck.elapsed().as_secs_f64();
+    let per = settled_writes(&op)? / FAULT_BATCH as f64;
+    let (gns, _) = batch_intact(c, &ns, FAULT_BATCH)?;
+    after(&op)?;
+    let ratio = per / baseline;
     println!(
-        "    killed with {at_kill}/200 Ready; after restart all 200 Ready in {:.1} s; {} GeneratedNodes, {} ConfigMaps, none duplicated or orphaned",
-        started.elapsed().as_secs_f64(),
-        gns.len(),
-        cms.len()
+        "    struck at {at_fault}/{FAULT_BATCH} Ready; all Ready {took:.1} s later, {gns} nodes, none duplicated or orphaned; {per:.2} writes per generation, {ratio:.2}× the fault-free {baseline:.2}"
+    );
+    ensure!(
+        ratio <= 1.5,
+        "{ratio:.2}× the fault-free writes per generation (limit 1.5×)"
     );
     Ok(())
+}
+
+/// kube-apiserver stops for 10 s in the middle of a batch.
+fn fault_apiserver_restart(c: &Cluster) -> Outcome {
+    batch_through(
+        c,
+        "apiserver",
+        |c, _| c.restart("kube-apiserver", Duration::from_secs(10)),
+        |_| Ok(()),
+    )
+}
+
+/// etcd stops for 10 s in the middle of a batch (the API server stays up, failing requests).
+fn fault_etcd_restart(c: &Cluster) -> Outcome {
+    batch_through(
+        c,
+        "etcd",
+        |c, _| c.restart("etcd", Duration::from_secs(10)),
+        |_| Ok(()),
+    )
+}
+
+/// Watches expire: while the API server is down, etcd moves on and is compacted, so the
+/// operator's watches come back to 410 Gone and must list again - once, without a storm of
+/// writes.
+fn fault_watch_expires(c: &Cluster) -> Outcome {
+    let lists = |op: &Operator| op.counter("omninode_api_requests_total", &["verb=\"list\""]);
+    let before = std::cell::Cell::new(0.0);
+    batch_through(
+        c,
+        "watch-expiry",
+        |c, op| {
+            before.set(lists(op)?);
+            c.while_stopped("kube-apiserver", || {
+                c.etcd_churn(50)?;
+                c.etcd_compact_and_defrag()
+            })
+        },
+        |op| {
+            let relists = lists(op)? - before.get();
+            let text = op.get("/metrics")?;
+            let by_resource: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("omninode_api_requests_total{") && l.contains("verb=\"list\"")
+                })
+                .collect();
+            ensure!(relists >= 1.0, "no list after the watches expired");
+            println!(
+                "    the watches expired; the operator listed {relists} times to recover: {by_resource:?}"
+            );
+            Ok(())
+        },
+    )
 }
 
 /// The broker binary, or None (after saying so) where there is none; under CI its absence
@@ -3094,7 +3279,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 25] = [
+    let scenarios: [Scenario; 28] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -3151,6 +3336,9 @@ fn main() -> ExitCode {
         ("trace_follows_a_generation", trace_follows_a_generation),
         ("leader_election_fails_over", leader_election_fails_over),
         ("kill_and_restart_mid_flight", kill_and_restart_mid_flight),
+        ("fault_apiserver_restart", fault_apiserver_restart),
+        ("fault_etcd_restart", fault_etcd_restart),
+        ("fault_watch_expires", fault_watch_expires),
         (
             "intelligence_service_and_fallback",
             intelligence_service_and_fallback,

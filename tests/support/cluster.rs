@@ -31,7 +31,8 @@ pub struct Cluster {
     pub has_controller_manager: bool,
     dir: PathBuf,
     tmp: Option<tempfile::TempDir>,
-    processes: Vec<Child>,
+    /// etcd, kube-apiserver, kube-controller-manager (in that order), each restartable.
+    processes: std::sync::Mutex<Vec<Process>>,
     /// Client URL of the etcd this harness runs (none for an existing cluster).
     etcd_url: Option<String>,
     /// The binary directory the control plane came from (none for an existing cluster): where
@@ -172,9 +173,39 @@ fn certificates(dir: &Path, host: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// Start `bin` with its output in `log`.
+/// A control-plane program and how it was started.
+struct Process {
+    child: Child,
+    bin: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(bin: &Path, args: &[String], log: &Path) -> Result<Process, String> {
+        Ok(Process {
+            child: spawn(bin, args, log)?,
+            bin: bin.to_path_buf(),
+            args: args.to_vec(),
+            log: log.to_path_buf(),
+        })
+    }
+
+    fn name(&self) -> String {
+        self.bin
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Start `bin` with its output in `log` (appended to).
 pub fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child, String> {
-    let file = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
     let err = file.try_clone().map_err(|e| e.to_string())?;
     Command::new(bin)
         .args(args)
@@ -196,7 +227,7 @@ impl Cluster {
                 has_controller_manager: true,
                 dir: tmp.path().to_path_buf(),
                 tmp: Some(tmp),
-                processes: Vec::new(),
+                processes: Default::default(),
                 etcd_url: None,
                 assets: None,
                 pod_api_address: None,
@@ -231,7 +262,7 @@ impl Cluster {
             has_controller_manager: false,
             dir: d.clone(),
             tmp: Some(tmp),
-            processes: Vec::new(),
+            processes: Default::default(),
             etcd_url: Some(format!("http://127.0.0.1:{etcd_port}")),
             assets: Some(assets.to_path_buf()),
             pod_api_address: pod_api_address.clone(),
@@ -239,7 +270,7 @@ impl Cluster {
         let p = |f: &str| d.join(f).display().to_string();
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        cluster.processes.push(spawn(
+        cluster.push(Process::start(
             &assets.join("etcd"),
             &[
                 "--name=e2e".into(),
@@ -259,7 +290,7 @@ impl Cluster {
             Some(host) => ("0.0.0.0", host.as_str(), "lease"),
             None => ("127.0.0.1", "127.0.0.1", "none"),
         };
-        cluster.processes.push(spawn(
+        cluster.push(Process::start(
             &assets.join("kube-apiserver"),
             &[
                 format!("--etcd-servers={etcd_url}"),
@@ -320,7 +351,7 @@ impl Cluster {
         cluster.wait_ready(Duration::from_secs(60))?;
         let kcm = assets.join("kube-controller-manager");
         if kcm.exists() {
-            cluster.processes.push(spawn(
+            cluster.push(Process::start(
                 &kcm,
                 &[
                     format!("--kubeconfig={kc}"),
@@ -342,6 +373,43 @@ impl Cluster {
         }
         cluster.install_crds()?;
         Ok(cluster)
+    }
+
+    fn push(&mut self, process: Process) {
+        if let Ok(p) = self.processes.get_mut() {
+            p.push(process);
+        }
+    }
+
+    /// Stop the control-plane program `name` (`etcd`, `kube-apiserver`) for `down`, start it
+    /// again with the same flags and data, and wait until the API answers.
+    pub fn restart(&self, name: &str, down: Duration) -> Result<(), String> {
+        self.while_stopped(name, || {
+            std::thread::sleep(down);
+            Ok(())
+        })
+    }
+
+    /// Stop `name`, run `meanwhile`, start it again as [`Cluster::restart`] does.
+    pub fn while_stopped<T>(
+        &self,
+        name: &str,
+        meanwhile: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, String> {
+        let result = {
+            let mut processes = self.processes.lock().map_err(|e| e.to_string())?;
+            let p = processes
+                .iter_mut()
+                .find(|p| p.name() == name)
+                .ok_or(format!("this harness runs no {name}"))?;
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            let result = meanwhile();
+            p.child = spawn(&p.bin, &p.args, &p.log)?;
+            result
+        };
+        self.wait_ready(Duration::from_secs(120))?;
+        result
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
@@ -468,6 +536,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Write `count` keys to etcd directly (past the API server, which may be down): its
+    /// revision moves on, as other writers in a real cluster would move it.
+    pub fn etcd_churn(&self, count: usize) -> Result<(), String> {
+        use base64::Engine;
+        let url = self.etcd_url.as_deref().ok_or("not this harness's etcd")?;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for i in 0..count {
+            run(Command::new("curl").args([
+                "-sf",
+                "-X",
+                "POST",
+                &format!("{url}/v3/kv/put"),
+                "-d",
+                &format!(
+                    r#"{{"key": "{}", "value": "{}"}}"#,
+                    b64(&format!("/e2e-churn/{i}")),
+                    b64("x")
+                ),
+            ]))?;
+        }
+        Ok(())
+    }
+
     /// etcd's `etcd_mvcc_db_total_size_in_bytes` and `…_in_use_in_bytes`.
     pub fn etcd_db_sizes(&self) -> Result<(f64, f64), String> {
         let url = self.etcd_url.as_deref().ok_or("not this harness's etcd")?;
@@ -487,10 +578,13 @@ impl Cluster {
     /// CPU seconds each control-plane process (etcd, kube-apiserver, kube-controller-manager)
     /// has used so far, by program name.
     pub fn cpu_seconds(&self) -> Vec<(String, f64)> {
-        self.processes
+        let Ok(processes) = self.processes.lock() else {
+            return Vec::new();
+        };
+        processes
             .iter()
-            .filter_map(|child| {
-                let pid = child.id();
+            .filter_map(|p| {
+                let pid = p.child.id();
                 let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
                 let name = exe.file_name()?.to_string_lossy().into_owned();
                 Some((name, cpu_seconds(pid)?))
@@ -523,9 +617,11 @@ pub fn pipe(cmd: &mut Command, input: &str) -> Result<Output, String> {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Stop in reverse order: controller manager, API server, etcd.
-        for child in self.processes.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Ok(processes) = self.processes.get_mut() {
+            for p in processes.iter_mut().rev() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
         }
     }
 }
