@@ -1255,6 +1255,195 @@ fn intelligence_broker_outage(c: &Cluster) -> Outcome {
     Ok(())
 }
 
+/// The broker goes down during a batch (issue 18): generations in `Auto` mode complete from the
+/// built-in library; those in `Required` mode wait with `Ready=False IntelligenceUnavailable`
+/// and complete from the service once the broker is back.
+fn fault_broker_outage_required(c: &Cluster) -> Outcome {
+    let Some(bin) = tansu()? else {
+        return Ok(());
+    };
+    let port = support::kafka::free_port();
+    let servers = format!("127.0.0.1:{port}");
+    let prefix = "e2e-required.";
+    // A broker that restarts keeps its log, as a real one does. (One that comes back empty at
+    // the same address can crash librdkafka 2.12.1 in its metadata cache: see docs/testing.md.)
+    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let broker = support::kafka::Broker::start_persistent(&bin, port, data.path());
+    let responder = support::kafka::Responder::start(&servers, prefix, &[]);
+    let ns = "e2e-fault-broker";
+    c.create_namespace(ns)?;
+    let mut op = Operator::start(
+        c,
+        ns,
+        &[
+            "--kafka-bootstrap-servers",
+            &servers,
+            "--kafka-topic-prefix",
+            prefix,
+            "--intelligence-breaker-recovery-ms",
+            "10000",
+        ],
+    )?;
+    drop(responder);
+    broker.kill();
+    let mut batch = String::new();
+    for (mode, i) in (0..5).flat_map(|i| [("Auto", i), ("Required", i)]) {
+        batch.push_str(&format!(
+            "---\napiVersion: codegen.omninode.ai/v1alpha1\nkind: NodeGeneration\nmetadata:\n  name: {}-{i}\nspec:\n  intelligence:\n    mode: {mode}\n    timeoutSeconds: 5\n  prd: |\n    # Ledger Writer {i}\n    ## Overview\n    Stores ledger entries in PostgreSQL.\n    ## Functional Requirements\n    - Store a ledger entry\n",
+            mode.to_lowercase()
+        ));
+    }
+    c.apply(ns, &batch)?;
+    let waiting = |ng: &Value| {
+        condition(ng, "Ready")
+            .is_some_and(|r| r["status"] == "False" && r["reason"] == "IntelligenceUnavailable")
+    };
+    wait_until(
+        Duration::from_secs(90),
+        "Auto done, Required waiting",
+        || {
+            let (_, all) = ready_count(c, ns)?;
+            Ok(all.len() == 10
+                && all.iter().all(|ng| {
+                    let required = ng["spec"]["intelligence"]["mode"] == "Required";
+                    if required {
+                        waiting(ng)
+                    } else {
+                        ready(ng) && ng["status"]["analysis"]["source"] == "builtin"
+                    }
+                }))
+        },
+    )?;
+    let (_, all) = ready_count(c, ns)?;
+    let message = all
+        .iter()
+        .find(|ng| waiting(ng))
+        .and_then(|ng| condition(ng, "Ready"))
+        .and_then(|r| r["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let broker = support::kafka::Broker::start_persistent(&bin, port, data.path());
+    let back = Instant::now();
+    let _responder = support::kafka::Responder::start(&servers, prefix, &[]);
+    let waited = wait_until(
+        Duration::from_secs(180),
+        "the Required generations Ready",
+        || Ok(ready_count(c, ns)?.0 == 10),
+    );
+    if let Some(status) = op.exited() {
+        return Err(format!(
+            "the operator exited: {status}; {}",
+            waited.err().unwrap_or_default()
+        ));
+    }
+    waited?;
+    let took = back.elapsed().as_secs_f64();
+    let (_, all) = ready_count(c, ns)?;
+    // Required: the service scored the code (code analysis, the family it serves).
+    ensure!(
+        all.iter()
+            .filter(|ng| ng["spec"]["intelligence"]["mode"] == "Required")
+            .all(|ng| ng["status"]["analysis"]["qualitySource"] == "omniarchon"),
+        "a Required generation completed without the service"
+    );
+    batch_intact(c, ns, 10)?;
+    println!(
+        "    broker down: 5 Auto Ready from the library, 5 Required waiting ({message:?}); broker back: Required Ready, scored by the service, {took:.1} s later; {:.1} writes per generation",
+        settled_writes(&op)? / 10.0
+    );
+    drop(broker);
+    Ok(())
+}
+
+/// The Git remote refuses connections during a batch of Git-output generations (issue 18):
+/// the generations it strikes wait with a clear condition and land once it serves again, one
+/// commit each, none lost or doubled.
+fn fault_git_remote_refuses(c: &Cluster) -> Outcome {
+    let repos = git_server::Repos::new();
+    repos.create("nodes");
+    let mut daemon = git_server::Daemon::start(&repos.root)?;
+    let url = daemon.url("nodes");
+    let ns = "e2e-fault-git";
+    c.create_namespace(ns)?;
+    let op = Operator::start(c, ns, &[])?;
+    let mut template = example_manifest("effect-email-notifier.yaml")?;
+    template["spec"]["output"] = serde_json::json!({"git": {
+        "repository": url, "branch": "main", "path": "clusters/e2e",
+        "author": {"name": "E2E Bot", "email": "e2e@example.com"}}});
+    let apply = |range: std::ops::Range<usize>| -> Outcome {
+        for i in range {
+            let mut ng = template.clone();
+            ng["metadata"] = serde_json::json!({"name": format!("notifier-{i}")});
+            c.apply(ns, &serde_json::to_string(&ng).map_err(|e| e.to_string())?)?;
+        }
+        Ok(())
+    };
+    apply(0..5)?;
+    wait_until(Duration::from_secs(120), "the first 5 pushed", || {
+        Ok(ready_count(c, ns)?.0 == 5)
+    })?;
+    daemon.stop();
+    apply(5..10)?;
+    let unreachable = |ng: &Value| {
+        condition(ng, "Ready").is_some_and(|r| r["status"] == "False")
+            && condition(ng, "Published").is_some_and(|p| p["status"] == "False")
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "5 generations waiting for the remote",
+        || {
+            let (_, all) = ready_count(c, ns)?;
+            if all.iter().filter(|ng| unreachable(ng)).count() == 5 {
+                return Ok(true);
+            }
+            let last = all.last().map(|ng| ng["status"]["conditions"].to_string());
+            Err(format!(
+                "{} of {} waiting; the last: {last:?}",
+                all.iter().filter(|ng| unreachable(ng)).count(),
+                all.len()
+            ))
+        },
+    )?;
+    let (_, all) = ready_count(c, ns)?;
+    let reason = all
+        .iter()
+        .find(|ng| unreachable(ng))
+        .and_then(|ng| condition(ng, "Published"))
+        .map(|p| p["reason"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(10));
+    daemon.resume()?;
+    let back = Instant::now();
+    wait_until(Duration::from_secs(180), "all 10 pushed", || {
+        Ok(ready_count(c, ns)?.0 == 10)
+    })?;
+    let took = back.elapsed().as_secs_f64();
+    let commits = repos.in_repo("nodes", &["rev-list", "--count", "main"])?;
+    ensure!(
+        commits.trim() == "10",
+        "{} commits on the branch for 10 generations",
+        commits.trim()
+    );
+    let (_, all) = ready_count(c, ns)?;
+    for ng in &all {
+        let commit = ng["status"]["output"]["git"]["commit"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            repos
+                .in_repo("nodes", &["merge-base", "--is-ancestor", commit, "main"])
+                .is_ok(),
+            "{}: its commit {commit:?} is not on the branch",
+            ng["metadata"]["name"]
+        );
+    }
+    println!(
+        "    remote refusing: 5 generations waited ({reason}); back: all 10 on the branch in 10 commits {took:.1} s later; {:.1} writes per generation",
+        settled_writes(&op)? / 10.0
+    );
+    Ok(())
+}
+
 /// Two replicas with leader election: only the lease holder reconciles; when it dies, the
 /// standby takes over.
 fn leader_election_fails_over(c: &Cluster) -> Outcome {
@@ -3279,7 +3468,7 @@ fn main() -> ExitCode {
         }
     };
     // The chart's operator watches every namespace: run it before the others leave objects.
-    let scenarios: [Scenario; 28] = [
+    let scenarios: [Scenario; 30] = [
         (
             "chart_install_least_privilege",
             chart_install_least_privilege,
@@ -3339,6 +3528,8 @@ fn main() -> ExitCode {
         ("fault_apiserver_restart", fault_apiserver_restart),
         ("fault_etcd_restart", fault_etcd_restart),
         ("fault_watch_expires", fault_watch_expires),
+        ("fault_broker_outage_required", fault_broker_outage_required),
+        ("fault_git_remote_refuses", fault_git_remote_refuses),
         (
             "intelligence_service_and_fallback",
             intelligence_service_and_fallback,

@@ -197,6 +197,9 @@ async fn handle(
 pub struct Daemon {
     pub base: String,
     child: Child,
+    root: PathBuf,
+    host: String,
+    port: u16,
 }
 
 impl Daemon {
@@ -211,6 +214,20 @@ impl Daemon {
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
+        let child = Daemon::spawn(root, host, port)?;
+        Ok(Daemon {
+            base: format!("git://{host}:{port}"),
+            child,
+            root: root.to_path_buf(),
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// `git daemon` runs `git-daemon` as a child of its own: both go in a process group of
+    /// their own, which [`Daemon::stop`] ends as a whole.
+    fn spawn(root: &Path, host: &str, port: u16) -> Result<Child, String> {
+        use std::os::unix::process::CommandExt;
         let child = Command::new("git")
             .args([
                 "daemon",
@@ -222,18 +239,33 @@ impl Daemon {
                 &format!("--base-path={}", root.display()),
                 &root.display().to_string(),
             ])
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
-        let base = format!("git://{host}:{port}");
         for _ in 0..100 {
             if std::net::TcpStream::connect((host, port)).is_ok() {
-                return Ok(Daemon { base, child });
+                return Ok(child);
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Err("git daemon did not start".into())
+    }
+
+    /// Stop serving: connections to the port are refused until [`Daemon::resume`].
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Serve again on the same port.
+    pub fn resume(&mut self) -> Result<(), String> {
+        self.child = Daemon::spawn(&self.root, &self.host, self.port)?;
+        Ok(())
     }
 
     pub fn url(&self, repo: &str) -> String {
@@ -243,8 +275,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
