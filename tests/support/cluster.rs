@@ -640,6 +640,16 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(cluster: &Cluster, namespace: &str, extra: &[&str]) -> Result<Operator, String> {
+        Operator::start_with(cluster, namespace, cluster.kubeconfig.clone(), extra)
+    }
+
+    /// As [`Operator::start`], with the credentials in `kubeconfig` instead of the admin's.
+    pub fn start_with(
+        cluster: &Cluster,
+        namespace: &str,
+        kubeconfig: PathBuf,
+        extra: &[&str],
+    ) -> Result<Operator, String> {
         let metrics_port = free_port();
         let log = cluster.dir().join(format!("operator-{namespace}.log"));
         let mut args = vec![
@@ -657,7 +667,7 @@ impl Operator {
             metrics_port,
             log,
             args,
-            kubeconfig: cluster.kubeconfig.clone(),
+            kubeconfig,
             env: None,
         };
         op.restart()?;
