@@ -17,6 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{NodeLabels, domain_label};
 use super::{
@@ -34,13 +35,11 @@ use crate::publish::configmap::{self, CONTENT_HASH_ANNOTATION};
 use crate::render::RenderedShared;
 use crate::status::{self, ANALYZED, DEPLOYED, GENERATED, PUBLISHED, READY, VALIDATED};
 use crate::trace::GenerationTrace;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const CONTROLLER: &str = "nodegeneration";
 /// Hash of the spec the operator last applied to a child; a child whose own spec no longer
 /// hashes to it was edited by someone else and is re-applied.
 pub const APPLIED_HASH_ANNOTATION: &str = "codegen.omninode.ai/applied-hash";
-
 /// The file a code ConfigMap's node starts from (`<package>/__main__.py`): lets the GeneratedNode
 /// controller check the code from its metadata-only cache, without reading the ConfigMap.
 pub const ENTRY_ANNOTATION: &str = "codegen.omninode.ai/entry";
@@ -226,7 +225,7 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
                 prd: &prd,
                 handlers: handlers.as_ref(),
             };
-            let trace = GenerationTrace::of(&ng.uid().unwrap_or_else(|| name.clone()), generation);
+            let trace = trace_of(ng);
             let span = tracing::info_span!("generation", trace_id = %trace.trace_id());
             // Err only when spans are not recorded (no OTLP endpoint): nothing to parent then.
             let _ = span.set_parent(trace.context());
@@ -406,6 +405,15 @@ async fn generate_and_publish(
         },
         ctx.resync,
     ))
+}
+
+/// The trace of the object's current generation (its name stands in for a UID it lacks only in
+/// unit tests).
+fn trace_of(ng: &NodeGeneration) -> GenerationTrace {
+    GenerationTrace::of(
+        &ng.uid().unwrap_or_else(|| ng.name_any()),
+        ng.metadata.generation.unwrap_or(0),
+    )
 }
 
 /// Apply the code ConfigMaps and GeneratedNodes that changed, and delete those no longer planned.
@@ -677,11 +685,7 @@ fn children_of(
                 (APPLIED_HASH_ANNOTATION.to_string(), hash),
                 (
                     crate::api::ANNOTATION_TRACEPARENT.to_string(),
-                    GenerationTrace::of(
-                        &ng.uid().unwrap_or_else(|| generation.to_string()),
-                        ng.metadata.generation.unwrap_or(0),
-                    )
-                    .traceparent(),
+                    trace_of(ng).traceparent(),
                 ),
             ])),
             owner_references: Some(vec![owner.clone()]),
@@ -979,13 +983,7 @@ async fn write_status(
     }
     next.phase = Some(status::phase(&next.conditions));
     next.observed_generation = generation;
-    next.trace_id = Some(
-        GenerationTrace::of(
-            &ng.uid().unwrap_or_else(|| ng.name_any()),
-            generation.unwrap_or(0),
-        )
-        .trace_id(),
-    );
+    next.trace_id = Some(trace_of(ng).trace_id());
     next.input_hash = Some(input_hash);
     if &next == current {
         return Ok(());
