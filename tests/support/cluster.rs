@@ -396,6 +396,17 @@ impl Cluster {
         name: &str,
         meanwhile: impl FnOnce() -> Result<T, String>,
     ) -> Result<T, String> {
+        self.while_stopped_then(name, &[], meanwhile)
+    }
+
+    /// As [`Cluster::while_stopped`], starting it again with `extra` flags after its own (an
+    /// empty `extra` restores the original flags).
+    pub fn while_stopped_then<T>(
+        &self,
+        name: &str,
+        extra: &[&str],
+        meanwhile: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, String> {
         let result = {
             let mut processes = self.processes.lock().map_err(|e| e.to_string())?;
             let p = processes
@@ -405,7 +416,9 @@ impl Cluster {
             let _ = p.child.kill();
             let _ = p.child.wait();
             let result = meanwhile();
-            p.child = spawn(&p.bin, &p.args, &p.log)?;
+            let mut args = p.args.clone();
+            args.extend(extra.iter().map(|a| a.to_string()));
+            p.child = spawn(&p.bin, &args, &p.log)?;
             result
         };
         self.wait_ready(Duration::from_secs(120))?;
