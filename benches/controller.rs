@@ -57,7 +57,7 @@ fn main() -> ExitCode {
 
 fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), String> {
     c.create_namespace(ns)?;
-    let op = Operator::start(c, ns, &["--concurrency", concurrency])?;
+    let mut op = Operator::start(c, ns, &["--concurrency", concurrency])?;
 
     let manifests = many_generations(count)?;
     let generations: Vec<NodeGeneration> = manifests
@@ -184,6 +184,67 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
     {
         println!("  operator VmHWM:                 {:.1} MiB", hwm / 1024.0);
     }
+    report_resync(&mut op, count, nodes)
+}
+
+/// A full resync: the operator killed (as an OOM kill would) and started again lists every
+/// object and reconciles each once, finding nothing to do. How long that takes, what it asks of
+/// the API server and what it costs in memory.
+fn report_resync(op: &mut Operator, count: usize, nodes: usize) -> Result<(), String> {
+    op.kill();
+    let started = Instant::now();
+    op.restart()?;
+    let ready = started.elapsed();
+    let reconciled = |controller: &str| {
+        op.counter(
+            "omninode_reconciles_total",
+            &[&format!("controller=\"{controller}\"")],
+        )
+        .unwrap_or(0.0) as usize
+    };
+    let deadline = started + Duration::from_secs(900);
+    let mut peak_rss = 0;
+    while reconciled("nodegeneration") < count || reconciled("generatednode") < nodes {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "resync: {} of {count} NodeGenerations and {} of {nodes} GeneratedNodes \
+                 reconciled after 900 s",
+                reconciled("nodegeneration"),
+                reconciled("generatednode")
+            ));
+        }
+        peak_rss = peak_rss.max(op.rss_kib());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resynced = started.elapsed();
+    peak_rss = peak_rss.max(op.rss_kib());
+    println!("  full resync after a restart:");
+    println!(
+        "    ready (every cache listed):   {:.1} s",
+        ready.as_secs_f64()
+    );
+    println!(
+        "    every object reconciled once: {:.1} s",
+        resynced.as_secs_f64()
+    );
+    let requests = |verb: &str| {
+        op.counter(
+            "omninode_api_requests_total",
+            &[&format!("verb=\"{verb}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    println!(
+        "    API requests: {} list, {} watch, {} get, {} writes",
+        requests("list"),
+        requests("watch"),
+        requests("get"),
+        op.writes()?
+    );
+    println!(
+        "    operator peak RSS:            {:.1} MiB (VmRSS sampled)",
+        peak_rss as f64 / 1024.0
+    );
     Ok(())
 }
 

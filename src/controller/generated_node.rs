@@ -241,6 +241,25 @@ pub fn dependents(
         .collect()
 }
 
+/// Keep of a Deployment what a reconcile reads: the owner (whose reconcile its events trigger),
+/// the hash of what we applied, its generation and status. The pod template alone is most of
+/// a Deployment's size.
+pub fn slim_deployment(d: &mut k8s_openapi::api::apps::v1::Deployment) {
+    d.spec = None;
+    d.metadata.labels = None;
+    if let Some(annotations) = d.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == APPLIED_HASH_ANNOTATION);
+    }
+}
+
+/// Keep of a Service its owner and the hash of what we applied: all a reconcile compares.
+pub fn slim_service(s: &mut kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Service>) {
+    s.metadata.labels = None;
+    if let Some(annotations) = s.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == APPLIED_HASH_ANNOTATION);
+    }
+}
+
 fn stamp(meta: &mut ObjectMeta, hash: String) {
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
@@ -628,9 +647,14 @@ mod tests {
             updated_replicas: Some(1),
             ..Default::default()
         });
+        // Cached as the operator caches it.
+        slim_deployment(&mut applied);
+        assert!(applied.spec.is_none());
         CacheWriters::apply(&mut caches.deployments, applied);
         let svc: Service = serde_json::from_value(fake.writes()[0].body.clone()).unwrap();
-        CacheWriters::apply(&mut caches.services, metadata_of(&svc));
+        let mut svc = metadata_of(&svc);
+        slim_service(&mut svc);
+        CacheWriters::apply(&mut caches.services, svc);
         gn.status = Some(status);
         fake.clear();
         reconcile(Arc::new(gn.clone()), ctx.clone()).await.unwrap();

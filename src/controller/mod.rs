@@ -4,6 +4,7 @@
 
 mod backoff;
 pub mod config;
+mod events;
 #[cfg(test)]
 mod fixtures;
 mod freshness;
@@ -22,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -75,7 +76,7 @@ pub struct Context {
     pub client: Client,
     pub renderer: Renderer,
     pub intelligence: Option<IntelligenceClient>,
-    pub recorder: Recorder,
+    pub events: events::Events,
     pub defaults: DeployDefaults,
     pub metrics: ControllerMetrics,
     pub backoff: Backoff,
@@ -125,12 +126,12 @@ impl Context {
         caches: Caches,
         resync: Duration,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_string(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Events::new(
+                client.clone(),
+                FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             renderer,
             intelligence,
@@ -283,7 +284,7 @@ async fn ready_event(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, object).await {
+    if let Err(e) = ctx.events.publish(&event, object).await {
         tracing::warn!(error = %e, "could not record an event");
     }
 }
@@ -403,23 +404,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (dep_reader, deployments) = cached(
         api::<Deployment>(&client, ns),
         managed.clone(),
-        |d: &mut Deployment| {
-            // Status and metadata are all the GeneratedNode reconcile reads: the pod template
-            // is most of a Deployment's size.
-            if let Some(spec) = d.spec.as_mut() {
-                spec.template = Default::default();
-            }
-        },
+        generated_node::slim_deployment,
     );
     let (svc_reader, services) = cached(
         api::<PartialObjectMeta<Service>>(&client, ns),
         managed.clone(),
-        |_| {},
+        generated_node::slim_service,
     );
     // The pods carry the Deployment's labels (ours among them); their status is all we read.
-    let (pod_reader, pods) = cached(api::<Pod>(&client, ns), managed.clone(), |p: &mut Pod| {
-        p.spec = None;
-    });
+    let (pod_reader, pods) = cached(api::<Pod>(&client, ns), managed.clone(), pod_health::slim);
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
@@ -442,20 +435,35 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // readiness future wakes only one waiter (a second one can sleep forever); so /readyz
     // learns of this cache's first full list from the stream itself.
     let (gn_listed, mut gn_listed_rx) = tokio::sync::watch::channel(false);
-    // Every applied GeneratedNode, for the reconcile of the nodes that depend on it.
+    // Every applied GeneratedNode, for the reconcile of the nodes that depend on it; every
+    // touched one, for its owner's. One watch feeds both controllers: a second one (`owns`)
+    // would have the API server encode, and us decode, every GeneratedNode event twice.
     let (gn_changed, gn_changed_rx) = futures::channel::mpsc::unbounded();
+    let (gn_owner, gn_owner_rx) = futures::channel::mpsc::unbounded();
     let generated_nodes = generated_nodes
-        .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
+        .inspect(move |event| match event {
+            Ok(watcher::Event::InitDone) => {
                 gn_listed.send_replace(true);
             }
-            if let Ok(watcher::Event::Apply(gn) | watcher::Event::InitApply(gn)) = event {
+            Ok(watcher::Event::Apply(gn) | watcher::Event::InitApply(gn)) => {
                 let _ = gn_changed.unbounded_send(ObjectRef::from_obj(gn));
+                if let Some(owner) = node_generation::owner_of(gn) {
+                    let _ = gn_owner.unbounded_send(owner);
+                }
             }
+            Ok(watcher::Event::Delete(gn)) => {
+                if let Some(owner) = node_generation::owner_of(gn) {
+                    let _ = gn_owner.unbounded_send(owner);
+                }
+            }
+            _ => {}
         })
         .applied_objects();
-    let (ng_reader, node_generations) =
-        cached(api::<NodeGeneration>(&client, ns), everything, |_| {});
+    let (ng_reader, node_generations) = cached(
+        api::<NodeGeneration>(&client, ns),
+        everything,
+        node_generation::drop_prd_text,
+    );
     let node_generations = node_generations.applied_objects();
     let gn_controller = Controller::for_stream(generated_nodes, gn_reader)
         .with_config(controller_config.clone())
@@ -471,8 +479,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let ng_config = controller_config.debounce(NG_DEBOUNCE);
     let ng_controller = Controller::for_stream(node_generations, ng_reader)
         .with_config(ng_config)
-        .owns(api::<GeneratedNode>(&client, ns), managed.clone())
-        .owns_stream(changes(config_maps));
+        .owns_stream(changes(config_maps))
+        .reconcile_on(gn_owner_rx);
     let ng_store = ng_controller.store();
     metrics.progress.watch(ng_store.clone());
     let ng_controller = ng_controller.watches_stream(user_config_maps, move |cm| {

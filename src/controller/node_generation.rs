@@ -26,7 +26,7 @@ use super::{
 use crate::api::Condition;
 use crate::api::{
     ConditionStatus, ConfigMapSource, GeneratedNode, GitOutput, LABEL_GENERATION, NodeGeneration,
-    NodeGenerationStatus, NodeSource, OutputStatus,
+    NodeGenerationSpec, NodeGenerationStatus, NodeSource, OutputStatus,
 };
 use crate::codegen::{self, Identity};
 use crate::manifest::Rejected;
@@ -69,6 +69,15 @@ pub fn code_config_map_name(node: &str) -> String {
     format!("{node}-code")
 }
 
+/// The NodeGeneration that controls this GeneratedNode, if one does.
+pub fn owner_of(gn: &GeneratedNode) -> Option<ObjectRef<NodeGeneration>> {
+    let owner = gn
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == NodeGeneration::kind(&()))?;
+    Some(ObjectRef::new(&owner.name).within(&gn.namespace()?))
+}
+
 /// NodeGenerations whose `prdFrom` or `handlers` names this ConfigMap (the watch mapper): an
 /// edit of the user's PRD or handlers regenerates at once.
 pub fn referencing(
@@ -97,20 +106,12 @@ pub fn referencing(
 pub async fn reconcile(ng: Arc<NodeGeneration>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _running = ctx.metrics.running(CONTROLLER);
     let started = Instant::now();
-    let generation = ng.metadata.generation.unwrap_or(0);
-    let correlation_id = pipeline::correlation_id(
-        ng.namespace().as_deref().unwrap_or_default(),
-        &ng.name_any(),
-        generation,
-        &ng.spec,
-    );
     let span = tracing::info_span!(
         "reconcile",
         controller = CONTROLLER,
         namespace = ng.namespace().unwrap_or_default(),
         name = %ng.name_any(),
-        generation,
-        correlation_id = %correlation_id,
+        generation = ng.metadata.generation.unwrap_or(0),
     );
     let result = reconcile_inner(&ng, &ctx).instrument(span).await;
     ctx.finish(CONTROLLER, ng.as_ref(), started, result.is_ok());
@@ -164,46 +165,41 @@ impl Settled {
     }
 }
 
-async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, Error> {
-    let ns = ng
+async fn reconcile_inner(cached: &NodeGeneration, ctx: &Context) -> Result<Action, Error> {
+    let ns = cached
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = ng.name_any();
-    if ctx.nothing_to_do(&ng.metadata).await? {
+    let name = cached.name_any();
+    if ctx.nothing_to_do(&cached.metadata).await? {
         return Ok(Action::await_change());
     }
-    if ng.spec.suspend {
+    if cached.spec.suspend {
         tracing::debug!("suspended; nothing to do");
         return Ok(Action::await_change());
     }
+    let mut ng = cached;
+    let mut prd = resolve_prd(ng, ctx, &ns).await?;
+    let mut handlers = resolve_handlers(ng, ctx, &ns).await?;
+    let mut input_hash = input_hash(ng, &prd, &handlers, ctx.renderer.fingerprint());
+    if let Some(action) = settled_action(ng, &input_hash, ctx, &ns).await? {
+        return Ok(action);
+    }
+
+    // This generation must run: read the PRD the cache dropped, from the object as it is now.
+    let full;
+    if matches!(&prd, Ok(p) if p.text.is_none()) {
+        let api: Api<NodeGeneration> = Api::namespaced(ctx.client.clone(), &ns);
+        let Some(read) = api.get_opt(&name).await? else {
+            return Ok(Action::await_change());
+        };
+        full = read;
+        ng = &full;
+        prd = resolve_prd(ng, ctx, &ns).await?;
+        handlers = resolve_handlers(ng, ctx, &ns).await?;
+        input_hash = self::input_hash(ng, &prd, &handlers, ctx.renderer.fingerprint());
+    }
     let generation = ng.metadata.generation.unwrap_or(0);
     let current = ng.status.clone().unwrap_or_default();
-
-    let prd = resolve_prd(ng, ctx, &ns).await?;
-    let handlers = resolve_handlers(ng, ctx, &ns).await?;
-    let input_hash = input_hash(
-        ng,
-        prd.as_ref().ok(),
-        handlers.as_ref().ok().and_then(Option::as_ref),
-        ctx.renderer.fingerprint(),
-    );
-    if current.observed_generation == Some(generation)
-        && current.input_hash.as_deref() == Some(input_hash.as_str())
-    {
-        match status::get(&current.conditions, READY) {
-            Some(c)
-                if (c.is_true() || c.reason == NODE_FAILING)
-                    && children_intact(ng, &current, ctx) =>
-            {
-                refresh_nodes(ng, ctx, &ns, &current).await?;
-                return Ok(Action::requeue(ctx.resync));
-            }
-            Some(c) if !c.is_true() && TERMINAL_REASONS.contains(&c.reason.as_str()) => {
-                return Ok(Action::await_change());
-            }
-            _ => {}
-        }
-    }
 
     let settled = match (prd, handlers) {
         (Err(rejected), _) => Settled {
@@ -220,13 +216,22 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
             requeue: Action::requeue(Duration::from_secs(30)),
         },
         (Ok(prd), Ok(handlers)) => {
+            // Read just above; absent only if the server's copy has no PRD either.
+            let Some(text) = prd.text else {
+                return Err(Error::MissingField("spec.prd"));
+            };
             let run = Run {
                 generation,
-                prd: &prd,
+                prd: &text,
                 handlers: handlers.as_ref(),
             };
             let trace = trace_of(ng);
-            let span = tracing::info_span!("generation", trace_id = %trace.trace_id());
+            let correlation_id = pipeline::correlation_id(&ns, &name, generation, &ng.spec);
+            let span = tracing::info_span!(
+                "generation",
+                trace_id = %trace.trace_id(),
+                correlation_id = %correlation_id,
+            );
             // Err only when spans are not recorded (no OTLP endpoint): nothing to parent then.
             let _ = span.set_parent(trace.context());
             trace
@@ -245,6 +250,36 @@ async fn reconcile_inner(ng: &NodeGeneration, ctx: &Context) -> Result<Action, E
     )
     .await?;
     Ok(settled.requeue)
+}
+
+/// What to do when this generation's inputs are the ones its status was made from: refresh a
+/// Ready one's node states, or wait for a change after a terminal failure. `None`: it must run.
+async fn settled_action(
+    ng: &NodeGeneration,
+    input_hash: &str,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<Action>, Error> {
+    let Some(current) = &ng.status else {
+        return Ok(None);
+    };
+    if current.observed_generation != ng.metadata.generation
+        || current.input_hash.as_deref() != Some(input_hash)
+    {
+        return Ok(None);
+    }
+    match status::get(&current.conditions, READY) {
+        Some(c)
+            if (c.is_true() || c.reason == NODE_FAILING) && children_intact(ng, current, ctx) =>
+        {
+            refresh_nodes(ng, ctx, ns, current).await?;
+            Ok(Some(Action::requeue(ctx.resync)))
+        }
+        Some(c) if !c.is_true() && TERMINAL_REASONS.contains(&c.reason.as_str()) => {
+            Ok(Some(Action::await_change()))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// What one generation runs on: the object's generation, its PRD and the user's handlers.
@@ -518,7 +553,7 @@ async fn orphaned_handlers_event(ctx: &Context, ng: &NodeGeneration, orphans: &[
         action: "Publish".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &ng.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&event, &ng.object_ref(&())).await {
         tracing::warn!(error = %e, "could not record an event");
     }
 }
@@ -543,20 +578,65 @@ async fn resolve_handlers(
     })
 }
 
-/// The PRD text, or why there is none (a terminal, user-facing reason).
+/// Set, in the operator's cache only, to the SHA-256 of an inline PRD whose text the cache
+/// dropped: the text is read again only when the generation must run.
+const CACHED_PRD_DIGEST: &str = "codegen.omninode.ai/cached-prd-sha256";
+
+/// Replace a cached NodeGeneration's inline PRD by its digest: all a reconcile needs to decide
+/// whether the generation must run (PRDs are most of a NodeGeneration's size).
+pub fn drop_prd_text(ng: &mut NodeGeneration) {
+    if let Some(text) = ng.spec.prd.take() {
+        ng.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(CACHED_PRD_DIGEST.into(), sha256_hex(&text));
+    }
+}
+
+/// The inline PRD's SHA-256, from its text or from the digest the cache kept.
+fn inline_prd_digest(ng: &NodeGeneration) -> Option<String> {
+    match &ng.spec.prd {
+        Some(text) => Some(sha256_hex(text)),
+        None => annotation(&ng.metadata, CACHED_PRD_DIGEST).map(str::to_string),
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// A generation's PRD: its digest always, its text unless the cache dropped it (inline PRDs).
+struct Prd {
+    digest: String,
+    text: Option<String>,
+}
+
+impl Prd {
+    fn text(text: String) -> Self {
+        Prd {
+            digest: sha256_hex(&text),
+            text: Some(text),
+        }
+    }
+}
+
+/// The PRD, or why there is none (a terminal, user-facing reason).
 async fn resolve_prd(
     ng: &NodeGeneration,
     ctx: &Context,
     ns: &str,
-) -> Result<Result<String, Rejected>, Error> {
+) -> Result<Result<Prd, Rejected>, Error> {
     let rejected = |reason: &str, message: String| {
         Ok(Err(Rejected {
             reason: reason.to_string(),
             message,
         }))
     };
-    match (&ng.spec.prd, &ng.spec.prd_from) {
-        (Some(prd), None) => Ok(Ok(prd.clone())),
+    match (inline_prd_digest(ng), &ng.spec.prd_from) {
+        (Some(digest), None) => Ok(Ok(Prd {
+            digest,
+            text: ng.spec.prd.clone(),
+        })),
         (None, Some(from)) => {
             let key = &from.config_map_key_ref;
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
@@ -565,8 +645,8 @@ async fn resolve_prd(
                     "PrdSourceNotFound",
                     format!("ConfigMap {} (spec.prdFrom) does not exist", key.name),
                 ),
-                Some(cm) => match cm.data.as_ref().and_then(|d| d.get(&key.key)) {
-                    Some(text) => Ok(Ok(text.clone())),
+                Some(mut cm) => match cm.data.as_mut().and_then(|d| d.remove(&key.key)) {
+                    Some(text) => Ok(Ok(Prd::text(text))),
                     None => rejected(
                         "PrdKeyNotFound",
                         format!("ConfigMap {} has no key {}", key.name, key.key),
@@ -581,23 +661,31 @@ async fn resolve_prd(
     }
 }
 
+/// What a generation's status was made from: the spec, the PRD and handlers it resolved to,
+/// the templates and this operator's version. The same whether or not the cache dropped the
+/// PRD's text.
 fn input_hash(
     ng: &NodeGeneration,
-    prd: Option<&String>,
-    handlers: Option<&BTreeMap<String, String>>,
+    prd: &Result<Prd, Rejected>,
+    handlers: &Result<Option<BTreeMap<String, String>>, Rejected>,
     fingerprint: &str,
 ) -> String {
+    // The spec without the inline PRD: the PRD's digest stands for it below.
+    let bare = NodeGenerationSpec {
+        prd: None,
+        ..ng.spec.clone()
+    };
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(&ng.spec).unwrap_or_default());
+    h.update(serde_json::to_vec(&bare).unwrap_or_default());
     h.update([0]);
     match prd {
-        Some(p) => {
+        Ok(p) => {
             h.update([1]);
-            h.update(p.as_bytes());
+            h.update(p.digest.as_bytes());
         }
-        None => h.update([0]),
+        Err(_) => h.update([0]),
     }
-    if let Some(handlers) = handlers {
+    if let Ok(Some(handlers)) = handlers {
         h.update([2]);
         h.update(serde_json::to_vec(handlers).unwrap_or_default());
     }
@@ -1003,7 +1091,7 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{NodeGenerationSpec, PrdSource};
+    use crate::api::PrdSource;
     use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
 
     const PRD: &str = "# Order Writer\n\n## Overview\nPersists incoming orders.\n\n## Functional Requirements\n- Write order records to PostgreSQL\n- Update an order's status\n";
@@ -1020,6 +1108,25 @@ mod tests {
         ng.metadata.uid = Some("uid-orders".into());
         ng.metadata.generation = Some(1);
         ng
+    }
+
+    #[test]
+    fn a_generated_node_leads_to_the_generation_that_controls_it() {
+        let mut gn: GeneratedNode = serde_json::from_value(serde_json::json!({
+            "apiVersion": "codegen.omninode.ai/v1alpha1", "kind": "GeneratedNode",
+            "metadata": {"name": "orders-writer-effect", "namespace": "ns"},
+            "spec": {"nodeType": "Effect", "domain": "api", "serviceName": "writer",
+                     "source": {"configMap": {"name": "c"}}, "contentHash": "h"}
+        }))
+        .unwrap();
+        assert_eq!(owner_of(&gn), None);
+        let mut owner = ng(PRD).controller_owner_ref(&()).unwrap();
+        owner.controller = None;
+        gn.metadata.owner_references = Some(vec![owner.clone()]);
+        assert_eq!(owner_of(&gn), None, "an owner that is not the controller");
+        owner.controller = Some(true);
+        gn.metadata.owner_references = Some(vec![owner]);
+        assert_eq!(owner_of(&gn), Some(ObjectRef::new("orders").within("ns")));
     }
 
     #[test]
@@ -1200,6 +1307,50 @@ mod tests {
 
     /// A failed generation's writes: its status (`Ready=False`, phase `Failed`) and a Warning
     /// Event, no child. Returns the `Ready` condition.
+    #[tokio::test]
+    async fn the_cache_keeps_the_prds_digest_and_only_a_run_reads_the_text() {
+        let fake = FakeApi::default();
+        let (ctx, mut caches) = context(&fake);
+        let mut ng = ng(PRD);
+        stored(&fake, &ng);
+        let stripped = |ng: &NodeGeneration| {
+            let mut cached = ng.clone();
+            drop_prd_text(&mut cached);
+            assert_eq!(cached.spec.prd, None);
+            Arc::new(cached)
+        };
+        reconcile(stripped(&ng), ctx.clone()).await.unwrap();
+        let reads: Vec<String> = fake
+            .requests()
+            .iter()
+            .filter(|r| !r.is_write())
+            .map(|r| r.path().to_string())
+            .collect();
+        assert_eq!(
+            reads,
+            ["/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/nodegenerations/orders"]
+        );
+        assert_eq!(writes_to(&fake).len(), 4, "{:#?}", writes_to(&fake));
+
+        // Settled: the digest stands for the text in the input hash, so nothing is read.
+        settle(&fake, &mut ng, &mut caches);
+        fake.clear();
+        reconcile(stripped(&ng), ctx.clone()).await.unwrap();
+        assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
+
+        // An edited PRD runs again, from the text read from the server.
+        ng.spec.prd = Some(format!("{PRD}- Archive orders older than a year\n"));
+        ng.metadata.generation = Some(2);
+        stored(&fake, &ng);
+        reconcile(stripped(&ng), ctx.clone()).await.unwrap();
+        let status_write = fake
+            .writes()
+            .into_iter()
+            .find(|r| r.path().ends_with("/status"))
+            .unwrap();
+        assert_eq!(status_write.body["status"]["observedGeneration"], 2);
+    }
+
     fn failed_without_children(fake: &FakeApi) -> Condition {
         assert_eq!(
             writes_to(fake),

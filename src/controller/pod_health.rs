@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
@@ -68,6 +68,46 @@ pub fn health(pods: &Store<Pod>, ns: &str, name: &str, now: Timestamp) -> Health
     Health {
         failure,
         recheck_in,
+    }
+}
+
+/// Keep of a pod only what [`health`] and the pod watch's mapper read: its name, namespace,
+/// node label and deletion mark, its `Ready` condition and its containers' states. The Pods
+/// cache holds an entry per replica of every node, and the spec alone is most of a pod.
+pub fn slim(pod: &mut Pod) {
+    pod.spec = None;
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == NAME_LABEL);
+    }
+    if let Some(status) = pod.status.take() {
+        let containers = |list: Option<Vec<ContainerStatus>>| {
+            list.map(|l| {
+                l.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        ready: c.ready,
+                        started: c.started,
+                        state: c.state,
+                        last_state: c.last_state,
+                        restart_count: c.restart_count,
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+        };
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            conditions: status
+                .conditions
+                .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+            container_statuses: containers(status.container_statuses),
+            init_container_statuses: containers(status.init_container_statuses),
+            ..Default::default()
+        });
     }
 }
 
@@ -293,6 +333,56 @@ mod tests {
             unready(&unready_pod(1_000, 1_010, true), now(9_000)),
             Health::default()
         );
+    }
+
+    #[test]
+    fn a_slimmed_pod_tells_the_same_health() {
+        use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec};
+        let now = Timestamp::from_second(1_040).unwrap();
+        let full = |mut p: Pod| {
+            p.metadata.namespace = Some("ns".into());
+            p.metadata.labels = Some(
+                [(NAME_LABEL, "n"), ("pod-template-hash", "abc")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+            );
+            p.metadata.annotations = Some([("a".to_string(), "b".repeat(500))].into());
+            p.spec = Some(PodSpec {
+                containers: vec![Container {
+                    name: "node".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            let status = p.status.get_or_insert_with(Default::default);
+            status.pod_ip = Some("10.0.0.1".into());
+            status
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                });
+            for c in status.container_statuses.iter_mut().flatten() {
+                c.image = "registry.example/node:1".into();
+            }
+            p
+        };
+        for p in [
+            full(unready_pod(1_000, 1_010, false)),
+            full(pod(status("CrashLoopBackOff", "back-off", Some(1)))),
+            full(pod(status("ContainerCreating", "", None))),
+        ] {
+            let mut slimmed = p.clone();
+            slim(&mut slimmed);
+            assert!(slimmed.spec.is_none() && slimmed.metadata.annotations.is_none());
+            assert_eq!(slimmed.labels().len(), 1);
+            assert_eq!(pod_failure(&slimmed), pod_failure(&p));
+            assert_eq!(unready(&slimmed, now), unready(&p, now));
+            let size = |p: &Pod| serde_json::to_string(p).unwrap().len();
+            assert!(size(&slimmed) * 2 < size(&p), "{slimmed:?}");
+        }
     }
 
     #[test]

@@ -145,7 +145,7 @@ def test_rbac_is_least_privilege() -> None:
         by_resource = {res: set(r["verbs"]) for r in rules for res in r["resources"]}
         assert by_resource["nodegenerations"] == {"get", "list", "watch"}
         assert by_resource["nodegenerations/status"] == {"patch"}
-        assert by_resource["events"] == {"create", "patch"}
+        assert by_resource["events"] == {"create"}
 
 
 def test_every_operator_setting_is_reachable_from_values() -> None:

@@ -718,7 +718,17 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_omninode-operator"));
+        let bin = env!("CARGO_BIN_EXE_omninode-operator");
+        // A profiler to run the operator under (`heaptrack`, `perf record --`), for benchmarks.
+        let mut cmd = match std::env::var("OMNINODE_OPERATOR_WRAPPER") {
+            Ok(wrapper) if !wrapper.trim().is_empty() => {
+                let mut words = wrapper.split_whitespace();
+                let mut cmd = Command::new(words.next().unwrap_or_default());
+                cmd.args(words).arg(bin);
+                cmd
+            }
+            _ => Command::new(bin),
+        };
         let log_filter = std::env::var("OMNINODE_E2E_LOG").ok();
         match &self.env {
             // The Deployment's LOG_LEVEL applies unless OMNINODE_E2E_LOG asks otherwise.
