@@ -438,25 +438,31 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // Every applied GeneratedNode, for the reconcile of the nodes that depend on it; every
     // touched one, for its owner's. One watch feeds both controllers: a second one (`owns`)
     // would have the API server encode, and us decode, every GeneratedNode event twice.
-    let (gn_changed, gn_changed_rx) = futures::channel::mpsc::unbounded();
+    let (gn_dependents, gn_dependents_rx) = futures::channel::mpsc::unbounded();
     let (gn_owner, gn_owner_rx) = futures::channel::mpsc::unbounded();
+    let mut dependents = generated_node::Dependents::default();
     let generated_nodes = generated_nodes
         .inspect(move |event| match event {
+            Ok(watcher::Event::Init) => dependents.clear(),
             Ok(watcher::Event::InitDone) => {
                 gn_listed.send_replace(true);
             }
             Ok(watcher::Event::Apply(gn) | watcher::Event::InitApply(gn)) => {
-                let _ = gn_changed.unbounded_send(ObjectRef::from_obj(gn));
+                dependents.apply(gn);
+                for d in dependents.of(&ObjectRef::from_obj(gn)) {
+                    let _ = gn_dependents.unbounded_send(d);
+                }
                 if let Some(owner) = node_generation::owner_of(gn) {
                     let _ = gn_owner.unbounded_send(owner);
                 }
             }
             Ok(watcher::Event::Delete(gn)) => {
+                dependents.remove(&ObjectRef::from_obj(gn));
                 if let Some(owner) = node_generation::owner_of(gn) {
                     let _ = gn_owner.unbounded_send(owner);
                 }
             }
-            _ => {}
+            Err(_) => {}
         })
         .applied_objects();
     let (ng_reader, node_generations) = cached(
@@ -470,10 +476,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .owns_stream(changes(deployments))
         .owns_stream(changes(services))
         .watches_stream(changes(pods), |pod: Pod| generated_node::of_pod(&pod));
-    let gn_store = gn_controller.store();
-    let gn_controller = gn_controller.reconcile_on(gn_changed_rx.flat_map(move |changed| {
-        futures::stream::iter(generated_node::dependents(&gn_store, &changed))
-    }));
+    let gn_controller = gn_controller.reconcile_on(gn_dependents_rx);
     // A generation is reconciled for every status change of each of its nodes: wait for a
     // burst (a system's nodes moving together) to end, and write its status once.
     let ng_config = controller_config.debounce(NG_DEBOUNCE);
