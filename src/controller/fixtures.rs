@@ -207,6 +207,9 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
             deployments: dep_r,
             services: svc_r,
             pods: pod_r,
+            pods_by_node: Arc::new(std::sync::Mutex::new(super::index::ByNode::new(
+                super::pod_health::node_of,
+            ))),
             synced: tokio::sync::watch::channel(true).1,
         },
         Duration::from_secs(3600),

@@ -5,7 +5,7 @@
 //! It needs nothing from a NodeGeneration: a GeneratedNode written by hand, or synced from Git,
 //! works the same.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     } else {
         super::pod_health::health(
             &ctx.caches.pods,
+            &ctx.caches.pods_by_node,
             &ns,
             &name,
             k8s_openapi::jiff::Timestamp::now(),
@@ -225,63 +226,11 @@ pub fn of_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<ObjectRef<Generat
     Some(ObjectRef::new(name).within(&pod.namespace()?))
 }
 
-/// Which GeneratedNodes depend on each one (`spec.dependsOn`), kept up to date from the watch.
-/// A dependency's status change reconciles its dependents, so a system rolls out as soon as
-/// each node's dependencies are Ready; a scan of the whole cache at every change would make
-/// a large namespace quadratic.
-#[derive(Default)]
-pub struct Dependents {
-    by_dependency: HashMap<ObjectRef<GeneratedNode>, HashSet<ObjectRef<GeneratedNode>>>,
-    of: HashMap<ObjectRef<GeneratedNode>, Vec<ObjectRef<GeneratedNode>>>,
-}
-
-impl Dependents {
-    /// Take in a node as it is now.
-    pub fn apply(&mut self, gn: &GeneratedNode) {
-        let me = ObjectRef::from_obj(gn);
-        self.remove(&me);
-        let Some(ns) = gn.namespace() else { return };
-        let dependencies: Vec<_> = gn
-            .spec
-            .depends_on
-            .iter()
-            .map(|d| ObjectRef::new(d).within(&ns))
-            .collect();
-        for d in &dependencies {
-            self.by_dependency
-                .entry(d.clone())
-                .or_default()
-                .insert(me.clone());
-        }
-        if !dependencies.is_empty() {
-            self.of.insert(me, dependencies);
-        }
-    }
-
-    /// Forget a deleted node.
-    pub fn remove(&mut self, gn: &ObjectRef<GeneratedNode>) {
-        for d in self.of.remove(gn).into_iter().flatten() {
-            if let Some(set) = self.by_dependency.get_mut(&d) {
-                set.remove(gn);
-                if set.is_empty() {
-                    self.by_dependency.remove(&d);
-                }
-            }
-        }
-    }
-
-    /// Forget everything (a relist is about to tell all again).
-    pub fn clear(&mut self) {
-        *self = Dependents::default();
-    }
-
-    /// The nodes that depend on `changed`.
-    pub fn of(&self, changed: &ObjectRef<GeneratedNode>) -> Vec<ObjectRef<GeneratedNode>> {
-        self.by_dependency
-            .get(changed)
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
-    }
+/// The GeneratedNodes each one depends on (`spec.dependsOn`): a dependency's status change
+/// reconciles its dependents, so a system rolls out as soon as each node's dependencies are
+/// Ready.
+pub fn dependencies(gn: &GeneratedNode) -> Vec<String> {
+    gn.spec.depends_on.clone()
 }
 
 /// Keep of a Deployment what a reconcile reads: the owner (whose reconcile its events trigger),
@@ -564,6 +513,7 @@ mod tests {
     use super::*;
     use crate::api::GeneratedNodeStatus;
     use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
+    use crate::controller::index::ByNode;
     use k8s_openapi::api::apps::v1::DeploymentStatus;
 
     #[test]
@@ -823,21 +773,21 @@ mod tests {
         });
         CacheWriters::apply(&mut caches.generated_nodes, dep.clone());
         CacheWriters::apply(&mut caches.generated_nodes, node.clone());
-        let mut dependents = Dependents::default();
+        let mut dependents = ByNode::new(dependencies);
         dependents.apply(&dep);
         dependents.apply(&node);
         let (dep_ref, node_ref) = (ObjectRef::from_obj(&dep), ObjectRef::from_obj(&node));
-        assert_eq!(dependents.of(&dep_ref), std::slice::from_ref(&node_ref));
-        assert_eq!(dependents.of(&node_ref), []);
+        assert_eq!(dependents.get(&dep_ref), std::slice::from_ref(&node_ref));
+        assert_eq!(dependents.get(&node_ref), []);
         // A node that no longer depends on it, or is gone, is no dependent.
         let mut independent = node.clone();
         independent.spec.depends_on.clear();
         dependents.apply(&independent);
-        assert_eq!(dependents.of(&dep_ref), []);
+        assert_eq!(dependents.get(&dep_ref), []);
         dependents.apply(&node);
         dependents.remove(&node_ref);
-        assert_eq!(dependents.of(&dep_ref), []);
-        assert!(dependents.of.is_empty() && dependents.by_dependency.is_empty());
+        assert_eq!(dependents.get(&dep_ref), []);
+        assert!(dependents.is_empty());
         fake.clear();
         reconcile(Arc::new(node), ctx).await.unwrap();
         assert!(deployed(&fake), "{:#?}", fake.writes());

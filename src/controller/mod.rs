@@ -10,6 +10,7 @@ mod fixtures;
 mod freshness;
 pub mod generated_node;
 mod git_output;
+mod index;
 mod leader;
 pub mod metrics;
 pub mod node_generation;
@@ -26,6 +27,8 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
+
+use index::ByNode;
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +70,8 @@ pub struct Caches {
     pub services: Store<PartialObjectMeta<Service>>,
     /// The nodes' pods, status only: why a node that will not start does not.
     pub pods: Store<Pod>,
+    /// The pods above by the GeneratedNode they belong to.
+    pub pods_by_node: Arc<std::sync::Mutex<ByNode<Pod>>>,
     /// True once every cache above has its first full list.
     pub synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -413,6 +418,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     );
     // The pods carry the Deployment's labels (ours among them); their status is all we read.
     let (pod_reader, pods) = cached(api::<Pod>(&client, ns), managed.clone(), pod_health::slim);
+    let pods_by_node = Arc::new(std::sync::Mutex::new(ByNode::new(pod_health::node_of)));
+    let pods = {
+        let index = pods_by_node.clone();
+        pods.inspect(move |event| {
+            if let (Ok(event), Ok(mut index)) = (event, index.lock()) {
+                index.update(event);
+            }
+        })
+    };
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
@@ -440,29 +454,30 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // would have the API server encode, and us decode, every GeneratedNode event twice.
     let (gn_dependents, gn_dependents_rx) = futures::channel::mpsc::unbounded();
     let (gn_owner, gn_owner_rx) = futures::channel::mpsc::unbounded();
-    let mut dependents = generated_node::Dependents::default();
+    let mut dependents = ByNode::new(generated_node::dependencies);
     let generated_nodes = generated_nodes
-        .inspect(move |event| match event {
-            Ok(watcher::Event::Init) => dependents.clear(),
-            Ok(watcher::Event::InitDone) => {
-                gn_listed.send_replace(true);
-            }
-            Ok(watcher::Event::Apply(gn) | watcher::Event::InitApply(gn)) => {
-                dependents.apply(gn);
-                for d in dependents.of(&ObjectRef::from_obj(gn)) {
-                    let _ = gn_dependents.unbounded_send(d);
+        .inspect(move |event| {
+            let Ok(event) = event else { return };
+            dependents.update(event);
+            match event {
+                watcher::Event::InitDone => {
+                    gn_listed.send_replace(true);
                 }
-                if let Some(owner) = node_generation::owner_of(gn) {
-                    let _ = gn_owner.unbounded_send(owner);
+                watcher::Event::Apply(gn) | watcher::Event::InitApply(gn) => {
+                    for d in dependents.get(&ObjectRef::from_obj(gn)) {
+                        let _ = gn_dependents.unbounded_send(d);
+                    }
+                    if let Some(owner) = node_generation::owner_of(gn) {
+                        let _ = gn_owner.unbounded_send(owner);
+                    }
                 }
-            }
-            Ok(watcher::Event::Delete(gn)) => {
-                dependents.remove(&ObjectRef::from_obj(gn));
-                if let Some(owner) = node_generation::owner_of(gn) {
-                    let _ = gn_owner.unbounded_send(owner);
+                watcher::Event::Delete(gn) => {
+                    if let Some(owner) = node_generation::owner_of(gn) {
+                        let _ = gn_owner.unbounded_send(owner);
+                    }
                 }
+                watcher::Event::Init => {}
             }
-            Err(_) => {}
         })
         .applied_objects();
     let (ng_reader, node_generations) = cached(
@@ -497,6 +512,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         deployments: dep_reader,
         services: svc_reader,
         pods: pod_reader,
+        pods_by_node,
         synced: synced_rx,
     };
     let mut ctx = Context::new(

@@ -4,12 +4,15 @@
 //! Deployment's progress deadline. A container that started but keeps failing its readiness
 //! probe has no kubelet reason; it gets [`READINESS_FAILING`] once it had time to pass.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::index::ByNode;
 
 /// Waiting reasons that mean the container will not start without a change.
 pub const FAILING_REASONS: &[&str] = &[
@@ -48,14 +51,28 @@ pub struct Health {
     pub recheck_in: Option<Duration>,
 }
 
+/// The GeneratedNode a pod belongs to (its Deployment's selector label), as the index of pods
+/// by node wants it.
+pub fn node_of(pod: &Pod) -> Vec<String> {
+    pod.labels().get(NAME_LABEL).cloned().into_iter().collect()
+}
+
 /// The health of GeneratedNode `name`'s pods in `ns` at `now`. Pods are looked at in name
 /// order, so the answer is stable while nothing changes.
-pub fn health(pods: &Store<Pod>, ns: &str, name: &str, now: Timestamp) -> Health {
-    let mut mine: Vec<_> = pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns))
-        .filter(|p| p.labels().get(NAME_LABEL).map(String::as_str) == Some(name))
+pub fn health(
+    pods: &Store<Pod>,
+    by_node: &Mutex<ByNode<Pod>>,
+    ns: &str,
+    name: &str,
+    now: Timestamp,
+) -> Health {
+    let refs = by_node
+        .lock()
+        .map(|index| index.get(&ObjectRef::new(name).within(ns)))
+        .unwrap_or_default();
+    let mut mine: Vec<_> = refs
+        .iter()
+        .filter_map(|r| pods.get(r))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     mine.sort_by_key(|p| p.name_any());
@@ -333,6 +350,36 @@ mod tests {
             unready(&unready_pod(1_000, 1_010, true), now(9_000)),
             Health::default()
         );
+    }
+
+    #[test]
+    fn a_nodes_health_comes_from_its_own_pods_through_the_index() {
+        use kube::runtime::{reflector, watcher::Event};
+        let (store, mut writer) = reflector::store();
+        let index = Mutex::new(ByNode::new(node_of));
+        let of_node = |node: &str, pod_name: &str, p: Pod| {
+            let mut p = p;
+            p.metadata.name = Some(pod_name.into());
+            p.metadata.namespace = Some("ns".into());
+            p.metadata.labels = Some([(NAME_LABEL.to_string(), node.to_string())].into());
+            p
+        };
+        let crashing = of_node("n", "n-abc", pod(status("CrashLoopBackOff", "", Some(1))));
+        let other = of_node("m", "m-abc", pod(status("ErrImagePull", "x", None)));
+        for p in [&crashing, &other] {
+            let event = Event::Apply(p.clone());
+            writer.apply_watcher_event(&event);
+            index.lock().unwrap().update(&event);
+        }
+        let now = Timestamp::from_second(0).unwrap();
+        let failure = |name: &str| health(&store, &index, "ns", name, now).failure;
+        assert_eq!(failure("n").unwrap().0, "CrashLoopBackOff");
+        assert_eq!(failure("m").unwrap().0, "ErrImagePull");
+        assert_eq!(failure("other"), None);
+        let gone = Event::Delete(crashing);
+        writer.apply_watcher_event(&gone);
+        index.lock().unwrap().update(&gone);
+        assert_eq!(failure("n"), None);
     }
 
     #[test]

@@ -1,0 +1,88 @@
+//! Objects grouped by the GeneratedNodes they name, kept up to date from their watch: what a
+//! reconcile asks ("the pods of this node", "the nodes that depend on this one") without a
+//! scan of a cache that holds every such object of the namespace. Asked at every change, a
+//! scan makes a large namespace quadratic.
+
+use std::collections::{HashMap, HashSet};
+
+use kube::Resource;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+
+use crate::api::GeneratedNode;
+
+/// Objects of kind `K` by the GeneratedNodes (of their namespace) that `names` finds in them.
+pub struct ByNode<K: Resource<DynamicType = ()>> {
+    names: fn(&K) -> Vec<String>,
+    by_node: HashMap<ObjectRef<GeneratedNode>, HashSet<ObjectRef<K>>>,
+    of: HashMap<ObjectRef<K>, Vec<ObjectRef<GeneratedNode>>>,
+}
+
+impl<K: Resource<DynamicType = ()>> ByNode<K> {
+    pub fn new(names: fn(&K) -> Vec<String>) -> Self {
+        ByNode {
+            names,
+            by_node: HashMap::new(),
+            of: HashMap::new(),
+        }
+    }
+
+    /// Keep up to date from one watch event; a relist starts over.
+    pub fn update(&mut self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Init => {
+                self.by_node.clear();
+                self.of.clear();
+            }
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => self.apply(obj),
+            watcher::Event::Delete(obj) => self.remove(&ObjectRef::from_obj(obj)),
+            watcher::Event::InitDone => {}
+        }
+    }
+
+    /// Take in an object as it is now.
+    pub fn apply(&mut self, obj: &K) {
+        let me = ObjectRef::from_obj(obj);
+        self.remove(&me);
+        let Some(ns) = obj.namespace() else { return };
+        let nodes: Vec<_> = (self.names)(obj)
+            .iter()
+            .map(|n| ObjectRef::new(n).within(&ns))
+            .collect();
+        for node in &nodes {
+            self.by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(me.clone());
+        }
+        if !nodes.is_empty() {
+            self.of.insert(me, nodes);
+        }
+    }
+
+    /// Forget a deleted object.
+    pub fn remove(&mut self, obj: &ObjectRef<K>) {
+        for node in self.of.remove(obj).into_iter().flatten() {
+            if let Some(set) = self.by_node.get_mut(&node) {
+                set.remove(obj);
+                if set.is_empty() {
+                    self.by_node.remove(&node);
+                }
+            }
+        }
+    }
+
+    /// The objects that name `node`.
+    pub fn get(&self, node: &ObjectRef<GeneratedNode>) -> Vec<ObjectRef<K>> {
+        self.by_node
+            .get(node)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.of.is_empty() && self.by_node.is_empty()
+    }
+}
