@@ -438,8 +438,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let controller_config = kube::runtime::Config::default().concurrency(config.concurrency.max(1));
     // The controllers' own caches, slimmed like the children's (managed fields and kubectl's
-    // last-applied copy of the spec are most of a small object).
-    let everything = watcher::Config::default().any_semantic();
+    // last-applied copy of the spec are most of a small object). Listed in pages, like every
+    // other cache: a list from the API server's watch cache (`any_semantic`) comes in one
+    // piece, and its managed fields, parsed before they are dropped, made a restart's memory
+    // peak (62 MB of heap for 1,000 generations, against 37 MB once listed).
+    let everything = watcher::Config::default();
     let (gn_reader, generated_nodes) = cached(
         api::<GeneratedNode>(&client, ns),
         everything.clone(),
