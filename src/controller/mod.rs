@@ -27,8 +27,6 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
-
-use index::ByNode;
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +36,7 @@ use crate::deploy::DeployDefaults;
 use crate::intelligence::{self, IntelligenceClient};
 use crate::render::Renderer;
 use crate::telemetry::{self, Health};
+use index::ByNode;
 
 pub use backoff::Backoff;
 pub use config::RunConfig;

@@ -189,9 +189,10 @@ async fn reconcile_inner(cached: &NodeGeneration, ctx: &Context) -> Result<Actio
     let full;
     if matches!(&prd, Ok(p) if p.text.is_none()) {
         let api: Api<NodeGeneration> = Api::namespaced(ctx.client.clone(), &ns);
-        let Some(read) = api.get_opt(&name).await? else {
+        let Some(mut read) = api.get_opt(&name).await? else {
             return Ok(Action::await_change());
         };
+        forget_cached_digest(&mut read);
         full = read;
         ng = &full;
         prd = resolve_prd(ng, ctx, &ns).await?;
@@ -585,11 +586,20 @@ const CACHED_PRD_DIGEST: &str = "codegen.omninode.ai/cached-prd-sha256";
 /// Replace a cached NodeGeneration's inline PRD by its digest: all a reconcile needs to decide
 /// whether the generation must run (PRDs are most of a NodeGeneration's size).
 pub fn drop_prd_text(ng: &mut NodeGeneration) {
+    forget_cached_digest(ng);
     if let Some(text) = ng.spec.prd.take() {
         ng.metadata
             .annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(CACHED_PRD_DIGEST.into(), sha256_hex(&text));
+    }
+}
+
+/// Drop an annotation of that name that came from the API server: set by a user, it would
+/// stand for a PRD that is not there.
+fn forget_cached_digest(ng: &mut NodeGeneration) {
+    if let Some(annotations) = ng.metadata.annotations.as_mut() {
+        annotations.remove(CACHED_PRD_DIGEST);
     }
 }
 
@@ -1337,6 +1347,24 @@ mod tests {
         fake.clear();
         reconcile(stripped(&ng), ctx.clone()).await.unwrap();
         assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
+
+        // An annotation of that name set by a user stands for nothing: a prdFrom generation
+        // carrying one is no "inline and prdFrom" error.
+        let mut from_cm = ng.clone();
+        from_cm.spec.prd = None;
+        from_cm.spec.prd_from = Some(PrdSource {
+            config_map_key_ref: crate::api::ConfigMapKeyRef {
+                name: "prd".into(),
+                key: "prd.md".into(),
+            },
+        });
+        from_cm
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(CACHED_PRD_DIGEST.into(), "0".repeat(64));
+        let cached = stripped(&from_cm);
+        assert_eq!(inline_prd_digest(&cached), None);
 
         // An edited PRD runs again, from the text read from the server.
         ng.spec.prd = Some(format!("{PRD}- Archive orders older than a year\n"));
