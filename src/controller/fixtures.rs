@@ -7,16 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::PartialObjectMeta;
+use kube::Client;
 use kube::client::Body;
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, Lookup, store::Writer};
 use kube::runtime::watcher;
-use kube::{Client, Resource};
 use serde_json::{Value, json};
 
-use super::{Caches, Context, ControllerMetrics};
+use super::{Caches, Context, ControllerMetrics, compact};
 use crate::api::GeneratedNode;
 use crate::deploy::DeployDefaults;
 use crate::render::Renderer;
@@ -168,15 +165,15 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 /// Writers that fill the caches the way the watches would.
 pub struct CacheWriters {
     pub generated_nodes: Writer<GeneratedNode>,
-    pub config_maps: Writer<PartialObjectMeta<ConfigMap>>,
-    pub deployments: Writer<Deployment>,
-    pub services: Writer<PartialObjectMeta<Service>>,
+    pub config_maps: Writer<compact::CachedConfigMap>,
+    pub deployments: Writer<compact::CachedDeployment>,
+    pub services: Writer<compact::CachedService>,
 }
 
 impl CacheWriters {
     pub fn apply<K>(writer: &mut Writer<K>, obj: K)
     where
-        K: Resource + Clone,
+        K: Lookup + Clone,
         K::DynamicType: Clone + Default + Eq + std::hash::Hash,
     {
         writer.apply_watcher_event(&watcher::Event::Apply(obj));
@@ -223,16 +220,4 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
             services: svc_w,
         },
     )
-}
-
-/// The metadata part of a full object, as the metadata-only watches cache it.
-pub fn metadata_of<K: Resource<DynamicType = ()>>(obj: &K) -> PartialObjectMeta<K> {
-    PartialObjectMeta {
-        types: Some(kube::core::TypeMeta {
-            api_version: K::api_version(&()).to_string(),
-            kind: K::kind(&()).to_string(),
-        }),
-        metadata: obj.meta().clone(),
-        _phantom: std::marker::PhantomData,
-    }
 }

@@ -19,7 +19,8 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
+use super::compact::{self, Rollout};
+use super::node_generation::APPLIED_HASH_ANNOTATION;
 use super::{Context, Error, apply_params, apply_status, delete_ignoring_missing, ready_event};
 use crate::api::{Condition, ConditionStatus, GeneratedNode, GeneratedNodeSpec};
 use crate::deploy::{self, Code, DeployDefaults, child_labels};
@@ -145,23 +146,25 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         .caches
         .services
         .get(&service_key)
-        .is_some_and(|s| applied_hash(&s.metadata) == applied_hash(&service.metadata));
+        .is_some_and(|s| s.data.applied_hash.as_deref() == applied_hash(&service.metadata));
     if !service_current {
         services
             .patch_metadata(&name, &params, &Patch::Apply(&service))
             .await?;
     }
     let cached = ctx.caches.deployments.get(&key);
-    let current = match cached {
-        Some(d) if applied_hash(&d.metadata) == applied_hash(&deployment.metadata) => (*d).clone(),
-        _ => {
-            deployments
-                .patch(&name, &params, &Patch::Apply(&deployment))
-                .await?
+    let rollout = match cached {
+        Some(d) if d.data.applied_hash.as_deref() == applied_hash(&deployment.metadata) => {
+            d.data.rollout
         }
+        _ => compact::rollout(
+            &deployments
+                .patch(&name, &params, &Patch::Apply(&deployment))
+                .await?,
+        ),
     };
 
-    let (mut conditions, ready_replicas) = summarise(&current, gn.spec.deploy.replicas);
+    let (mut conditions, ready_replicas) = summarise(&rollout, gn.spec.deploy.replicas);
     // Only a node that is not Ready needs its pods looked at (a scan of the Pods cache).
     let ready = conditions.iter().any(|c| c.type_ == READY && c.is_true());
     let health = if ready {
@@ -233,25 +236,6 @@ pub fn dependencies(gn: &GeneratedNode) -> Vec<String> {
     gn.spec.depends_on.clone()
 }
 
-/// Keep of a Deployment what a reconcile reads: the owner (whose reconcile its events trigger),
-/// the hash of what we applied, its generation and status. The pod template alone is most of
-/// a Deployment's size.
-pub fn slim_deployment(d: &mut k8s_openapi::api::apps::v1::Deployment) {
-    d.spec = None;
-    d.metadata.labels = None;
-    if let Some(annotations) = d.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k == APPLIED_HASH_ANNOTATION);
-    }
-}
-
-/// Keep of a Service its owner and the hash of what we applied: all a reconcile compares.
-pub fn slim_service(s: &mut kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Service>) {
-    s.metadata.labels = None;
-    if let Some(annotations) = s.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k == APPLIED_HASH_ANNOTATION);
-    }
-}
-
 fn stamp(meta: &mut ObjectMeta, hash: String) {
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
@@ -316,13 +300,7 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
         .caches
         .config_maps
         .get(&ObjectRef::new(&cm.name).within(ns));
-    if let Some(entry) = cached.as_ref().and_then(|c| {
-        c.metadata
-            .annotations
-            .as_ref()?
-            .get(ENTRY_ANNOTATION)
-            .cloned()
-    }) {
+    if let Some(entry) = cached.as_ref().and_then(|c| c.data.entry.clone()) {
         return Ok(entry_in(gn, &cm.name, &[key_for(&entry)]));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
@@ -363,25 +341,16 @@ fn entry_in(gn: &GeneratedNode, config_map: &str, keys: &[String]) -> Source {
 
 /// Conditions from the Deployment, with reasons of our own so the status only changes when the
 /// picture does (not on every intermediate Deployment update).
-pub fn summarise(d: &Deployment, want: i32) -> (Vec<Condition>, i32) {
-    let st = d.status.clone().unwrap_or_default();
-    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
-        && st.observed_generation.is_some();
-    let ready = st.ready_replicas.unwrap_or(0);
-    let available = st.available_replicas.unwrap_or(0);
-    let updated = st.updated_replicas.unwrap_or(0);
-    // Pods of every ReplicaSet: more than the updated ones means old pods still serve.
-    let total = st.replicas.unwrap_or(0);
-    let deployment_condition = |t: &str| {
-        st.conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == t)
-            .cloned()
-    };
-    let stalled = deployment_condition("Progressing").is_some_and(|c| {
-        c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
+pub fn summarise(rollout: &Rollout, want: i32) -> (Vec<Condition>, i32) {
+    let Rollout {
+        observed,
+        // Pods of every ReplicaSet: more than the updated ones means old pods still serve.
+        total,
+        updated,
+        ready,
+        available,
+        stalled,
+    } = *rollout;
     let mut out = Vec::new();
     let counts = format!("{available}/{want} replicas available");
     let is_available = want == 0 || (available >= want && want > 0);
@@ -512,7 +481,7 @@ fn observe_deploy(
 mod tests {
     use super::*;
     use crate::api::GeneratedNodeStatus;
-    use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
+    use crate::controller::fixtures::{CacheWriters, FakeApi, context};
     use crate::controller::index::ByNode;
     use k8s_openapi::api::apps::v1::DeploymentStatus;
 
@@ -532,7 +501,7 @@ mod tests {
             d
         };
         let ready_of = |d: &Deployment| {
-            let (conditions, _) = summarise(d, 1);
+            let (conditions, _) = summarise(&compact::rollout(d), 1);
             let ready = status::get(&conditions, READY).cloned().unwrap();
             (ready.status, ready.reason)
         };
@@ -641,13 +610,9 @@ mod tests {
             ..Default::default()
         });
         // Cached as the operator caches it.
-        slim_deployment(&mut applied);
-        assert!(applied.spec.is_none());
-        CacheWriters::apply(&mut caches.deployments, applied);
+        CacheWriters::apply(&mut caches.deployments, compact::deployment(&applied));
         let svc: Service = serde_json::from_value(fake.writes()[0].body.clone()).unwrap();
-        let mut svc = metadata_of(&svc);
-        slim_service(&mut svc);
-        CacheWriters::apply(&mut caches.services, svc);
+        CacheWriters::apply(&mut caches.services, compact::service(&svc.metadata));
         gn.status = Some(status);
         fake.clear();
         reconcile(Arc::new(gn.clone()), ctx.clone()).await.unwrap();
@@ -682,7 +647,7 @@ mod tests {
         let mut d = Deployment::default();
         d.metadata.name = Some("hello-effect".into());
         d.metadata.namespace = Some("ns".into());
-        CacheWriters::apply(&mut caches.deployments, d);
+        CacheWriters::apply(&mut caches.deployments, compact::deployment(&d));
         fake.clear();
         reconcile(Arc::new(disabled), ctx).await.unwrap();
         assert_eq!(fake.writes()[0].method, "DELETE");

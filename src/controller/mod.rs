@@ -3,6 +3,7 @@
 //! one intelligence client, one metrics registry and the caches below.
 
 mod backoff;
+pub mod compact;
 pub mod config;
 mod events;
 #[cfg(test)]
@@ -64,9 +65,9 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Caches {
     pub generated_nodes: Store<GeneratedNode>,
-    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<PartialObjectMeta<Service>>,
+    pub config_maps: Store<compact::CachedConfigMap>,
+    pub deployments: Store<compact::CachedDeployment>,
+    pub services: Store<compact::CachedService>,
     /// The nodes' pods, status only: why a node that will not start does not.
     pub pods: Store<Pod>,
     /// The pods above by the GeneratedNode they belong to.
@@ -399,21 +400,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let ns = config.namespace.as_deref();
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
 
-    // Caches of the children, each fed by the watch that also triggers the owner's reconcile.
-    let (cm_reader, config_maps) = cached(
+    // Compact caches of the children, each fed by the watch that also triggers the owner's
+    // reconcile.
+    let (cm_reader, cm_owners) = compact::cache::<_, _, _, NodeGeneration>(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
         managed.clone(),
-        |_| {},
+        compact::config_map_of,
     );
-    let (dep_reader, deployments) = cached(
+    let (dep_reader, dep_owners) = compact::cache::<_, _, _, GeneratedNode>(
         api::<Deployment>(&client, ns),
         managed.clone(),
-        generated_node::slim_deployment,
+        compact::deployment,
     );
-    let (svc_reader, services) = cached(
+    let (svc_reader, svc_owners) = compact::cache::<_, _, _, GeneratedNode>(
         api::<PartialObjectMeta<Service>>(&client, ns),
         managed.clone(),
-        generated_node::slim_service,
+        compact::service_of,
     );
     // The pods carry the Deployment's labels (ours among them); their status is all we read.
     let (pod_reader, pods) = cached(api::<Pod>(&client, ns), managed.clone(), pod_health::slim);
@@ -490,8 +492,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let node_generations = node_generations.applied_objects();
     let gn_controller = Controller::for_stream(generated_nodes, gn_reader)
         .with_config(controller_config.clone())
-        .owns_stream(changes(deployments))
-        .owns_stream(changes(services))
+        .reconcile_on(dep_owners)
+        .reconcile_on(svc_owners)
         .watches_stream(changes(pods), |pod: Pod| generated_node::of_pod(&pod));
     let gn_controller = gn_controller.reconcile_on(gn_dependents_rx);
     // A generation is reconciled for every status change of each of its nodes: wait for a
@@ -499,7 +501,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let ng_config = controller_config.debounce(NG_DEBOUNCE);
     let ng_controller = Controller::for_stream(node_generations, ng_reader)
         .with_config(ng_config)
-        .owns_stream(changes(config_maps))
+        .reconcile_on(cm_owners)
         .reconcile_on(gn_owner_rx);
     let ng_store = ng_controller.store();
     metrics.progress.watch(ng_store.clone());

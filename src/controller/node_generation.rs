@@ -21,7 +21,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{NodeLabels, domain_label};
 use super::{
-    Context, Error, apply_params, apply_status, delete_ignoring_missing, git_output, ready_event,
+    Context, Error, apply_params, apply_status, compact, delete_ignoring_missing, git_output,
+    ready_event,
 };
 use crate::api::Condition;
 use crate::api::{
@@ -31,7 +32,7 @@ use crate::api::{
 use crate::codegen::{self, Identity};
 use crate::manifest::Rejected;
 use crate::pipeline::{self, Outcome};
-use crate::publish::configmap::{self, CONTENT_HASH_ANNOTATION};
+use crate::publish::configmap;
 use crate::render::RenderedShared;
 use crate::status::{self, ANALYZED, DEPLOYED, GENERATED, PUBLISHED, READY, VALIDATED};
 use crate::trace::GenerationTrace;
@@ -805,14 +806,7 @@ fn config_map_current(ctx: &Context, ns: &str, desired: &ConfigMap) -> bool {
     ctx.caches
         .config_maps
         .get(&ObjectRef::new(&name).within(ns))
-        .is_some_and(|cached| {
-            annotation(&cached.metadata, CONTENT_HASH_ANNOTATION)
-                == annotation(&desired.metadata, CONTENT_HASH_ANNOTATION)
-                && annotation(&cached.metadata, ENTRY_ANNOTATION)
-                    == annotation(&desired.metadata, ENTRY_ANNOTATION)
-                && cached.metadata.labels == desired.metadata.labels
-                && cached.metadata.owner_references == desired.metadata.owner_references
-        })
+        .is_some_and(|cached| cached.data == compact::config_map(&desired.metadata).data)
 }
 
 /// Whether the cached GeneratedNode already is what `desired` would apply (and was not edited).
@@ -857,9 +851,8 @@ fn children_intact(ng: &NodeGeneration, status: &NodeGenerationStatus, ctx: &Con
                 .config_maps
                 .get(&ObjectRef::new(&code_config_map_name(&node.name)).within(&ns));
             let cm_ok = cm.is_some_and(|cm| {
-                annotation(&cm.metadata, CONTENT_HASH_ANNOTATION)
-                    == Some(node.content_hash.as_str())
-                    && owned_by(&cm.metadata, ng)
+                cm.data.content_hash.as_deref() == Some(node.content_hash.as_str())
+                    && cm.owned_by(ng.metadata.uid.as_deref())
             });
             gn_ok && cm_ok
         })
@@ -906,9 +899,11 @@ async fn delete_unplanned(
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     for cm in ctx.caches.config_maps.state() {
-        let cm_name = cm.name_any();
-        if ours(&cm.metadata) && !planned_cms.contains(&cm_name) {
-            delete_ignoring_missing(&cms, &cm_name).await?;
+        let ours = cm.namespace == ns
+            && cm.data.generation.as_deref() == Some(name)
+            && cm.owned_by(ng.metadata.uid.as_deref());
+        if ours && !planned_cms.contains(&cm.name) {
+            delete_ignoring_missing(&cms, &cm.name).await?;
         }
     }
     Ok(())
@@ -1102,7 +1097,7 @@ async fn write_status(
 mod tests {
     use super::*;
     use crate::api::PrdSource;
-    use crate::controller::fixtures::{CacheWriters, FakeApi, context, metadata_of};
+    use crate::controller::fixtures::{CacheWriters, FakeApi, context};
 
     const PRD: &str = "# Order Writer\n\n## Overview\nPersists incoming orders.\n\n## Functional Requirements\n- Write order records to PostgreSQL\n- Update an order's status\n";
 
@@ -1205,7 +1200,7 @@ mod tests {
                 ng.status = serde_json::from_value(r.body["status"].clone()).unwrap();
             } else if r.path().contains("/configmaps/") {
                 let cm: ConfigMap = serde_json::from_value(body).unwrap();
-                CacheWriters::apply(&mut caches.config_maps, metadata_of(&cm));
+                CacheWriters::apply(&mut caches.config_maps, compact::config_map(&cm.metadata));
             } else if r.path().contains("/generatednodes/") {
                 let gn: GeneratedNode = serde_json::from_value(body).unwrap();
                 CacheWriters::apply(&mut caches.generated_nodes, gn);
