@@ -70,6 +70,12 @@ impl<K, T> Cached<K, T> {
                 name: o.name.clone(),
                 uid: o.uid.clone(),
             });
+        Self::with_owner(meta, owner, data)
+    }
+
+    /// The entry of `meta`, owned by `owner` (a pod's node is named by a label, not an owner
+    /// reference).
+    pub fn with_owner(meta: &ObjectMeta, owner: Option<Owner>, data: T) -> Self {
         Cached {
             name: meta.name.clone().unwrap_or_default(),
             namespace: meta.namespace.clone().unwrap_or_default(),
@@ -233,10 +239,12 @@ pub fn rollout(d: &Deployment) -> Rollout {
 /// A cache of `api`'s objects as `compact` makes them, and the reconcile triggers of their
 /// owners (of kind `O`): one for every event of a new resourceVersion, deletions included. The
 /// triggers' stream drives the watch, so it must be polled (by `Controller::reconcile_on`).
+/// `observe` sees every event the cache takes in (to keep an index).
 pub fn cache<W, K, T, O>(
     api: Api<W>,
     config: watcher::Config,
     compact: fn(&W) -> Cached<K, T>,
+    mut observe: impl FnMut(&watcher::Event<Cached<K, T>>) + Send + 'static,
 ) -> (
     Store<Cached<K, T>>,
     impl Stream<Item = ObjectRef<O>> + Send + 'static,
@@ -262,6 +270,7 @@ where
                     let event = map_event(event, compact);
                     let owners = touched_owners::<K, T, O>(&reader, &event);
                     writer.apply_watcher_event(&event);
+                    observe(&event);
                     owners
                 }
                 Err(e) => {

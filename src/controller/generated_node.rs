@@ -223,12 +223,6 @@ fn is_ready(gn: &GeneratedNode) -> bool {
         .is_some_and(Condition::is_true)
 }
 
-/// The GeneratedNode a pod belongs to (its Deployment's `app.kubernetes.io/name` label).
-pub fn of_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<ObjectRef<GeneratedNode>> {
-    let name = pod.labels().get("app.kubernetes.io/name")?;
-    Some(ObjectRef::new(name).within(&pod.namespace()?))
-}
-
 /// The GeneratedNodes each one depends on (`spec.dependsOn`): a dependency's status change
 /// reconciles its dependents, so a system rolls out as soon as each node's dependencies are
 /// Ready.

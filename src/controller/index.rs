@@ -5,21 +5,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kube::Resource;
-use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher;
 
 use crate::api::GeneratedNode;
 
 /// Objects of kind `K` by the GeneratedNodes (of their namespace) that `names` finds in them.
-pub struct ByNode<K: Resource<DynamicType = ()>> {
+pub struct ByNode<K: Lookup<DynamicType = ()>> {
     names: fn(&K) -> Vec<String>,
     by_node: HashMap<ObjectRef<GeneratedNode>, HashSet<ObjectRef<K>>>,
     of: HashMap<ObjectRef<K>, Vec<ObjectRef<GeneratedNode>>>,
 }
 
-impl<K: Resource<DynamicType = ()>> ByNode<K> {
+impl<K: Lookup<DynamicType = ()>> ByNode<K> {
     pub fn new(names: fn(&K) -> Vec<String>) -> Self {
         ByNode {
             names,
@@ -36,14 +34,14 @@ impl<K: Resource<DynamicType = ()>> ByNode<K> {
                 self.of.clear();
             }
             watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => self.apply(obj),
-            watcher::Event::Delete(obj) => self.remove(&ObjectRef::from_obj(obj)),
+            watcher::Event::Delete(obj) => self.remove(&obj.to_object_ref(())),
             watcher::Event::InitDone => {}
         }
     }
 
     /// Take in an object as it is now.
     pub fn apply(&mut self, obj: &K) {
-        let me = ObjectRef::from_obj(obj);
+        let me = obj.to_object_ref(());
         self.remove(&me);
         let Some(ns) = obj.namespace() else { return };
         let nodes: Vec<_> = (self.names)(obj)

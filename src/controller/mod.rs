@@ -72,10 +72,10 @@ pub struct Caches {
     pub config_maps: Store<compact::CachedConfigMap>,
     pub deployments: Store<compact::CachedDeployment>,
     pub services: Store<compact::CachedService>,
-    /// The nodes' pods, status only: why a node that will not start does not.
-    pub pods: Store<Pod>,
+    /// The nodes' pods, what their status says of a node that will not start.
+    pub pods: Store<pod_health::CachedPod>,
     /// The pods above by the GeneratedNode they belong to.
-    pub pods_by_node: Arc<std::sync::Mutex<ByNode<Pod>>>,
+    pub pods_by_node: Arc<std::sync::Mutex<ByNode<pod_health::CachedPod>>>,
     /// True once every cache above has its first full list.
     pub synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -340,19 +340,6 @@ where
     (reader, events)
 }
 
-/// The objects a watch touched (deletions included), once per new resourceVersion: what
-/// triggers an owner's reconcile.
-fn changes<K>(
-    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + Send + 'static,
-{
-    events
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, Default::default())
-}
-
 /// Run the operator until a signal (or a lost lease) stops it.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -402,7 +389,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             .or_else(|| config.intelligence.kafka_bootstrap_servers.clone()),
     };
     let ns = config.namespace.as_deref();
-    let managed = watcher::Config::default().page_size(LIST_PAGE).labels(MANAGED_SELECTOR);
+    let managed = watcher::Config::default()
+        .page_size(LIST_PAGE)
+        .labels(MANAGED_SELECTOR);
 
     // Compact caches of the children, each fed by the watch that also triggers the owner's
     // reconcile.
@@ -410,27 +399,34 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
         managed.clone(),
         compact::config_map_of,
+        |_| {},
     );
     let (dep_reader, dep_owners) = compact::cache::<_, _, _, GeneratedNode>(
         api::<Deployment>(&client, ns),
         managed.clone(),
         compact::deployment,
+        |_| {},
     );
     let (svc_reader, svc_owners) = compact::cache::<_, _, _, GeneratedNode>(
         api::<PartialObjectMeta<Service>>(&client, ns),
         managed.clone(),
         compact::service_of,
+        |_| {},
     );
     // The pods carry the Deployment's labels (ours among them); their status is all we read.
-    let (pod_reader, pods) = cached(api::<Pod>(&client, ns), managed.clone(), pod_health::slim);
     let pods_by_node = Arc::new(std::sync::Mutex::new(ByNode::new(pod_health::node_of)));
-    let pods = {
+    let (pod_reader, pod_owners) = {
         let index = pods_by_node.clone();
-        pods.inspect(move |event| {
-            if let (Ok(event), Ok(mut index)) = (event, index.lock()) {
-                index.update(event);
-            }
-        })
+        compact::cache::<_, _, _, GeneratedNode>(
+            api::<Pod>(&client, ns),
+            managed.clone(),
+            pod_health::cached,
+            move |event| {
+                if let Ok(mut index) = index.lock() {
+                    index.update(event);
+                }
+            },
+        )
     };
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(
@@ -491,14 +487,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (ng_reader, node_generations) = cached(
         api::<NodeGeneration>(&client, ns),
         everything,
-        node_generation::drop_prd_text,
+        node_generation::trim_cached,
     );
     let node_generations = node_generations.applied_objects();
     let gn_controller = Controller::for_stream(generated_nodes, gn_reader)
         .with_config(controller_config.clone())
         .reconcile_on(dep_owners)
         .reconcile_on(svc_owners)
-        .watches_stream(changes(pods), |pod: Pod| generated_node::of_pod(&pod));
+        .reconcile_on(pod_owners);
     let gn_controller = gn_controller.reconcile_on(gn_dependents_rx);
     // A generation is reconciled for every status change of each of its nodes: wait for a
     // burst (a system's nodes moving together) to end, and write its status once.

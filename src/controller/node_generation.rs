@@ -178,28 +178,31 @@ async fn reconcile_inner(cached: &NodeGeneration, ctx: &Context) -> Result<Actio
         tracing::debug!("suspended; nothing to do");
         return Ok(Action::await_change());
     }
-    let mut ng = cached;
-    let mut prd = resolve_prd(ng, ctx, &ns).await?;
-    let mut handlers = resolve_handlers(ng, ctx, &ns).await?;
-    let mut input_hash = input_hash(ng, &prd, &handlers, ctx.renderer.fingerprint());
-    if let Some(action) = settled_action(ng, &input_hash, ctx, &ns).await? {
+    let mut prd = resolve_prd(cached, ctx, &ns).await?;
+    let mut handlers = resolve_handlers(cached, ctx, &ns).await?;
+    let input_hash = input_hash(cached, &prd, &handlers, ctx.renderer.fingerprint());
+    if let Some(action) = settled_action(cached, &input_hash, ctx, &ns).await? {
         return Ok(action);
     }
 
-    // This generation must run: read the PRD the cache dropped, from the object as it is now.
-    let full;
-    if matches!(&prd, Ok(p) if p.text.is_none()) {
-        let api: Api<NodeGeneration> = Api::namespaced(ctx.client.clone(), &ns);
-        let Some(mut read) = api.get_opt(&name).await? else {
-            return Ok(Action::await_change());
-        };
-        forget_cached_digest(&mut read);
-        full = read;
-        ng = &full;
-        prd = resolve_prd(ng, ctx, &ns).await?;
-        handlers = resolve_handlers(ng, ctx, &ns).await?;
-        input_hash = self::input_hash(ng, &prd, &handlers, ctx.renderer.fingerprint());
+    // This generation must run, from the object as it is now: the cache dropped its inline
+    // PRD and the parts of its status that only a run or a status write needs.
+    let api: Api<NodeGeneration> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(mut full) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    forget_cached_digest(&mut full);
+    if matches!(&prd, Ok(p) if p.text.is_none())
+        || full.spec.prd != cached.spec.prd
+        || full.spec.prd_from != cached.spec.prd_from
+    {
+        prd = resolve_prd(&full, ctx, &ns).await?;
     }
+    if full.spec.handlers != cached.spec.handlers {
+        handlers = resolve_handlers(&full, ctx, &ns).await?;
+    }
+    let input_hash = self::input_hash(&full, &prd, &handlers, ctx.renderer.fingerprint());
+    let ng = &full;
     let generation = ng.metadata.generation.unwrap_or(0);
     let current = ng.status.clone().unwrap_or_default();
 
@@ -584,15 +587,24 @@ async fn resolve_handlers(
 /// dropped: the text is read again only when the generation must run.
 const CACHED_PRD_DIGEST: &str = "codegen.omninode.ai/cached-prd-sha256";
 
-/// Replace a cached NodeGeneration's inline PRD by its digest: all a reconcile needs to decide
-/// whether the generation must run (PRDs are most of a NodeGeneration's size).
-pub fn drop_prd_text(ng: &mut NodeGeneration) {
+/// Keep of a NodeGeneration what a reconcile reads to decide that a generation is settled:
+/// its inline PRD becomes a digest (PRDs are most of a NodeGeneration's size), and its status
+/// loses what only a run or a status write needs (the analysis, the list of ConfigMaps, the
+/// trace id). Both read the object from the API server first.
+pub fn trim_cached(ng: &mut NodeGeneration) {
     forget_cached_digest(ng);
     if let Some(text) = ng.spec.prd.take() {
         ng.metadata
             .annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(CACHED_PRD_DIGEST.into(), sha256_hex(&text));
+    }
+    if let Some(status) = ng.status.as_mut() {
+        status.analysis = None;
+        status.trace_id = None;
+        if let Some(output) = status.output.as_mut() {
+            output.config_maps = Vec::new();
+        }
     }
 }
 
@@ -959,6 +971,37 @@ async fn refresh_nodes(
     ns: &str,
     current: &NodeGenerationStatus,
 ) -> Result<(), Error> {
+    if refreshed(ng, ctx, ns, current) == *current {
+        return Ok(());
+    }
+    // The cached status is trimmed (`trim_cached`): write from the server's copy.
+    let api: Api<NodeGeneration> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(mut full) = api.get_opt(&ng.name_any()).await? else {
+        return Ok(());
+    };
+    forget_cached_digest(&mut full);
+    let current = full.status.clone().unwrap_or_default();
+    let next = refreshed(&full, ctx, ns, &current);
+    if next == current {
+        return Ok(());
+    }
+    let (before, after) = (
+        status::get(&current.conditions, READY),
+        status::get(&next.conditions, READY),
+    );
+    if before.map(|c| (&c.status, &c.reason)) != after.map(|c| (&c.status, &c.reason)) {
+        super::ready_event(ctx, &full.object_ref(&()), before, after, |_| true).await;
+    }
+    apply_status(ctx, &full, &next).await
+}
+
+/// `current` with the system's node states and `Deployed`/`Ready` as the GeneratedNodes say.
+fn refreshed(
+    ng: &NodeGeneration,
+    ctx: &Context,
+    ns: &str,
+    current: &NodeGenerationStatus,
+) -> NodeGenerationStatus {
     let mut next = current.clone();
     if let Some(system) = &current.system {
         let mut refreshed = system.clone();
@@ -1012,17 +1055,7 @@ async fn refresh_nodes(
         }
         status::sort(&mut next.conditions);
     }
-    if &next == current {
-        return Ok(());
-    }
-    let (before, after) = (
-        status::get(&current.conditions, READY),
-        status::get(&next.conditions, READY),
-    );
-    if before.map(|c| (&c.status, &c.reason)) != after.map(|c| (&c.status, &c.reason)) {
-        super::ready_event(ctx, &ng.object_ref(&()), before, after, |_| true).await;
-    }
-    apply_status(ctx, ng, &next).await
+    next
 }
 
 /// `<node>: <reason>: <message>` when GeneratedNode `name` cannot start.
@@ -1320,7 +1353,7 @@ mod tests {
         stored(&fake, &ng);
         let stripped = |ng: &NodeGeneration| {
             let mut cached = ng.clone();
-            drop_prd_text(&mut cached);
+            trim_cached(&mut cached);
             assert_eq!(cached.spec.prd, None);
             Arc::new(cached)
         };
@@ -1372,6 +1405,62 @@ mod tests {
             .find(|r| r.path().ends_with("/status"))
             .unwrap();
         assert_eq!(status_write.body["status"]["observedGeneration"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_settled_generation_writes_a_failing_node_from_the_servers_whole_status() {
+        let fake = FakeApi::default();
+        let (ctx, mut caches) = context(&fake);
+        let mut ng = ng(PRD);
+        stored(&fake, &ng);
+        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        settle(&fake, &mut ng, &mut caches);
+        stored(&fake, &ng);
+        let whole = ng.status.clone().unwrap();
+        assert!(whole.analysis.is_some() && whole.trace_id.is_some());
+
+        // Its node cannot start.
+        let key = ObjectRef::new("orders-order-writer-effect").within("ns");
+        let mut gn = (*ctx.caches.generated_nodes.get(&key).unwrap()).clone();
+        gn.status = Some(crate::api::GeneratedNodeStatus {
+            conditions: vec![Condition::new(
+                READY,
+                ConditionStatus::False,
+                "CrashLoopBackOff",
+                "pod p: container node CrashLoopBackOff",
+            )],
+            ..Default::default()
+        });
+        CacheWriters::apply(&mut caches.generated_nodes, gn);
+        let mut cached = ng.clone();
+        trim_cached(&mut cached);
+        let trimmed = cached.status.as_ref().unwrap();
+        assert!(trimmed.analysis.is_none() && trimmed.trace_id.is_none());
+        assert!(trimmed.output.as_ref().unwrap().config_maps.is_empty());
+        fake.clear();
+        reconcile(Arc::new(cached), ctx.clone()).await.unwrap();
+
+        // One read of the object, and a status written from it: nothing the cache dropped is lost.
+        let reads: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| !r.is_write())
+            .collect();
+        assert_eq!(reads.len(), 1, "{reads:#?}");
+        let write = fake
+            .writes()
+            .into_iter()
+            .find(|r| r.path().ends_with("/status"))
+            .unwrap();
+        let written: NodeGenerationStatus =
+            serde_json::from_value(write.body["status"].clone()).unwrap();
+        assert_eq!(
+            status::get(&written.conditions, READY).unwrap().reason,
+            NODE_FAILING
+        );
+        assert_eq!(written.analysis, whole.analysis);
+        assert_eq!(written.trace_id, whole.trace_id);
+        assert_eq!(written.output, whole.output);
     }
 
     fn failed_without_children(fake: &FakeApi) -> Condition {
@@ -1493,6 +1582,7 @@ mod tests {
         let fake = FakeApi::default();
         *fake.fail_writes_to.lock().unwrap() = Some("/generatednodes/".into());
         let (ctx, _caches) = context(&fake);
+        stored(&fake, &ng(PRD));
         let err = reconcile(Arc::new(ng(PRD)), ctx.clone()).await.unwrap_err();
         assert!(matches!(err, Error::Kube(_)), "{err}");
         assert!(!writes_to(&fake).iter().any(|w| w.ends_with("/status")));

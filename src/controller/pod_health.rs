@@ -7,11 +7,12 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::compact::{Cached, Owner};
 use super::index::ByNode;
 
 /// Waiting reasons that mean the container will not start without a change.
@@ -51,17 +52,53 @@ pub struct Health {
     pub recheck_in: Option<Duration>,
 }
 
+/// What [`health`] reads of a pod, worked out when its watch delivers it: the Pods cache holds
+/// one per replica of every node, and a pod's spec and status are kilobytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodState {
+    /// Being deleted: its containers' states no longer speak for the node.
+    pub deleting: bool,
+    /// A container that will not start: the kubelet's reason and a message naming it.
+    pub failure: Option<(String, String)>,
+    /// A started container that is not ready, and since when that counts (see [`unready`]).
+    pub unready: Option<Unready>,
+}
+
+/// A running, started container that is not ready.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unready {
+    pub container: String,
+    /// The later of its start and the pod's last turn to unready.
+    pub since: Timestamp,
+}
+
+pub type CachedPod = Cached<Pod, PodState>;
+
+/// The cache entry of a pod; its owner is the GeneratedNode its label names.
+pub fn cached(pod: &Pod) -> CachedPod {
+    let node = pod.labels().get(NAME_LABEL).map(|name| Owner {
+        name: name.clone(),
+        uid: String::new(),
+    });
+    let state = PodState {
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+        failure: pod_failure(pod),
+        unready: unready_since(pod),
+    };
+    Cached::with_owner(&pod.metadata, node, state)
+}
+
 /// The GeneratedNode a pod belongs to (its Deployment's selector label), as the index of pods
 /// by node wants it.
-pub fn node_of(pod: &Pod) -> Vec<String> {
-    pod.labels().get(NAME_LABEL).cloned().into_iter().collect()
+pub fn node_of(pod: &CachedPod) -> Vec<String> {
+    pod.owner.iter().map(|o| o.name.clone()).collect()
 }
 
 /// The health of GeneratedNode `name`'s pods in `ns` at `now`. Pods are looked at in name
 /// order, so the answer is stable while nothing changes.
 pub fn health(
-    pods: &Store<Pod>,
-    by_node: &Mutex<ByNode<Pod>>,
+    pods: &Store<CachedPod>,
+    by_node: &Mutex<ByNode<CachedPod>>,
     ns: &str,
     name: &str,
     now: Timestamp,
@@ -73,14 +110,14 @@ pub fn health(
     let mut mine: Vec<_> = refs
         .iter()
         .filter_map(|r| pods.get(r))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !p.data.deleting)
         .collect();
-    mine.sort_by_key(|p| p.name_any());
+    mine.sort_by(|a, b| a.name.cmp(&b.name));
     let unready: Vec<Health> = mine.iter().map(|p| unready(p, now)).collect();
     let failure = mine
         .iter()
         .zip(&unready)
-        .find_map(|(p, u)| pod_failure(p).or_else(|| u.failure.clone()));
+        .find_map(|(p, u)| p.data.failure.clone().or_else(|| u.failure.clone()));
     let recheck_in = unready.iter().filter_map(|u| u.recheck_in).min();
     Health {
         failure,
@@ -88,95 +125,47 @@ pub fn health(
     }
 }
 
-/// Keep of a pod only what [`health`] and the pod watch's mapper read: its name, namespace,
-/// node label and deletion mark, its `Ready` condition and its containers' states. The Pods
-/// cache holds an entry per replica of every node, and the spec alone is most of a pod.
-pub fn slim(pod: &mut Pod) {
-    pod.spec = None;
-    let meta = &mut pod.metadata;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.generate_name = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == NAME_LABEL);
-    }
-    if let Some(status) = pod.status.take() {
-        let containers = |list: Option<Vec<ContainerStatus>>| {
-            list.map(|l| {
-                l.into_iter()
-                    .map(|c| ContainerStatus {
-                        name: c.name,
-                        ready: c.ready,
-                        started: c.started,
-                        state: c.state,
-                        last_state: c.last_state,
-                        restart_count: c.restart_count,
-                        ..Default::default()
-                    })
-                    .collect()
-            })
+/// A pod's started container that is not ready: failing once it has run for
+/// [`READINESS_GRACE`] and the pod has been unready as long; else when to look again.
+fn unready(pod: &CachedPod, now: Timestamp) -> Health {
+    let Some(u) = &pod.data.unready else {
+        return Health::default();
+    };
+    let grace = READINESS_GRACE.as_secs() as i64;
+    let waited = now.as_second() - u.since.as_second();
+    if waited >= grace {
+        let message = format!(
+            "pod {}: container {} is running but has not passed its readiness probe for {}s",
+            pod.name, u.container, grace
+        );
+        return Health {
+            failure: Some((READINESS_FAILING.to_string(), message)),
+            recheck_in: None,
         };
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            conditions: status
-                .conditions
-                .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
-            container_statuses: containers(status.container_statuses),
-            init_container_statuses: containers(status.init_container_statuses),
-            ..Default::default()
-        });
+    }
+    Health {
+        failure: None,
+        recheck_in: Some(Duration::from_secs((grace - waited).max(1) as u64)),
     }
 }
 
-/// A running, started container of `pod` that is not ready: failing once it has run for
-/// [`READINESS_GRACE`] and the pod has been unready as long; else when to look again.
-fn unready(pod: &Pod, now: Timestamp) -> Health {
-    let Some(status) = pod.status.as_ref() else {
-        return Health::default();
-    };
+/// The first running, started container of an unready pod that is not ready itself.
+fn unready_since(pod: &Pod) -> Option<Unready> {
+    let status = pod.status.as_ref()?;
     let since_unready = status
         .conditions
         .iter()
         .flatten()
         .find(|c| c.type_ == "Ready" && c.status == "False")
-        .and_then(|c| c.last_transition_time.as_ref())
-        .map(|t| t.0);
-    let Some(since_unready) = since_unready else {
-        return Health::default();
-    };
-    let grace = READINESS_GRACE.as_secs() as i64;
-    for c in status.container_statuses.iter().flatten() {
-        let Some(started_at) = c
-            .state
-            .as_ref()
-            .and_then(|s| s.running.as_ref())
-            .and_then(|r| r.started_at.as_ref())
-        else {
-            continue;
-        };
-        if c.ready || c.started != Some(true) {
-            continue;
-        }
-        let since = started_at.0.max(since_unready);
-        let waited = now.as_second() - since.as_second();
-        if waited >= grace {
-            let message = format!(
-                "pod {}: container {} is running but has not passed its readiness probe for {}s",
-                pod.name_any(),
-                c.name,
-                grace
-            );
-            return Health {
-                failure: Some((READINESS_FAILING.to_string(), message)),
-                recheck_in: None,
-            };
-        }
-        return Health {
-            failure: None,
-            recheck_in: Some(Duration::from_secs((grace - waited).max(1) as u64)),
-        };
-    }
-    Health::default()
+        .and_then(|c| c.last_transition_time.as_ref())?
+        .0;
+    status.container_statuses.iter().flatten().find_map(|c| {
+        let started_at = c.state.as_ref()?.running.as_ref()?.started_at.as_ref()?;
+        (!c.ready && c.started == Some(true)).then(|| Unready {
+            container: c.name.clone(),
+            since: started_at.0.max(since_unready),
+        })
+    })
 }
 
 fn pod_failure(pod: &Pod) -> Option<(String, String)> {
@@ -332,10 +321,10 @@ mod tests {
         let now = |s: i64| Timestamp::from_second(s).unwrap();
         let p = unready_pod(1_000, 1_010, false);
         // 20 s after it became unready: look again in 10 s.
-        let early = unready(&p, now(1_030));
+        let early = unready(&cached(&p), now(1_030));
         assert_eq!(early.failure, None);
         assert_eq!(early.recheck_in, Some(Duration::from_secs(10)));
-        let late = unready(&p, now(1_040));
+        let late = unready(&cached(&p), now(1_040));
         let (reason, message) = late.failure.unwrap();
         assert_eq!(reason, READINESS_FAILING);
         assert_eq!(
@@ -344,10 +333,10 @@ mod tests {
         );
         assert!(is_failing(&reason));
         // The message does not change as time goes on (status writes stay put).
-        assert_eq!(unready(&p, now(5_000)).failure.unwrap().1, message);
+        assert_eq!(unready(&cached(&p), now(5_000)).failure.unwrap().1, message);
         // A ready pod is healthy and needs no second look.
         assert_eq!(
-            unready(&unready_pod(1_000, 1_010, true), now(9_000)),
+            unready(&cached(&unready_pod(1_000, 1_010, true)), now(9_000)),
             Health::default()
         );
     }
@@ -367,7 +356,7 @@ mod tests {
         let crashing = of_node("n", "n-abc", pod(status("CrashLoopBackOff", "", Some(1))));
         let other = of_node("m", "m-abc", pod(status("ErrImagePull", "x", None)));
         for p in [&crashing, &other] {
-            let event = Event::Apply(p.clone());
+            let event = Event::Apply(cached(p));
             writer.apply_watcher_event(&event);
             index.lock().unwrap().update(&event);
         }
@@ -376,14 +365,14 @@ mod tests {
         assert_eq!(failure("n").unwrap().0, "CrashLoopBackOff");
         assert_eq!(failure("m").unwrap().0, "ErrImagePull");
         assert_eq!(failure("other"), None);
-        let gone = Event::Delete(crashing);
+        let gone = Event::Delete(cached(&crashing));
         writer.apply_watcher_event(&gone);
         index.lock().unwrap().update(&gone);
         assert_eq!(failure("n"), None);
     }
 
     #[test]
-    fn a_slimmed_pod_tells_the_same_health() {
+    fn a_pods_entry_keeps_what_its_health_needs() {
         use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec};
         let now = Timestamp::from_second(1_040).unwrap();
         let full = |mut p: Pod| {
@@ -416,20 +405,22 @@ mod tests {
             }
             p
         };
-        for p in [
-            full(unready_pod(1_000, 1_010, false)),
-            full(pod(status("CrashLoopBackOff", "back-off", Some(1)))),
-            full(pod(status("ContainerCreating", "", None))),
-        ] {
-            let mut slimmed = p.clone();
-            slim(&mut slimmed);
-            assert!(slimmed.spec.is_none() && slimmed.metadata.annotations.is_none());
-            assert_eq!(slimmed.labels().len(), 1);
-            assert_eq!(pod_failure(&slimmed), pod_failure(&p));
-            assert_eq!(unready(&slimmed, now), unready(&p, now));
-            let size = |p: &Pod| serde_json::to_string(p).unwrap().len();
-            assert!(size(&slimmed) * 2 < size(&p), "{slimmed:?}");
+        let unready_since = unready_pod(1_000, 1_010, false);
+        let crashing = pod(status("CrashLoopBackOff", "back-off", Some(1)));
+        let creating = pod(status("ContainerCreating", "", None));
+        // The spec, the other labels and annotations, the image: nothing the entry depends on.
+        for p in [&unready_since, &crashing, &creating] {
+            assert_eq!(cached(&full(p.clone())).data, cached(p).data);
+            assert_eq!(node_of(&cached(&full(p.clone()))), ["n"]);
         }
+        let entry = cached(&unready_since);
+        assert_eq!(entry.data.failure, None);
+        assert_eq!(
+            unready(&entry, now).failure.map(|f| f.0).as_deref(),
+            Some(READINESS_FAILING)
+        );
+        assert_eq!(cached(&crashing).data.failure, pod_failure(&crashing));
+        assert_eq!(cached(&creating).data, PodState::default());
     }
 
     #[test]
