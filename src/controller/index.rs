@@ -41,7 +41,9 @@ impl<K: Lookup<DynamicType = ()>> ByNode<K> {
 
     /// Take in an object as it is now.
     pub fn apply(&mut self, obj: &K) {
-        let me = obj.to_object_ref(());
+        let mut me = obj.to_object_ref(());
+        // Its resourceVersion and uid would be copied into both maps, and nothing reads them.
+        me.extra = Default::default();
         self.remove(&me);
         let Some(ns) = obj.namespace() else { return };
         let nodes: Vec<_> = (self.names)(obj)
