@@ -23,7 +23,7 @@ use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
-use crate::api::LABEL_GENERATION;
+use crate::api::{GeneratedNode, LABEL_GENERATION, NodeGeneration};
 use crate::publish::configmap::CONTENT_HASH_ANNOTATION;
 
 /// A cached child of kind `K`: its identity, its controller and the fields `T` a reconcile reads.
@@ -195,7 +195,7 @@ pub fn config_map(meta: &ObjectMeta) -> CachedConfigMap {
             .and_then(|l| l.get(LABEL_GENERATION).cloned()),
         shape: shape(meta.labels.as_ref(), meta.owner_references.as_ref()),
     };
-    Cached::new(meta, "NodeGeneration", data)
+    Cached::new(meta, &<NodeGeneration as Resource>::kind(&()), data)
 }
 
 /// The cache entry of a node's Deployment (owned by a GeneratedNode).
@@ -204,7 +204,7 @@ pub fn deployment(d: &Deployment) -> CachedDeployment {
         applied_hash: annotation(&d.metadata, APPLIED_HASH_ANNOTATION),
         rollout: rollout(d),
     };
-    Cached::new(&d.metadata, "GeneratedNode", data)
+    Cached::new(&d.metadata, &<GeneratedNode as Resource>::kind(&()), data)
 }
 
 /// The cache entry of a node's Service (owned by a GeneratedNode).
@@ -212,7 +212,7 @@ pub fn service(meta: &ObjectMeta) -> CachedService {
     let data = ServiceState {
         applied_hash: annotation(meta, APPLIED_HASH_ANNOTATION),
     };
-    Cached::new(meta, "GeneratedNode", data)
+    Cached::new(meta, &<GeneratedNode as Resource>::kind(&()), data)
 }
 
 /// The rollout counts of `d`.
@@ -339,7 +339,6 @@ mod tests {
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
 
     use super::*;
-    use crate::api::NodeGeneration;
 
     fn code_config_map(rv: &str, owner_uid: &str) -> ObjectMeta {
         ObjectMeta {

@@ -165,7 +165,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     };
 
     let (mut conditions, ready_replicas) = summarise(&rollout, gn.spec.deploy.replicas);
-    // Only a node that is not Ready needs its pods looked at (a scan of the Pods cache).
+    // Only a node that is not Ready needs its pods looked at.
     let ready = conditions.iter().any(|c| c.type_ == READY && c.is_true());
     let health = if ready {
         Default::default()
