@@ -49,8 +49,9 @@ pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=omninode-operat
 const NG_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Objects per page of a cache's (re)list. Each page is decoded whole, with its managed fields,
 /// before the cache trims it; six caches list at once after a restart, so kube-runtime's 500
-/// made the restart, not the steady state, the operator's memory peak.
-const LIST_PAGE: u32 = 100;
+/// made the restart, not the steady state, the operator's memory peak (at 5,000 generations:
+/// 211 MiB; 128 MiB with 250, 123 MiB with 100 but twice the lists and a slower resync).
+const LIST_PAGE: u32 = 250;
 
 /// What a reconcile can fail with; every variant is retried with per-object backoff.
 #[derive(Debug, thiserror::Error)]
