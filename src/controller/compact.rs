@@ -267,7 +267,7 @@ where
         .filter_map(move |event| {
             let owners = match event {
                 Ok(event) => {
-                    let event = map_event(event, compact);
+                    let event = map_event(event, |o| compact(&o));
                     let owners = touched_owners::<K, T, O>(&reader, &event);
                     writer.apply_watcher_event(&event);
                     observe(&event);
@@ -284,11 +284,15 @@ where
     (store, triggers)
 }
 
-fn map_event<K, C>(event: watcher::Event<K>, compact: fn(&K) -> C) -> watcher::Event<C> {
+/// The watch event of `compact(object)`.
+pub fn map_event<K, C>(
+    event: watcher::Event<K>,
+    mut compact: impl FnMut(K) -> C,
+) -> watcher::Event<C> {
     match event {
-        watcher::Event::Apply(o) => watcher::Event::Apply(compact(&o)),
-        watcher::Event::Delete(o) => watcher::Event::Delete(compact(&o)),
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(compact(&o)),
+        watcher::Event::Apply(o) => watcher::Event::Apply(compact(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(compact(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(compact(o)),
         watcher::Event::Init => watcher::Event::Init,
         watcher::Event::InitDone => watcher::Event::InitDone,
     }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use kube::Client;
@@ -13,8 +12,9 @@ use kube::runtime::reflector::{self, Lookup, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
+use super::cached_node::CachedNode;
 use super::{Caches, Context, ControllerMetrics, compact};
-use crate::api::GeneratedNode;
+
 use crate::deploy::DeployDefaults;
 use crate::render::Renderer;
 
@@ -164,7 +164,7 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 
 /// Writers that fill the caches the way the watches would.
 pub struct CacheWriters {
-    pub generated_nodes: Writer<GeneratedNode>,
+    pub generated_nodes: Writer<CachedNode>,
     pub config_maps: Writer<compact::CachedConfigMap>,
     pub deployments: Writer<compact::CachedDeployment>,
     pub services: Writer<compact::CachedService>,
@@ -209,7 +209,6 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
             ))),
             synced: tokio::sync::watch::channel(true).1,
         },
-        Duration::from_secs(3600),
     );
     (
         Arc::new(ctx),

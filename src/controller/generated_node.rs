@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use super::cached_node::CachedNode;
 use super::compact::{self, Rollout};
 use super::node_generation::APPLIED_HASH_ANNOTATION;
 use super::{Context, Error, apply_params, apply_status, delete_ignoring_missing, ready_event};
@@ -32,17 +33,18 @@ const AVAILABLE: &str = "Available";
 const PROGRESSING: &str = "Progressing";
 const READY: &str = "Ready";
 
-pub async fn reconcile(gn: Arc<GeneratedNode>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<CachedNode>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _running = ctx.metrics.running(CONTROLLER);
     let started = Instant::now();
     let span = tracing::info_span!(
         "reconcile",
         controller = CONTROLLER,
-        namespace = gn.namespace().unwrap_or_default(),
-        name = %gn.name_any(),
+        namespace = cached.namespace().unwrap_or_default(),
+        name = %cached.name_any(),
     );
+    let gn = cached.to_object();
     let result = reconcile_inner(&gn, &ctx).instrument(span).await;
-    ctx.finish(CONTROLLER, gn.as_ref(), started, result.is_ok());
+    ctx.finish(CONTROLLER, &gn, started, result.is_ok());
     result
 }
 
@@ -185,10 +187,11 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         }
     }
     write_status(gn, ctx, conditions, Some(ready_replicas)).await?;
-    // An unready pod within its grace gets no event when the grace runs out: look then.
-    Ok(Action::requeue(
-        health.recheck_in.map_or(ctx.resync, |d| d.min(ctx.resync)),
-    ))
+    // An unready pod within its grace gets no event when the grace runs out: look then. The
+    // periodic re-check is the resync sweep's (`resync`).
+    Ok(health
+        .recheck_in
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 /// The conditions of a node that gets no Deployment (yet): all three False, for one reason.
@@ -216,7 +219,7 @@ fn unready_dependencies(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Vec<Stri
         .collect()
 }
 
-fn is_ready(gn: &GeneratedNode) -> bool {
+fn is_ready(gn: &CachedNode) -> bool {
     gn.status
         .as_ref()
         .and_then(|s| status::get(&s.conditions, READY))
@@ -226,7 +229,7 @@ fn is_ready(gn: &GeneratedNode) -> bool {
 /// The GeneratedNodes each one depends on (`spec.dependsOn`): a dependency's status change
 /// reconciles its dependents, so a system rolls out as soon as each node's dependencies are
 /// Ready.
-pub fn dependencies(gn: &GeneratedNode) -> Vec<String> {
+pub fn dependencies(gn: &CachedNode) -> Vec<String> {
     gn.spec.depends_on.clone()
 }
 
@@ -543,7 +546,9 @@ mod tests {
         hand_written_code(&fake);
         let (ctx, mut caches) = context(&fake);
         let mut gn = gn();
-        reconcile(Arc::new(gn.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedNode::from(gn.clone())), ctx.clone())
+            .await
+            .unwrap();
         let writes: Vec<String> = fake
             .writes()
             .iter()
@@ -609,14 +614,18 @@ mod tests {
         CacheWriters::apply(&mut caches.services, compact::service(&svc.metadata));
         gn.status = Some(status);
         fake.clear();
-        reconcile(Arc::new(gn.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedNode::from(gn.clone())), ctx.clone())
+            .await
+            .unwrap();
         let writes = fake.writes();
         assert_eq!(writes.len(), 2, "{writes:#?}");
         assert!(writes[0].path().ends_with("/status"));
         assert_eq!(writes[1].body["reason"], "DeploymentReady");
         gn.status = serde_json::from_value(writes[0].body["status"].clone()).unwrap();
         fake.clear();
-        reconcile(Arc::new(gn), ctx).await.unwrap();
+        reconcile(Arc::new(CachedNode::from(gn)), ctx)
+            .await
+            .unwrap();
         assert!(fake.writes().is_empty(), "{:#?}", fake.writes());
     }
 
@@ -628,7 +637,9 @@ mod tests {
             "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
             serde_json::to_value(gn()).unwrap(),
         );
-        reconcile(Arc::new(gn()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedNode::from(gn())), ctx.clone())
+            .await
+            .unwrap();
         let status: GeneratedNodeStatus =
             serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
         assert_eq!(
@@ -643,7 +654,9 @@ mod tests {
         d.metadata.namespace = Some("ns".into());
         CacheWriters::apply(&mut caches.deployments, compact::deployment(&d));
         fake.clear();
-        reconcile(Arc::new(disabled), ctx).await.unwrap();
+        reconcile(Arc::new(CachedNode::from(disabled)), ctx)
+            .await
+            .unwrap();
         assert_eq!(fake.writes()[0].method, "DELETE");
         assert!(
             fake.writes()[0]
@@ -663,7 +676,7 @@ mod tests {
             "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
             serde_json::to_value(node).unwrap(),
         );
-        reconcile(Arc::new(node.clone()), ctx.clone())
+        reconcile(Arc::new(CachedNode::from(node.clone())), ctx.clone())
             .await
             .unwrap();
         let writes = fake.writes();
@@ -697,7 +710,9 @@ mod tests {
         // On an image of its own the node checks for itself: the operator deploys it.
         node.spec.deploy.image = Some("registry.example/custom:1".into());
         fake.clear();
-        reconcile(Arc::new(node), ctx).await.unwrap();
+        reconcile(Arc::new(CachedNode::from(node)), ctx)
+            .await
+            .unwrap();
         assert!(deployed(&fake), "{:#?}", fake.writes());
     }
 
@@ -730,14 +745,19 @@ mod tests {
             )],
             ..Default::default()
         });
-        CacheWriters::apply(&mut caches.generated_nodes, dep.clone());
-        CacheWriters::apply(&mut caches.generated_nodes, node.clone());
+        CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(dep.clone()));
+        CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(node.clone()));
+        let (dep, node) = (CachedNode::from(dep), CachedNode::from(node));
         let mut dependents = ByNode::new(dependencies);
         dependents.apply(&dep);
         dependents.apply(&node);
-        let (dep_ref, node_ref) = (ObjectRef::from_obj(&dep), ObjectRef::from_obj(&node));
+        let dep_ref = ObjectRef::new("store-effect").within("ns");
+        let node_ref = ObjectRef::from_obj(&node);
         assert_eq!(dependents.get(&dep_ref), std::slice::from_ref(&node_ref));
-        assert_eq!(dependents.get(&node_ref), []);
+        assert_eq!(
+            dependents.get(&ObjectRef::new(&node.name_any()).within("ns")),
+            []
+        );
         // A node that no longer depends on it, or is gone, is no dependent.
         let mut independent = node.clone();
         independent.spec.depends_on.clear();

@@ -3,6 +3,7 @@
 //! one intelligence client, one metrics registry and the caches below.
 
 mod backoff;
+pub mod cached_node;
 pub mod compact;
 pub mod config;
 mod events;
@@ -17,11 +18,12 @@ pub mod metrics;
 pub mod node_generation;
 mod pod_health;
 mod progress;
+mod resync;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, PartialObjectMeta};
@@ -37,6 +39,7 @@ use crate::deploy::DeployDefaults;
 use crate::intelligence::{self, IntelligenceClient};
 use crate::render::Renderer;
 use crate::telemetry::{self, Health};
+use cached_node::CachedNode;
 use index::ByNode;
 
 pub use backoff::Backoff;
@@ -69,7 +72,7 @@ pub enum Error {
 /// Caches the reconcilers read instead of asking the API server.
 #[derive(Clone)]
 pub struct Caches {
-    pub generated_nodes: Store<GeneratedNode>,
+    pub generated_nodes: Store<CachedNode>,
     pub config_maps: Store<compact::CachedConfigMap>,
     pub deployments: Store<compact::CachedDeployment>,
     pub services: Store<compact::CachedService>,
@@ -93,8 +96,6 @@ pub struct Context {
     /// Our last status write per object, to skip stale cached copies.
     pub freshness: freshness::Freshness,
     pub caches: Caches,
-    /// Periodic re-check of a settled object (drift the watches cannot see).
-    pub resync: Duration,
     /// Writable directory for the Git output's throw-away repositories.
     pub git_scratch: std::path::PathBuf,
 }
@@ -134,7 +135,6 @@ impl Context {
         defaults: DeployDefaults,
         metrics: ControllerMetrics,
         caches: Caches,
-        resync: Duration,
     ) -> Self {
         Context {
             events: events::Events::new(
@@ -150,7 +150,6 @@ impl Context {
             backoff: Backoff::default(),
             freshness: Default::default(),
             caches,
-            resync,
             git_scratch: std::env::temp_dir().join("omninode-git"),
         }
     }
@@ -402,13 +401,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         compact::config_map_of,
         |_| {},
     );
-    let (dep_reader, dep_owners) = compact::cache::<_, _, _, GeneratedNode>(
+    let (dep_reader, dep_owners) = compact::cache::<_, _, _, CachedNode>(
         api::<Deployment>(&client, ns),
         managed.clone(),
         compact::deployment,
         |_| {},
     );
-    let (svc_reader, svc_owners) = compact::cache::<_, _, _, GeneratedNode>(
+    let (svc_reader, svc_owners) = compact::cache::<_, _, _, CachedNode>(
         api::<PartialObjectMeta<Service>>(&client, ns),
         managed.clone(),
         compact::service_of,
@@ -418,7 +417,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let pods_by_node = Arc::new(std::sync::Mutex::new(ByNode::new(pod_health::node_of)));
     let (pod_reader, pod_owners) = {
         let index = pods_by_node.clone();
-        compact::cache::<_, _, _, GeneratedNode>(
+        compact::cache::<_, _, _, CachedNode>(
             api::<Pod>(&client, ns),
             managed.clone(),
             pod_health::cached,
@@ -445,10 +444,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // piece, and its managed fields, parsed before they are dropped, made a restart's memory
     // peak (62 MB of heap for 1,000 generations, against 37 MB once listed).
     let everything = watcher::Config::default().page_size(LIST_PAGE);
-    let (gn_reader, generated_nodes) = cached(
-        api::<GeneratedNode>(&client, ns),
-        everything.clone(),
-        |_| {},
+    // GeneratedNodes as compact entries (`cached_node`), on which their controller runs.
+    let (gn_reader, gn_writer) = reflector::store::<CachedNode>();
+    let generated_nodes = reflector::reflector(
+        gn_writer,
+        watcher(api::<GeneratedNode>(&client, ns), everything.clone())
+            .default_backoff()
+            .map_ok(|event| compact::map_event(event, CachedNode::from)),
     );
     // The GeneratedNode controller already waits on this store's readiness, and kube-runtime's
     // readiness future wakes only one waiter (a second one can sleep forever); so /readyz
@@ -469,15 +471,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     gn_listed.send_replace(true);
                 }
                 watcher::Event::Apply(gn) | watcher::Event::InitApply(gn) => {
-                    for d in dependents.get(&ObjectRef::from_obj(gn)) {
+                    let node =
+                        ObjectRef::new(&gn.name_any()).within(&gn.namespace().unwrap_or_default());
+                    for d in dependents.get(&node) {
                         let _ = gn_dependents.unbounded_send(d);
                     }
-                    if let Some(owner) = node_generation::owner_of(gn) {
+                    if let Some(owner) = gn.owner_ref() {
                         let _ = gn_owner.unbounded_send(owner);
                     }
                 }
                 watcher::Event::Delete(gn) => {
-                    if let Some(owner) = node_generation::owner_of(gn) {
+                    if let Some(owner) = gn.owner_ref() {
                         let _ = gn_owner.unbounded_send(owner);
                     }
                 }
@@ -491,19 +495,24 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         node_generation::trim_cached,
     );
     let node_generations = node_generations.applied_objects();
-    let gn_controller = Controller::for_stream(generated_nodes, gn_reader)
+    // The periodic re-check of settled objects (drift no watch shows), swept over each cache.
+    let resync_every = Duration::from_secs(config.resync_seconds.max(60));
+    let gn_controller = Controller::for_stream(generated_nodes, gn_reader.clone())
         .with_config(controller_config.clone())
         .reconcile_on(dep_owners)
         .reconcile_on(svc_owners)
         .reconcile_on(pod_owners);
-    let gn_controller = gn_controller.reconcile_on(gn_dependents_rx);
+    let gn_controller = gn_controller
+        .reconcile_on(gn_dependents_rx)
+        .reconcile_on(resync::sweeps(gn_reader, resync_every));
     // A generation is reconciled for every status change of each of its nodes: wait for a
     // burst (a system's nodes moving together) to end, and write its status once.
     let ng_config = controller_config.debounce(NG_DEBOUNCE);
-    let ng_controller = Controller::for_stream(node_generations, ng_reader)
+    let ng_controller = Controller::for_stream(node_generations, ng_reader.clone())
         .with_config(ng_config)
         .reconcile_on(cm_owners)
-        .reconcile_on(gn_owner_rx);
+        .reconcile_on(gn_owner_rx)
+        .reconcile_on(resync::sweeps(ng_reader, resync_every));
     let ng_store = ng_controller.store();
     metrics.progress.watch(ng_store.clone());
     let ng_controller = ng_controller.watches_stream(user_config_maps, move |cm| {
@@ -527,7 +536,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         defaults,
         metrics,
         caches.clone(),
-        Duration::from_secs(config.resync_seconds.max(60)),
     );
     if let Some(dir) = &config.git_scratch_dir {
         ctx.git_scratch = dir.clone();

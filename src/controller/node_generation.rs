@@ -26,8 +26,8 @@ use super::{
 };
 use crate::api::Condition;
 use crate::api::{
-    ConditionStatus, ConfigMapSource, GeneratedNode, GitOutput, LABEL_GENERATION, NodeGeneration,
-    NodeGenerationSpec, NodeGenerationStatus, NodeSource, OutputStatus,
+    ConditionStatus, ConfigMapSource, GeneratedNode, GitOutput, NodeGeneration, NodeGenerationSpec,
+    NodeGenerationStatus, NodeSource, OutputStatus,
 };
 use crate::codegen::{self, Identity};
 use crate::manifest::Rejected;
@@ -68,15 +68,6 @@ const TERMINAL_REASONS: [&str; 15] = [
 /// Name of the ConfigMap holding a node's code.
 pub fn code_config_map_name(node: &str) -> String {
     format!("{node}-code")
-}
-
-/// The NodeGeneration that controls this GeneratedNode, if one does.
-pub fn owner_of(gn: &GeneratedNode) -> Option<ObjectRef<NodeGeneration>> {
-    let owner = gn
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == NodeGeneration::kind(&()))?;
-    Some(ObjectRef::new(&owner.name).within(&gn.namespace()?))
 }
 
 /// NodeGenerations whose `prdFrom` or `handlers` names this ConfigMap (the watch mapper): an
@@ -129,13 +120,12 @@ struct Settled {
 
 impl Settled {
     /// A generation that went all the way: `Published`, `Deployed` and `Ready` True with these
-    /// reasons and messages, looked at again after `resync`.
+    /// reasons and messages (looked at again by the resync sweep).
     fn succeeded(
         mut conditions: Vec<Condition>,
         outcome: Outcome,
         [published, deployed, ready]: [(&str, String); 3],
         output: OutputStatus,
-        resync: Duration,
     ) -> Self {
         for (stage, (reason, message)) in
             [(PUBLISHED, published), (DEPLOYED, deployed), (READY, ready)]
@@ -151,7 +141,7 @@ impl Settled {
             conditions,
             outcome: Some(outcome),
             output,
-            requeue: Action::requeue(resync),
+            requeue: Action::await_change(),
         }
     }
 
@@ -278,7 +268,7 @@ async fn settled_action(
             if (c.is_true() || c.reason == NODE_FAILING) && children_intact(ng, current, ctx) =>
         {
             refresh_nodes(ng, ctx, ns, current).await?;
-            Ok(Some(Action::requeue(ctx.resync)))
+            Ok(Some(Action::await_change()))
         }
         Some(c) if !c.is_true() && TERMINAL_REASONS.contains(&c.reason.as_str()) => {
             Ok(Some(Action::await_change()))
@@ -443,7 +433,6 @@ async fn generate_and_publish(
             config_maps: cm_names,
             git: None,
         },
-        ctx.resync,
     ))
 }
 
@@ -525,7 +514,6 @@ async fn publish_to_git(
                     config_maps: Vec::new(),
                     git: Some(landed.status),
                 },
-                ctx.resync,
             ))
         }
         Err(not) => {
@@ -590,7 +578,9 @@ const CACHED_PRD_DIGEST: &str = "codegen.omninode.ai/cached-prd-sha256";
 /// Keep of a NodeGeneration what a reconcile reads to decide that a generation is settled:
 /// its inline PRD becomes a digest (PRDs are most of a NodeGeneration's size), and its status
 /// loses what only a run or a status write needs (the analysis, the list of ConfigMaps, the
-/// trace id). Both read the object from the API server first.
+/// trace id, the stage conditions before `Deployed`, the system's titles and edges). Both read
+/// the object from the API server first. What a settled generation's refresh compares stays:
+/// `Deployed`, `Ready`, the nodes and their states.
 pub fn trim_cached(ng: &mut NodeGeneration) {
     forget_cached_digest(ng);
     if let Some(text) = ng.spec.prd.take() {
@@ -604,6 +594,14 @@ pub fn trim_cached(ng: &mut NodeGeneration) {
         status.trace_id = None;
         if let Some(output) = status.output.as_mut() {
             output.config_maps = Vec::new();
+        }
+        status
+            .conditions
+            .retain(|c| c.type_ == DEPLOYED || c.type_ == READY);
+        for node in status.system.iter_mut().flat_map(|s| s.nodes.iter_mut()) {
+            node.title = String::new();
+            node.uses = Vec::new();
+            node.guessed = Vec::new();
         }
     }
 }
@@ -831,12 +829,13 @@ fn generated_node_current(ctx: &Context, ns: &str, desired: &GeneratedNode) -> R
         return Ok(false);
     };
     let want = annotation(&desired.metadata, APPLIED_HASH_ANNOTATION);
-    Ok(
-        annotation(&cached.metadata, APPLIED_HASH_ANNOTATION) == want
-            && Some(spec_hash(&cached.spec)?.as_str()) == want
-            && cached.metadata.labels == desired.metadata.labels
-            && cached.metadata.owner_references == desired.metadata.owner_references,
-    )
+    Ok(cached.applied_hash.as_deref() == want
+        && Some(spec_hash(&cached.spec)?.as_str()) == want
+        && cached.shape
+            == compact::shape(
+                desired.metadata.labels.as_ref(),
+                desired.metadata.owner_references.as_ref(),
+            ))
 }
 
 /// A settled generation's children are all there, unedited, with the recorded content.
@@ -854,9 +853,8 @@ fn children_intact(ng: &NodeGeneration, status: &NodeGenerationStatus, ctx: &Con
                 .get(&ObjectRef::new(&node.name).within(&ns));
             let gn_ok = gn.is_some_and(|gn| {
                 gn.spec.content_hash == node.content_hash
-                    && spec_hash(&gn.spec).ok().as_deref()
-                        == annotation(&gn.metadata, APPLIED_HASH_ANNOTATION)
-                    && owned_by(&gn.metadata, ng)
+                    && spec_hash(&gn.spec).ok().as_deref() == gn.applied_hash.as_deref()
+                    && gn.owned_by(ng.metadata.uid.as_deref())
             });
             let cm = ctx
                 .caches
@@ -868,14 +866,6 @@ fn children_intact(ng: &NodeGeneration, status: &NodeGenerationStatus, ctx: &Con
             });
             gn_ok && cm_ok
         })
-}
-
-fn owned_by(meta: &ObjectMeta, ng: &NodeGeneration) -> bool {
-    let uid = ng.metadata.uid.as_deref();
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| Some(o.uid.as_str()) == uid && o.controller == Some(true))
 }
 
 /// Delete the GeneratedNodes and ConfigMaps this generation owns but no longer plans.
@@ -891,20 +881,13 @@ async fn delete_unplanned(
         .iter()
         .filter_map(|(cm, _)| cm.metadata.name.clone())
         .collect();
-    let ours = |meta: &ObjectMeta| {
-        meta.namespace.as_deref() == Some(ns)
-            && meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_GENERATION))
-                .map(String::as_str)
-                == Some(name)
-            && owned_by(meta, ng)
-    };
     let gns: Api<GeneratedNode> = Api::namespaced(ctx.client.clone(), ns);
     for gn in ctx.caches.generated_nodes.state() {
         let gn_name = gn.name_any();
-        if ours(&gn.metadata) && !planned_gns.contains(&gn_name) {
+        let ours = gn.metadata.namespace.as_deref() == Some(ns)
+            && gn.generation_label.as_deref() == Some(name)
+            && gn.owned_by(ng.metadata.uid.as_deref());
+        if ours && !planned_gns.contains(&gn_name) {
             tracing::info!(generated_node = %gn_name, "deleting a node no longer planned");
             delete_ignoring_missing(&gns, &gn_name).await?;
         }
@@ -1129,7 +1112,8 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::PrdSource;
+    use crate::api::{LABEL_GENERATION, PrdSource};
+    use crate::controller::cached_node::CachedNode;
     use crate::controller::fixtures::{CacheWriters, FakeApi, context};
 
     const PRD: &str = "# Order Writer\n\n## Overview\nPersists incoming orders.\n\n## Functional Requirements\n- Write order records to PostgreSQL\n- Update an order's status\n";
@@ -1157,6 +1141,7 @@ mod tests {
                      "source": {"configMap": {"name": "c"}}, "contentHash": "h"}
         }))
         .unwrap();
+        let owner_of = |gn: &GeneratedNode| CachedNode::from(gn.clone()).owner_ref();
         assert_eq!(owner_of(&gn), None);
         let mut owner = ng(PRD).controller_owner_ref(&()).unwrap();
         owner.controller = None;
@@ -1236,7 +1221,7 @@ mod tests {
                 CacheWriters::apply(&mut caches.config_maps, compact::config_map(&cm.metadata));
             } else if r.path().contains("/generatednodes/") {
                 let gn: GeneratedNode = serde_json::from_value(body).unwrap();
-                CacheWriters::apply(&mut caches.generated_nodes, gn);
+                CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(gn));
             }
         }
     }
@@ -1437,6 +1422,12 @@ mod tests {
         let trimmed = cached.status.as_ref().unwrap();
         assert!(trimmed.analysis.is_none() && trimmed.trace_id.is_none());
         assert!(trimmed.output.as_ref().unwrap().config_maps.is_empty());
+        let kept: Vec<_> = trimmed
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(kept, [DEPLOYED, READY]);
         fake.clear();
         reconcile(Arc::new(cached), ctx.clone()).await.unwrap();
 
@@ -1461,6 +1452,22 @@ mod tests {
         assert_eq!(written.analysis, whole.analysis);
         assert_eq!(written.trace_id, whole.trace_id);
         assert_eq!(written.output, whole.output);
+        assert_eq!(written.conditions.len(), whole.conditions.len());
+        assert_eq!(
+            written.system.as_ref().map(|s| s.nodes.len()),
+            whole.system.as_ref().map(|s| s.nodes.len())
+        );
+        for (w, n) in written
+            .system
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .zip(whole.system.iter().flat_map(|s| &s.nodes))
+        {
+            assert_eq!(
+                (&w.title, &w.uses, &w.guessed),
+                (&n.title, &n.uses, &n.guessed)
+            );
+        }
     }
 
     fn failed_without_children(fake: &FakeApi) -> Condition {
@@ -1569,7 +1576,7 @@ mod tests {
             "orders".to_string(),
         )]));
         stale.metadata.owner_references = Some(vec![ng.controller_owner_ref(&()).unwrap()]);
-        CacheWriters::apply(&mut caches.generated_nodes, stale);
+        CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(stale));
         stored(&fake, &ng);
         reconcile(Arc::new(ng), ctx).await.unwrap();
         assert!(writes_to(&fake).contains(

@@ -1,0 +1,263 @@
+//! A GeneratedNode as both controllers cache it: its identity, spec and status, and of its
+//! labels, annotations and owners only what a reconcile reads or compares.
+//!
+//! The GeneratedNode cache is the operator's largest (one entry per node of every generation).
+//! A cached `GeneratedNode` keeps two B-tree maps (labels, annotations) of about 0.5 KB each
+//! however few their entries, and its owner references in full; this entry keeps four strings
+//! and a digest instead. The GeneratedNode controller runs on these entries directly (it is a
+//! `Resource` of the same kind), and rebuilds the object its reconcile renders from with
+//! [`CachedNode::to_object`].
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::runtime::reflector::ObjectRef;
+
+use super::compact::{self, Owner};
+use super::node_generation::APPLIED_HASH_ANNOTATION;
+use crate::api::{
+    ANNOTATION_TRACEPARENT, GeneratedNode, GeneratedNodeSpec, GeneratedNodeStatus,
+    LABEL_GENERATION, NodeGeneration,
+};
+
+/// A cached GeneratedNode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedNode {
+    /// Name, namespace, uid, resourceVersion, generation and deletion timestamp only.
+    pub metadata: ObjectMeta,
+    pub spec: GeneratedNodeSpec,
+    pub status: Option<GeneratedNodeStatus>,
+    /// The controlling NodeGeneration, if one controls it.
+    pub owner: Option<Owner>,
+    /// The generation label (which NodeGeneration run made it); its children carry it too.
+    pub generation_label: Option<String>,
+    /// The trace of the generation that made it, which its Deployment passes on.
+    pub traceparent: Option<String>,
+    /// The hash of the spec its NodeGeneration applied (`APPLIED_HASH_ANNOTATION`).
+    pub applied_hash: Option<String>,
+    /// Digest of its labels and owner references, compared with those of the desired object.
+    pub shape: u64,
+}
+
+impl From<GeneratedNode> for CachedNode {
+    fn from(gn: GeneratedNode) -> Self {
+        let GeneratedNode {
+            metadata,
+            spec,
+            status,
+        } = gn;
+        let annotation = |key: &str| metadata.annotations.as_ref()?.get(key).cloned();
+        let owner = metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == NodeGeneration::kind(&()))
+            .map(|o| Owner {
+                name: o.name.clone(),
+                uid: o.uid.clone(),
+            });
+        CachedNode {
+            owner,
+            generation_label: metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_GENERATION).cloned()),
+            traceparent: annotation(ANNOTATION_TRACEPARENT),
+            applied_hash: annotation(APPLIED_HASH_ANNOTATION),
+            shape: compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref()),
+            metadata: ObjectMeta {
+                name: metadata.name,
+                namespace: metadata.namespace,
+                uid: metadata.uid,
+                resource_version: metadata.resource_version,
+                generation: metadata.generation,
+                deletion_timestamp: metadata.deletion_timestamp,
+                ..Default::default()
+            },
+            spec,
+            status,
+        }
+    }
+}
+
+impl CachedNode {
+    /// The GeneratedNode with what its own reconcile reads: the identity, spec and status, the
+    /// generation label and the traceparent (its children's labels and environment). Other
+    /// labels, annotations and the owner references are left out.
+    pub fn to_object(&self) -> GeneratedNode {
+        let mut metadata = self.metadata.clone();
+        metadata.labels = self
+            .generation_label
+            .clone()
+            .map(|g| BTreeMap::from([(LABEL_GENERATION.to_string(), g)]));
+        metadata.annotations = self
+            .traceparent
+            .clone()
+            .map(|t| BTreeMap::from([(ANNOTATION_TRACEPARENT.to_string(), t)]));
+        GeneratedNode {
+            metadata,
+            spec: self.spec.clone(),
+            status: self.status.clone(),
+        }
+    }
+
+    /// Whether the NodeGeneration with this uid controls it.
+    pub fn owned_by(&self, uid: Option<&str>) -> bool {
+        uid.is_some() && self.owner.as_ref().map(|o| o.uid.as_str()) == uid
+    }
+
+    /// The NodeGeneration that controls it, if one does.
+    pub fn owner_ref(&self) -> Option<ObjectRef<NodeGeneration>> {
+        let owner = self.owner.as_ref()?;
+        Some(ObjectRef::new(&owner.name).within(self.metadata.namespace.as_deref()?))
+    }
+}
+
+/// The same kind as `GeneratedNode`, so that a controller (and its object references) can run
+/// on these entries.
+impl Resource for CachedNode {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        GeneratedNode::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        GeneratedNode::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        GeneratedNode::version(dt)
+    }
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        GeneratedNode::api_version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        GeneratedNode::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// kube-runtime's controller asks its objects to be deserializable (it never needs to here: the
+/// watch decodes GeneratedNodes and converts them).
+impl<'de> serde::Deserialize<'de> for CachedNode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        GeneratedNode::deserialize(d).map(CachedNode::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConfigMapSource, GeneratedNodeDeploy, NodeSource, NodeType};
+    use crate::deploy::{Code, DeployDefaults, child_labels, deployment};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn node() -> GeneratedNode {
+        let spec = GeneratedNodeSpec {
+            node_type: NodeType::Effect,
+            domain: "data".into(),
+            service_name: "order_writer".into(),
+            version: "1.0.0".into(),
+            source: NodeSource {
+                config_map: Some(ConfigMapSource {
+                    name: "orders-effect-code".into(),
+                }),
+                git: None,
+            },
+            content_hash: "abc123".into(),
+            deploy: GeneratedNodeDeploy::default(),
+            depends_on: vec!["orders-store".into()],
+            runtime: None,
+        };
+        let mut gn = GeneratedNode::new("orders-effect", spec);
+        gn.metadata.namespace = Some("shop".into());
+        gn.metadata.uid = Some("gn-uid".into());
+        gn.metadata.resource_version = Some("42".into());
+        gn.metadata.labels = Some(BTreeMap::from([
+            (LABEL_GENERATION.to_string(), "orders".to_string()),
+            (
+                "argocd.argoproj.io/instance".to_string(),
+                "shop".to_string(),
+            ),
+        ]));
+        gn.metadata.annotations = Some(BTreeMap::from([
+            (
+                ANNOTATION_TRACEPARENT.to_string(),
+                "00-abc-def-01".to_string(),
+            ),
+            (APPLIED_HASH_ANNOTATION.to_string(), "h1".to_string()),
+            ("note".to_string(), "kept by nobody".to_string()),
+        ]));
+        gn.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "codegen.omninode.ai/v1alpha1".into(),
+            kind: "NodeGeneration".into(),
+            name: "orders".into(),
+            uid: "ng-uid".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        gn
+    }
+
+    #[test]
+    fn an_entry_keeps_what_reconciles_read() {
+        let gn = node();
+        let entry = CachedNode::from(gn.clone());
+        assert_eq!(
+            entry.owner_ref(),
+            Some(ObjectRef::new("orders").within("shop"))
+        );
+        assert!(entry.owned_by(Some("ng-uid")));
+        assert!(!entry.owned_by(Some("other")));
+        assert!(!entry.owned_by(None));
+        assert_eq!(entry.generation_label.as_deref(), Some("orders"));
+        assert_eq!(entry.applied_hash.as_deref(), Some("h1"));
+        assert_eq!(
+            entry.shape,
+            compact::shape(
+                gn.metadata.labels.as_ref(),
+                gn.metadata.owner_references.as_ref()
+            )
+        );
+        assert_eq!(entry.metadata.labels, None);
+        assert_eq!(entry.metadata.annotations, None);
+        assert_eq!(entry.metadata.owner_references, None);
+        assert_eq!(
+            ObjectRef::from_obj(&entry).erase(),
+            ObjectRef::from_obj(&gn).erase()
+        );
+    }
+
+    #[test]
+    fn the_rebuilt_object_renders_the_same_children() {
+        let gn = node();
+        let rebuilt = CachedNode::from(gn.clone()).to_object();
+        assert_eq!(rebuilt.spec, gn.spec);
+        assert_eq!(child_labels(&rebuilt), child_labels(&gn));
+        let code = || Code::ConfigMap {
+            name: "orders-effect-code".into(),
+        };
+        let defaults = DeployDefaults {
+            image: "runtime:1".into(),
+            image_runtime_version: "0.1.0".into(),
+            kafka_bootstrap_servers: Some("kafka:9092".into()),
+            git_image: "git:1".into(),
+        };
+        let labels = child_labels(&gn);
+        let from_cache = deployment(&rebuilt, code(), labels.clone(), &defaults);
+        assert_eq!(from_cache, deployment(&gn, code(), labels, &defaults));
+        let env = format!("{:?}", from_cache.spec);
+        assert!(
+            env.contains("00-abc-def-01"),
+            "the traceparent is passed on"
+        );
+    }
+}
