@@ -3,7 +3,7 @@
 //! scan of a cache that holds every such object of the namespace. Asked at every change, a
 //! scan makes a large namespace quadratic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher;
@@ -13,7 +13,9 @@ use crate::api::GeneratedNode;
 /// Objects of kind `K` by the GeneratedNodes (of their namespace) that `names` finds in them.
 pub struct ByNode<K: Lookup<DynamicType = ()>> {
     names: fn(&K) -> Vec<String>,
-    by_node: HashMap<ObjectRef<GeneratedNode>, HashSet<ObjectRef<K>>>,
+    /// A node's objects are one or two (a pod, two during a rollout): a vector, not a set,
+    /// whose smallest table is four times the size.
+    by_node: HashMap<ObjectRef<GeneratedNode>, Vec<ObjectRef<K>>>,
     of: HashMap<ObjectRef<K>, Vec<ObjectRef<GeneratedNode>>>,
 }
 
@@ -51,10 +53,10 @@ impl<K: Lookup<DynamicType = ()>> ByNode<K> {
             .map(|n| ObjectRef::new(n).within(&ns))
             .collect();
         for node in &nodes {
-            self.by_node
-                .entry(node.clone())
-                .or_default()
-                .insert(me.clone());
+            let objects = self.by_node.entry(node.clone()).or_default();
+            if !objects.contains(&me) {
+                objects.push(me.clone());
+            }
         }
         if !nodes.is_empty() {
             self.of.insert(me, nodes);
@@ -65,7 +67,7 @@ impl<K: Lookup<DynamicType = ()>> ByNode<K> {
     pub fn remove(&mut self, obj: &ObjectRef<K>) {
         for node in self.of.remove(obj).into_iter().flatten() {
             if let Some(set) = self.by_node.get_mut(&node) {
-                set.remove(obj);
+                set.retain(|o| o != obj);
                 if set.is_empty() {
                     self.by_node.remove(&node);
                 }
@@ -75,10 +77,7 @@ impl<K: Lookup<DynamicType = ()>> ByNode<K> {
 
     /// The objects that name `node`.
     pub fn get(&self, node: &ObjectRef<GeneratedNode>) -> Vec<ObjectRef<K>> {
-        self.by_node
-            .get(node)
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+        self.by_node.get(node).cloned().unwrap_or_default()
     }
 
     #[cfg(test)]
