@@ -8,13 +8,11 @@
 //! `Resource` of the same kind), and rebuilds the object its reconcile renders from with
 //! [`CachedNode::to_object`].
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{Lookup, ObjectRef};
 
 use super::compact::{self, Owner};
 use super::node_generation::APPLIED_HASH_ANNOTATION;
@@ -54,7 +52,9 @@ impl From<GeneratedNode> for CachedNode {
             .owner_references
             .iter()
             .flatten()
-            .find(|o| o.controller == Some(true) && o.kind == NodeGeneration::kind(&()))
+            .find(|o| {
+                o.controller == Some(true) && o.kind == <NodeGeneration as Resource>::kind(&())
+            })
             .map(|o| Owner {
                 name: o.name.clone(),
                 uid: o.uid.clone(),
@@ -68,15 +68,7 @@ impl From<GeneratedNode> for CachedNode {
             traceparent: annotation(ANNOTATION_TRACEPARENT),
             applied_hash: annotation(APPLIED_HASH_ANNOTATION),
             shape: compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref()),
-            metadata: ObjectMeta {
-                name: metadata.name,
-                namespace: metadata.namespace,
-                uid: metadata.uid,
-                resource_version: metadata.resource_version,
-                generation: metadata.generation,
-                deletion_timestamp: metadata.deletion_timestamp,
-                ..Default::default()
-            },
+            metadata: compact::identity(metadata),
             spec,
             status,
         }
@@ -109,49 +101,15 @@ impl CachedNode {
         uid.is_some() && self.owner.as_ref().map(|o| o.uid.as_str()) == uid
     }
 
-    /// The NodeGeneration that controls it, if one does.
-    pub fn owner_ref(&self) -> Option<ObjectRef<NodeGeneration>> {
+    /// The NodeGeneration that controls it, if one does (as a reference to `O`, the type the
+    /// NodeGeneration controller runs on).
+    pub fn owner_ref<O: Lookup<DynamicType = ()>>(&self) -> Option<ObjectRef<O>> {
         let owner = self.owner.as_ref()?;
         Some(ObjectRef::new(&owner.name).within(self.metadata.namespace.as_deref()?))
     }
 }
 
-/// The same kind as `GeneratedNode`, so that a controller (and its object references) can run
-/// on these entries.
-impl Resource for CachedNode {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        GeneratedNode::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        GeneratedNode::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        GeneratedNode::version(dt)
-    }
-    fn api_version(dt: &()) -> Cow<'_, str> {
-        GeneratedNode::api_version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        GeneratedNode::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-/// kube-runtime's controller asks its objects to be deserializable (it never needs to here: the
-/// watch decodes GeneratedNodes and converts them).
-impl<'de> serde::Deserialize<'de> for CachedNode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        GeneratedNode::deserialize(d).map(CachedNode::from)
-    }
-}
+compact::entry_of_kind!(CachedNode, GeneratedNode);
 
 #[cfg(test)]
 mod tests {
@@ -212,7 +170,7 @@ mod tests {
         let gn = node();
         let entry = CachedNode::from(gn.clone());
         assert_eq!(
-            entry.owner_ref(),
+            entry.owner_ref::<NodeGeneration>(),
             Some(ObjectRef::new("orders").within("shop"))
         );
         assert!(entry.owned_by(Some("ng-uid")));

@@ -123,6 +123,64 @@ impl<K: Resource<DynamicType = ()>, T> Lookup for Cached<K, T> {
     }
 }
 
+/// The identity of `meta` (name, namespace, uid, resourceVersion, generation, deletion
+/// timestamp): the metadata a controller's own cache entry keeps.
+pub fn identity(meta: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..Default::default()
+    }
+}
+
+/// Make `$entry` (a struct with a `metadata: ObjectMeta`, converted `From<$kind>`) a
+/// `Resource` of the same kind as `$kind`, so that a controller and its object references run
+/// on it, and deserializable through `$kind` (kube-runtime's controller asks for that; the
+/// watch decodes `$kind` and converts it).
+macro_rules! entry_of_kind {
+    ($entry:ty, $kind:ty) => {
+        impl kube::Resource for $entry {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::kind(dt)
+            }
+            fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::group(dt)
+            }
+            fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::version(dt)
+            }
+            fn api_version(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::api_version(dt)
+            }
+            fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::plural(dt)
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $entry {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <$kind as serde::Deserialize>::deserialize(d).map(<$entry>::from)
+            }
+        }
+    };
+}
+pub(crate) use entry_of_kind;
+
 /// What the NodeGeneration reconcile compares of a code ConfigMap.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodeConfigMap {

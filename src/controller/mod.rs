@@ -3,6 +3,7 @@
 //! one intelligence client, one metrics registry and the caches below.
 
 mod backoff;
+pub mod cached_generation;
 pub mod cached_node;
 pub mod compact;
 pub mod config;
@@ -39,6 +40,7 @@ use crate::deploy::DeployDefaults;
 use crate::intelligence::{self, IntelligenceClient};
 use crate::render::Renderer;
 use crate::telemetry::{self, Health};
+use cached_generation::CachedGeneration;
 use cached_node::CachedNode;
 use index::ByNode;
 
@@ -191,14 +193,6 @@ where
     }
 }
 
-/// Strip what the caches do not need (managed fields are most of an object's metadata).
-fn slim<K: ResourceExt>(obj: &mut K) {
-    obj.managed_fields_mut().clear();
-    if let Some(a) = obj.meta_mut().annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
 /// Server-side apply as the operator, taking over fields another manager set (`force`).
 ///
 /// `fieldValidation=Ignore` spares the API server a second, strict YAML parse of every patch
@@ -310,15 +304,15 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// A slimmed cache of `api` (plus `strip` for what this kind's readers never need) and the
-/// watch events that fed it.
-fn cached<K>(
+/// A cache of `api`'s objects as the entries `C` a controller runs on (see `cached_node` and
+/// `cached_generation`), and the watch events that fed it.
+fn entries<K, C>(
     api: Api<K>,
     config: watcher::Config,
-    mut strip: impl FnMut(&mut K) + Send + 'static,
+    compact: fn(K) -> C,
 ) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    Store<C>,
+    impl futures::Stream<Item = Result<watcher::Event<C>, watcher::Error>> + Send + 'static,
 )
 where
     K: Resource<DynamicType = ()>
@@ -326,16 +320,15 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
-        + Sync
         + 'static,
+    C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let events = reflector::reflector(
         writer,
-        watcher(api, config).default_backoff().modify(move |obj| {
-            slim(obj);
-            strip(obj);
-        }),
+        watcher(api, config)
+            .default_backoff()
+            .map_ok(move |event| compact::map_event(event, compact)),
     );
     (reader, events)
 }
@@ -395,7 +388,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     // Compact caches of the children, each fed by the watch that also triggers the owner's
     // reconcile.
-    let (cm_reader, cm_owners) = compact::cache::<_, _, _, NodeGeneration>(
+    let (cm_reader, cm_owners) = compact::cache::<_, _, _, CachedGeneration>(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
         managed.clone(),
         compact::config_map_of,
@@ -438,19 +431,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     .predicate_filter(predicates::resource_version, Default::default());
 
     let controller_config = kube::runtime::Config::default().concurrency(config.concurrency.max(1));
-    // The controllers' own caches, slimmed like the children's (managed fields and kubectl's
-    // last-applied copy of the spec are most of a small object). Listed in pages, like every
-    // other cache: a list from the API server's watch cache (`any_semantic`) comes in one
-    // piece, and its managed fields, parsed before they are dropped, made a restart's memory
-    // peak (62 MB of heap for 1,000 generations, against 37 MB once listed).
+    // The controllers' own caches, of compact entries like the children's (`cached_node`,
+    // `cached_generation`). Listed in pages, like every other cache: a list from the API
+    // server's watch cache (`any_semantic`) comes in one piece, and its managed fields, parsed
+    // before they are dropped, made a restart's memory peak (62 MB of heap for 1,000
+    // generations, against 37 MB once listed).
     let everything = watcher::Config::default().page_size(LIST_PAGE);
-    // GeneratedNodes as compact entries (`cached_node`), on which their controller runs.
-    let (gn_reader, gn_writer) = reflector::store::<CachedNode>();
-    let generated_nodes = reflector::reflector(
-        gn_writer,
-        watcher(api::<GeneratedNode>(&client, ns), everything.clone())
-            .default_backoff()
-            .map_ok(|event| compact::map_event(event, CachedNode::from)),
+    let (gn_reader, generated_nodes) = entries(
+        api::<GeneratedNode>(&client, ns),
+        everything.clone(),
+        CachedNode::from,
     );
     // The GeneratedNode controller already waits on this store's readiness, and kube-runtime's
     // readiness future wakes only one waiter (a second one can sleep forever); so /readyz
@@ -489,10 +479,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             }
         })
         .applied_objects();
-    let (ng_reader, node_generations) = cached(
+    let (ng_reader, node_generations) = entries(
         api::<NodeGeneration>(&client, ns),
         everything,
-        node_generation::trim_cached,
+        CachedGeneration::from,
     );
     let node_generations = node_generations.applied_objects();
     // The periodic re-check of settled objects (drift no watch shows), swept over each cache.

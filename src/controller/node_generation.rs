@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::cached_generation::CachedGeneration;
 use super::metrics::{NodeLabels, domain_label};
 use super::{
     Context, Error, apply_params, apply_status, compact, delete_ignoring_missing, git_output,
@@ -73,9 +74,9 @@ pub fn code_config_map_name(node: &str) -> String {
 /// NodeGenerations whose `prdFrom` or `handlers` names this ConfigMap (the watch mapper): an
 /// edit of the user's PRD or handlers regenerates at once.
 pub fn referencing(
-    store: &Store<NodeGeneration>,
+    store: &Store<CachedGeneration>,
     cm: &PartialObjectMeta<ConfigMap>,
-) -> Vec<ObjectRef<NodeGeneration>> {
+) -> Vec<ObjectRef<CachedGeneration>> {
     let ns = cm.namespace();
     let name = cm.name_any();
     store
@@ -95,18 +96,19 @@ pub fn referencing(
         .collect()
 }
 
-pub async fn reconcile(ng: Arc<NodeGeneration>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<CachedGeneration>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _running = ctx.metrics.running(CONTROLLER);
     let started = Instant::now();
     let span = tracing::info_span!(
         "reconcile",
         controller = CONTROLLER,
-        namespace = ng.namespace().unwrap_or_default(),
-        name = %ng.name_any(),
-        generation = ng.metadata.generation.unwrap_or(0),
+        namespace = cached.namespace().unwrap_or_default(),
+        name = %cached.name_any(),
+        generation = cached.metadata.generation.unwrap_or(0),
     );
+    let ng = cached.to_object();
     let result = reconcile_inner(&ng, &ctx).instrument(span).await;
-    ctx.finish(CONTROLLER, ng.as_ref(), started, result.is_ok());
+    ctx.finish(CONTROLLER, &ng, started, result.is_ok());
     result
 }
 
@@ -573,7 +575,7 @@ async fn resolve_handlers(
 
 /// Set, in the operator's cache only, to the SHA-256 of an inline PRD whose text the cache
 /// dropped: the text is read again only when the generation must run.
-const CACHED_PRD_DIGEST: &str = "codegen.omninode.ai/cached-prd-sha256";
+pub const CACHED_PRD_DIGEST: &str = "codegen.omninode.ai/cached-prd-sha256";
 
 /// Keep of a NodeGeneration what a reconcile reads to decide that a generation is settled:
 /// its inline PRD becomes a digest (PRDs are most of a NodeGeneration's size), and its status
@@ -1141,7 +1143,8 @@ mod tests {
                      "source": {"configMap": {"name": "c"}}, "contentHash": "h"}
         }))
         .unwrap();
-        let owner_of = |gn: &GeneratedNode| CachedNode::from(gn.clone()).owner_ref();
+        let owner_of =
+            |gn: &GeneratedNode| CachedNode::from(gn.clone()).owner_ref::<NodeGeneration>();
         assert_eq!(owner_of(&gn), None);
         let mut owner = ng(PRD).controller_owner_ref(&()).unwrap();
         owner.controller = None;
@@ -1170,7 +1173,7 @@ mod tests {
                 .unwrap();
         let (store, mut writer) = reflector::store();
         for ng in [from_cm, handled, ng(PRD)] {
-            writer.apply_watcher_event(&watcher::Event::Apply(ng));
+            writer.apply_watcher_event(&watcher::Event::Apply(CachedGeneration::from(ng)));
         }
         let names = |cm: &str, ns: &str| {
             let mut meta = PartialObjectMeta::<ConfigMap>::default();
@@ -1232,7 +1235,9 @@ mod tests {
         let (ctx, mut caches) = context(&fake);
         let mut ng = ng(PRD);
         stored(&fake, &ng);
-        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
+            .await
+            .unwrap();
         let writes = writes_to(&fake);
         assert_eq!(
             writes,
@@ -1307,7 +1312,9 @@ mod tests {
         // Second pass over the settled object: no request at all.
         settle(&fake, &mut ng, &mut caches);
         fake.clear();
-        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
+            .await
+            .unwrap();
         assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
 
         // A GeneratedNode edited by someone else is put back, and only it.
@@ -1319,7 +1326,9 @@ mod tests {
         .clone();
         edited.spec.deploy.replicas = 5;
         CacheWriters::apply(&mut caches.generated_nodes, edited);
-        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
+            .await
+            .unwrap();
         assert_eq!(
             writes_to(&fake),
             vec![
@@ -1337,8 +1346,7 @@ mod tests {
         let mut ng = ng(PRD);
         stored(&fake, &ng);
         let stripped = |ng: &NodeGeneration| {
-            let mut cached = ng.clone();
-            trim_cached(&mut cached);
+            let cached = CachedGeneration::from(ng.clone());
             assert_eq!(cached.spec.prd, None);
             Arc::new(cached)
         };
@@ -1377,7 +1385,7 @@ mod tests {
             .get_or_insert_with(BTreeMap::new)
             .insert(CACHED_PRD_DIGEST.into(), "0".repeat(64));
         let cached = stripped(&from_cm);
-        assert_eq!(inline_prd_digest(&cached), None);
+        assert_eq!(inline_prd_digest(&cached.to_object()), None);
 
         // An edited PRD runs again, from the text read from the server.
         ng.spec.prd = Some(format!("{PRD}- Archive orders older than a year\n"));
@@ -1398,7 +1406,9 @@ mod tests {
         let (ctx, mut caches) = context(&fake);
         let mut ng = ng(PRD);
         stored(&fake, &ng);
-        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
+            .await
+            .unwrap();
         settle(&fake, &mut ng, &mut caches);
         stored(&fake, &ng);
         let whole = ng.status.clone().unwrap();
@@ -1417,8 +1427,7 @@ mod tests {
             ..Default::default()
         });
         CacheWriters::apply(&mut caches.generated_nodes, gn);
-        let mut cached = ng.clone();
-        trim_cached(&mut cached);
+        let cached = CachedGeneration::from(ng.clone());
         let trimmed = cached.status.as_ref().unwrap();
         assert!(trimmed.analysis.is_none() && trimmed.trace_id.is_none());
         assert!(trimmed.output.as_ref().unwrap().config_maps.is_empty());
@@ -1493,13 +1502,17 @@ mod tests {
         let (ctx, mut caches) = context(&fake);
         let mut ng = ng("   \n\n");
         stored(&fake, &ng);
-        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
+            .await
+            .unwrap();
         let ready = failed_without_children(&fake);
         assert_eq!(ready.reason, "PrdEmpty");
 
         settle(&fake, &mut ng, &mut caches);
         fake.clear();
-        reconcile(Arc::new(ng), ctx).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
+            .await
+            .unwrap();
         assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
     }
 
@@ -1510,7 +1523,9 @@ mod tests {
         let mut ng = ng(PRD);
         ng.spec.intelligence.mode = crate::api::IntelligenceMode::Required;
         stored(&fake, &ng);
-        let action = reconcile(Arc::new(ng), ctx).await.unwrap();
+        let action = reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
+            .await
+            .unwrap();
         assert_eq!(action, Action::await_change());
         let ready = failed_without_children(&fake);
         assert_eq!(ready.reason, codegen::INTELLIGENCE_NOT_CONFIGURED);
@@ -1534,7 +1549,9 @@ mod tests {
             },
         });
         stored(&fake, &ng);
-        reconcile(Arc::new(ng.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
+            .await
+            .unwrap();
         let status: NodeGenerationStatus =
             serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
         assert_eq!(
@@ -1549,7 +1566,9 @@ mod tests {
                 "metadata": {"name": "prds", "namespace": "ns"}, "data": {"orders.md": PRD}}),
         );
         fake.clear();
-        reconcile(Arc::new(ng), ctx).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
+            .await
+            .unwrap();
         assert!(
             writes_to(&fake)
                 .iter()
@@ -1578,7 +1597,9 @@ mod tests {
         stale.metadata.owner_references = Some(vec![ng.controller_owner_ref(&()).unwrap()]);
         CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(stale));
         stored(&fake, &ng);
-        reconcile(Arc::new(ng), ctx).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
+            .await
+            .unwrap();
         assert!(writes_to(&fake).contains(
             &"DELETE /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/orders-old-compute".to_string()
         ));
@@ -1590,7 +1611,9 @@ mod tests {
         *fake.fail_writes_to.lock().unwrap() = Some("/generatednodes/".into());
         let (ctx, _caches) = context(&fake);
         stored(&fake, &ng(PRD));
-        let err = reconcile(Arc::new(ng(PRD)), ctx.clone()).await.unwrap_err();
+        let err = reconcile(Arc::new(CachedGeneration::from(ng(PRD))), ctx.clone())
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Kube(_)), "{err}");
         assert!(!writes_to(&fake).iter().any(|w| w.ends_with("/status")));
         let key = ObjectRef::<NodeGeneration>::new("orders")
@@ -1606,7 +1629,9 @@ mod tests {
         let (ctx, _caches) = context(&fake);
         let mut ng = ng(PRD);
         ng.spec.suspend = true;
-        reconcile(Arc::new(ng), ctx).await.unwrap();
+        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
+            .await
+            .unwrap();
         assert!(fake.requests().is_empty());
     }
 }

@@ -16,19 +16,20 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::api::{NodeGeneration, Phase};
+use super::cached_generation::CachedGeneration;
+use crate::api::Phase;
 
 /// Scrape-time gauges over the NodeGeneration cache, which exists only once the controller
 /// starts (after the registry is built): until then they read 0.
 #[derive(Debug, Default, Clone)]
 pub struct GenerationProgress {
-    store: Arc<OnceLock<Store<NodeGeneration>>>,
+    store: Arc<OnceLock<Store<CachedGeneration>>>,
     /// (uid, metadata.generation) → when it was first seen in progress.
     since: Arc<Mutex<HashMap<(String, i64), Instant>>>,
 }
 
 impl GenerationProgress {
-    pub fn watch(&self, store: Store<NodeGeneration>) {
+    pub fn watch(&self, store: Store<CachedGeneration>) {
         let _ = self.store.set(store);
     }
 
@@ -58,7 +59,7 @@ impl GenerationProgress {
 }
 
 /// The key of a generation whose current spec has not settled (Completed or Failed) yet.
-fn in_progress(ng: &NodeGeneration) -> Option<(String, i64)> {
+fn in_progress(ng: &CachedGeneration) -> Option<(String, i64)> {
     let generation = ng.metadata.generation.unwrap_or_default();
     let settled = ng.status.as_ref().is_some_and(|s| {
         s.observed_generation == Some(generation)
@@ -91,12 +92,12 @@ impl Collector for GenerationProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{NodeGenerationSpec, NodeGenerationStatus};
+    use crate::api::{NodeGeneration, NodeGenerationSpec, NodeGenerationStatus};
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
     use std::time::Duration;
 
-    fn ng(uid: &str, generation: i64, status: Option<(i64, Phase)>) -> NodeGeneration {
+    fn ng(uid: &str, generation: i64, status: Option<(i64, Phase)>) -> CachedGeneration {
         let mut ng = NodeGeneration::new(uid, NodeGenerationSpec::default());
         ng.metadata.namespace = Some("ns".into());
         ng.metadata.uid = Some(uid.into());
@@ -106,12 +107,12 @@ mod tests {
             phase: Some(phase),
             ..Default::default()
         });
-        ng
+        CachedGeneration::from(ng)
     }
 
     #[test]
     fn only_unsettled_specs_count_and_their_age_runs_from_first_sight() {
-        let (reader, mut writer) = store::<NodeGeneration>();
+        let (reader, mut writer) = store::<CachedGeneration>();
         let progress = GenerationProgress::default();
         assert_eq!(progress.sample(Instant::now()), (0, 0.0), "no store yet");
         progress.watch(reader);

@@ -1,0 +1,117 @@
+//! A NodeGeneration as its controller caches it: identity, spec without the PRD's text, the
+//! status trimmed to what a settled generation's refresh compares (`trim_cached`), and the
+//! inline PRD's digest.
+//!
+//! Its labels and annotations (Argo CD's tracking ones, the user's own) are never read by a
+//! reconcile; as maps they cost about 0.5 KB each however few their entries. The controller runs
+//! on these entries (a `Resource` of the same kind) and rebuilds the object its reconcile reads
+//! with [`CachedGeneration::to_object`]; a generation that must run reads the whole object from
+//! the API server first.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::compact;
+use super::node_generation::{CACHED_PRD_DIGEST, trim_cached};
+use crate::api::{NodeGeneration, NodeGenerationSpec, NodeGenerationStatus};
+
+/// A cached NodeGeneration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedGeneration {
+    /// Name, namespace, uid, resourceVersion, generation and deletion timestamp only.
+    pub metadata: ObjectMeta,
+    /// The spec, without an inline PRD's text.
+    pub spec: NodeGenerationSpec,
+    pub status: Option<NodeGenerationStatus>,
+    /// The SHA-256 of the inline PRD, if the spec had one.
+    pub prd_digest: Option<String>,
+}
+
+impl From<NodeGeneration> for CachedGeneration {
+    fn from(mut ng: NodeGeneration) -> Self {
+        trim_cached(&mut ng);
+        let NodeGeneration {
+            metadata,
+            spec,
+            status,
+        } = ng;
+        let prd_digest = metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CACHED_PRD_DIGEST).cloned());
+        CachedGeneration {
+            metadata: compact::identity(metadata),
+            spec,
+            status,
+            prd_digest,
+        }
+    }
+}
+
+impl CachedGeneration {
+    /// The NodeGeneration as the reconcile reads a cached one: the identity, the spec with the
+    /// PRD's digest standing for its text, and the trimmed status.
+    pub fn to_object(&self) -> NodeGeneration {
+        let mut metadata = self.metadata.clone();
+        metadata.annotations = self
+            .prd_digest
+            .clone()
+            .map(|d| BTreeMap::from([(CACHED_PRD_DIGEST.to_string(), d)]));
+        NodeGeneration {
+            metadata,
+            spec: self.spec.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+compact::entry_of_kind!(CachedGeneration, NodeGeneration);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::ObjectRef;
+
+    #[test]
+    fn an_entry_keeps_the_prd_as_its_digest_and_no_labels_or_annotations() {
+        let mut ng = NodeGeneration::new(
+            "orders",
+            NodeGenerationSpec {
+                prd: Some("# Orders\n".into()),
+                ..Default::default()
+            },
+        );
+        ng.metadata.namespace = Some("shop".into());
+        ng.metadata.uid = Some("ng-uid".into());
+        ng.metadata.generation = Some(3);
+        ng.metadata.labels = Some(BTreeMap::from([("team".into(), "orders".into())]));
+        // Set by a user, this annotation would stand for a PRD that is not there.
+        ng.metadata.annotations = Some(BTreeMap::from([
+            (CACHED_PRD_DIGEST.to_string(), "forged".to_string()),
+            (
+                "argocd.argoproj.io/tracking-id".to_string(),
+                "x".to_string(),
+            ),
+        ]));
+        let entry = CachedGeneration::from(ng.clone());
+        assert_eq!(entry.spec.prd, None);
+        let digest = entry.prd_digest.clone().unwrap();
+        assert_eq!(digest.len(), 64);
+        assert_ne!(digest, "forged");
+        assert_eq!(entry.metadata.labels, None);
+        assert_eq!(entry.metadata.annotations, None);
+        assert_eq!(entry.metadata.generation, Some(3));
+        assert_eq!(
+            ObjectRef::from_obj(&entry).erase(),
+            ObjectRef::from_obj(&ng).erase()
+        );
+
+        let rebuilt = entry.to_object();
+        assert_eq!(
+            rebuilt.metadata.annotations,
+            Some(BTreeMap::from([(CACHED_PRD_DIGEST.to_string(), digest)]))
+        );
+        assert_eq!(rebuilt.spec.prd, None);
+    }
+}
