@@ -47,26 +47,15 @@ impl From<GeneratedNode> for CachedNode {
             spec,
             status,
         } = gn;
-        let annotation = |key: &str| metadata.annotations.as_ref()?.get(key).cloned();
-        let owner = metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| {
-                o.controller == Some(true) && o.kind == <NodeGeneration as Resource>::kind(&())
-            })
-            .map(|o| Owner {
-                name: o.name.clone(),
-                uid: o.uid.clone(),
-            });
+        let owner = compact::controller_owner(&metadata, &<NodeGeneration as Resource>::kind(&()));
         CachedNode {
             owner,
             generation_label: metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(LABEL_GENERATION).cloned()),
-            traceparent: annotation(ANNOTATION_TRACEPARENT),
-            applied_hash: annotation(APPLIED_HASH_ANNOTATION),
+            traceparent: compact::annotation(&metadata, ANNOTATION_TRACEPARENT),
+            applied_hash: compact::annotation(&metadata, APPLIED_HASH_ANNOTATION),
             shape: compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref()),
             metadata: compact::identity(metadata),
             spec,
@@ -98,7 +87,7 @@ impl CachedNode {
 
     /// Whether the NodeGeneration with this uid controls it.
     pub fn owned_by(&self, uid: Option<&str>) -> bool {
-        uid.is_some() && self.owner.as_ref().map(|o| o.uid.as_str()) == uid
+        Owner::is(self.owner.as_ref(), uid)
     }
 
     /// The NodeGeneration that controls it, if one does (as a reference to `O`, the type the

@@ -61,16 +61,7 @@ pub struct Owner {
 impl<K, T> Cached<K, T> {
     /// The entry of `meta`, whose controller counts if it is of kind `owner_kind`.
     pub fn new(meta: &ObjectMeta, owner_kind: &str, data: T) -> Self {
-        let owner = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true) && o.kind == owner_kind)
-            .map(|o| Owner {
-                name: o.name.clone(),
-                uid: o.uid.clone(),
-            });
-        Self::with_owner(meta, owner, data)
+        Self::with_owner(meta, controller_owner(meta, owner_kind), data)
     }
 
     /// The entry of `meta`, owned by `owner` (a pod's node is named by a label, not an owner
@@ -88,8 +79,27 @@ impl<K, T> Cached<K, T> {
 
     /// Whether the controller with this uid controls the child.
     pub fn owned_by(&self, uid: Option<&str>) -> bool {
-        self.owner.as_ref().map(|o| o.uid.as_str()) == uid && uid.is_some()
+        Owner::is(self.owner.as_ref(), uid)
     }
+}
+
+impl Owner {
+    /// Whether `owner` is the object with this uid.
+    pub fn is(owner: Option<&Owner>, uid: Option<&str>) -> bool {
+        uid.is_some() && owner.map(|o| o.uid.as_str()) == uid
+    }
+}
+
+/// The controller owner of `meta`, if it is of kind `kind`.
+pub fn controller_owner(meta: &ObjectMeta, kind: &str) -> Option<Owner> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == kind)
+        .map(|o| Owner {
+            name: o.name.clone(),
+            uid: o.uid.clone(),
+        })
 }
 
 /// The store's key is built from these: the name and namespace only. Its resourceVersion and
@@ -224,7 +234,7 @@ pub type CachedConfigMap = Cached<ConfigMap, CodeConfigMap>;
 pub type CachedDeployment = Cached<Deployment, DeploymentState>;
 pub type CachedService = Cached<Service, ServiceState>;
 
-fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
+pub fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref()?.get(key).cloned()
 }
 

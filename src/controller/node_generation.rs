@@ -1229,15 +1229,18 @@ mod tests {
         }
     }
 
+    /// Reconcile `ng` as the controller would: from its cache entry.
+    async fn reconcile_cached(ng: NodeGeneration, ctx: Arc<Context>) -> Result<Action, Error> {
+        reconcile(Arc::new(CachedGeneration::from(ng)), ctx).await
+    }
+
     #[tokio::test]
     async fn a_new_generation_publishes_children_then_a_settled_one_writes_nothing() {
         let fake = FakeApi::default();
         let (ctx, mut caches) = context(&fake);
         let mut ng = ng(PRD);
         stored(&fake, &ng);
-        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
-            .await
-            .unwrap();
+        reconcile_cached(ng.clone(), ctx.clone()).await.unwrap();
         let writes = writes_to(&fake);
         assert_eq!(
             writes,
@@ -1312,9 +1315,7 @@ mod tests {
         // Second pass over the settled object: no request at all.
         settle(&fake, &mut ng, &mut caches);
         fake.clear();
-        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
-            .await
-            .unwrap();
+        reconcile_cached(ng.clone(), ctx.clone()).await.unwrap();
         assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
 
         // A GeneratedNode edited by someone else is put back, and only it.
@@ -1326,9 +1327,7 @@ mod tests {
         .clone();
         edited.spec.deploy.replicas = 5;
         CacheWriters::apply(&mut caches.generated_nodes, edited);
-        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
-            .await
-            .unwrap();
+        reconcile_cached(ng.clone(), ctx.clone()).await.unwrap();
         assert_eq!(
             writes_to(&fake),
             vec![
@@ -1406,9 +1405,7 @@ mod tests {
         let (ctx, mut caches) = context(&fake);
         let mut ng = ng(PRD);
         stored(&fake, &ng);
-        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
-            .await
-            .unwrap();
+        reconcile_cached(ng.clone(), ctx.clone()).await.unwrap();
         settle(&fake, &mut ng, &mut caches);
         stored(&fake, &ng);
         let whole = ng.status.clone().unwrap();
@@ -1502,17 +1499,13 @@ mod tests {
         let (ctx, mut caches) = context(&fake);
         let mut ng = ng("   \n\n");
         stored(&fake, &ng);
-        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
-            .await
-            .unwrap();
+        reconcile_cached(ng.clone(), ctx.clone()).await.unwrap();
         let ready = failed_without_children(&fake);
         assert_eq!(ready.reason, "PrdEmpty");
 
         settle(&fake, &mut ng, &mut caches);
         fake.clear();
-        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
-            .await
-            .unwrap();
+        reconcile_cached(ng, ctx).await.unwrap();
         assert!(fake.requests().is_empty(), "{:#?}", fake.requests());
     }
 
@@ -1523,9 +1516,7 @@ mod tests {
         let mut ng = ng(PRD);
         ng.spec.intelligence.mode = crate::api::IntelligenceMode::Required;
         stored(&fake, &ng);
-        let action = reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
-            .await
-            .unwrap();
+        let action = reconcile_cached(ng, ctx).await.unwrap();
         assert_eq!(action, Action::await_change());
         let ready = failed_without_children(&fake);
         assert_eq!(ready.reason, codegen::INTELLIGENCE_NOT_CONFIGURED);
@@ -1549,9 +1540,7 @@ mod tests {
             },
         });
         stored(&fake, &ng);
-        reconcile(Arc::new(CachedGeneration::from(ng.clone())), ctx.clone())
-            .await
-            .unwrap();
+        reconcile_cached(ng.clone(), ctx.clone()).await.unwrap();
         let status: NodeGenerationStatus =
             serde_json::from_value(fake.writes()[0].body["status"].clone()).unwrap();
         assert_eq!(
@@ -1566,9 +1555,7 @@ mod tests {
                 "metadata": {"name": "prds", "namespace": "ns"}, "data": {"orders.md": PRD}}),
         );
         fake.clear();
-        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
-            .await
-            .unwrap();
+        reconcile_cached(ng, ctx).await.unwrap();
         assert!(
             writes_to(&fake)
                 .iter()
@@ -1597,9 +1584,7 @@ mod tests {
         stale.metadata.owner_references = Some(vec![ng.controller_owner_ref(&()).unwrap()]);
         CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(stale));
         stored(&fake, &ng);
-        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
-            .await
-            .unwrap();
+        reconcile_cached(ng, ctx).await.unwrap();
         assert!(writes_to(&fake).contains(
             &"DELETE /apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/orders-old-compute".to_string()
         ));
@@ -1611,9 +1596,7 @@ mod tests {
         *fake.fail_writes_to.lock().unwrap() = Some("/generatednodes/".into());
         let (ctx, _caches) = context(&fake);
         stored(&fake, &ng(PRD));
-        let err = reconcile(Arc::new(CachedGeneration::from(ng(PRD))), ctx.clone())
-            .await
-            .unwrap_err();
+        let err = reconcile_cached(ng(PRD), ctx.clone()).await.unwrap_err();
         assert!(matches!(err, Error::Kube(_)), "{err}");
         assert!(!writes_to(&fake).iter().any(|w| w.ends_with("/status")));
         let key = ObjectRef::<NodeGeneration>::new("orders")
@@ -1629,9 +1612,7 @@ mod tests {
         let (ctx, _caches) = context(&fake);
         let mut ng = ng(PRD);
         ng.spec.suspend = true;
-        reconcile(Arc::new(CachedGeneration::from(ng)), ctx)
-            .await
-            .unwrap();
+        reconcile_cached(ng, ctx).await.unwrap();
         assert!(fake.requests().is_empty());
     }
 }
