@@ -95,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
             limit_malloc_arenas();
+            trim_malloc_periodically(std::time::Duration::from_secs(2));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -204,4 +205,32 @@ fn limit_malloc_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+/// glibc returns freed memory to the system only from the top of its heap. The operator's heap
+/// holds long-lived cache entries between short-lived watch events, list pages and renders, so
+/// the holes those leave stay resident: at 5,000 generations a fifth of the heap was free yet
+/// resident. `malloc_trim` hands the free pages inside the heap back (`MADV_DONTNEED`); it walks
+/// only the free lists, a few milliseconds every `period`.
+fn trim_malloc_periodically(period: std::time::Duration) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(period);
+                    // SAFETY: malloc_trim takes the allocator's own locks; it is safe to call
+                    // from any thread at any time.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the malloc-trim thread");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = period;
 }
