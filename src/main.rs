@@ -210,8 +210,9 @@ fn limit_malloc_arenas() {
 /// glibc returns freed memory to the system only from the top of its heap. The operator's heap
 /// holds long-lived cache entries between short-lived watch events, list pages and renders, so
 /// the holes those leave stay resident: at 5,000 generations a fifth of the heap was free yet
-/// resident. `malloc_trim` hands the free pages inside the heap back (`MADV_DONTNEED`); it walks
-/// only the free lists, a few milliseconds every `period`.
+/// resident. `malloc_trim` hands the free pages inside the heap back (`MADV_DONTNEED`). It walks
+/// the free lists holding each arena's lock: 50 to 110 ms in a synthetic heap of 300,000
+/// scattered free chunks (30 MiB), so allocations may wait that long once every `period`.
 fn trim_malloc_periodically(period: std::time::Duration) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
