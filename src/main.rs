@@ -94,8 +94,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
-            limit_malloc_arenas();
-            trim_malloc_periodically(std::time::Duration::from_secs(2));
+            tune_malloc(std::time::Duration::from_secs(2));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -195,32 +194,30 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// glibc gives every thread that allocates its own arena and rarely returns their memory; a
-/// long-running controller whose reconciles allocate and free megabytes of rendered code would
-/// keep growing. Two arenas (one per worker on the 2-core machines we target) keep the peak
-/// resident set measured in docs/benchmarks.md about 15 MiB lower.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// glibc returns freed memory to the system only from the top of its heap. The operator's heap
-/// holds long-lived cache entries between short-lived watch events, list pages and renders, so
-/// the holes those leave stay resident: at 5,000 generations a fifth of the heap was free yet
-/// resident. `malloc_trim` hands the free pages inside the heap back (`MADV_DONTNEED`). It walks
-/// the free lists holding each arena's lock: 50 to 110 ms in a synthetic heap of 300,000
-/// scattered free chunks (30 MiB), so allocations may wait that long once every `period`.
-fn trim_malloc_periodically(period: std::time::Duration) {
+/// Tune glibc's allocator for a long-running controller whose reconciles allocate and free
+/// megabytes of watch events, list pages and rendered code between long-lived cache entries.
+///
+/// - Two arenas: glibc gives every thread that allocates its own arena; two (one per worker on
+///   the 2-core machines we target) kept the peak resident set about 15 MiB lower.
+/// - A thread calls `malloc_trim` every `trim_period`: glibc returns memory only from the top of
+///   its heap, so the holes between cache entries stayed resident (at 5,000 generations a fifth
+///   of the heap). The trim hands their pages back (`MADV_DONTNEED`) but walks the free lists
+///   holding each arena's lock: 50 to 110 ms in a synthetic heap of 300,000 scattered free
+///   chunks (30 MiB), so allocations may wait that long once every period.
+///
+/// Figures: docs/benchmarks.md. Must run before any other thread exists.
+fn tune_malloc(trim_period: std::time::Duration) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        // SAFETY: mallopt only adjusts allocator parameters; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
         let spawned = std::thread::Builder::new()
             .name("malloc-trim".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(period);
+                    std::thread::sleep(trim_period);
                     // SAFETY: malloc_trim takes the allocator's own locks; it is safe to call
                     // from any thread at any time.
                     unsafe {
@@ -233,5 +230,5 @@ fn trim_malloc_periodically(period: std::time::Duration) {
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = period;
+    let _ = trim_period;
 }
