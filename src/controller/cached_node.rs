@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::reflector::{Lookup, ObjectRef};
 
-use super::compact::{self, Owner};
+use super::children::{Controller, digest};
+use super::compact;
 use super::node_generation::APPLIED_HASH_ANNOTATION;
 use crate::api::{
     ANNOTATION_TRACEPARENT, GeneratedNode, GeneratedNodeSpec, GeneratedNodeStatus,
@@ -29,13 +30,14 @@ pub struct CachedNode {
     pub spec: GeneratedNodeSpec,
     pub status: Option<GeneratedNodeStatus>,
     /// The controlling NodeGeneration, if one controls it.
-    pub owner: Option<Owner>,
+    pub owner: Option<Controller>,
     /// The generation label (which NodeGeneration run made it); its children carry it too.
     pub generation_label: Option<String>,
     /// The trace of the generation that made it, which its Deployment passes on.
     pub traceparent: Option<String>,
-    /// The hash of the spec its NodeGeneration applied (`APPLIED_HASH_ANNOTATION`).
-    pub applied_hash: Option<String>,
+    /// The [`digest`] of the hash of the spec its NodeGeneration applied
+    /// (`APPLIED_HASH_ANNOTATION`).
+    pub applied_hash: Option<u64>,
     /// Digest of its labels and owner references, compared with those of the desired object.
     pub shape: u64,
 }
@@ -47,7 +49,7 @@ impl From<GeneratedNode> for CachedNode {
             spec,
             status,
         } = gn;
-        let owner = compact::controller_owner(&metadata, &<NodeGeneration as Resource>::kind(&()));
+        let owner = compact::controller_of(&metadata, &<NodeGeneration as Resource>::kind(&()));
         CachedNode {
             owner,
             generation_label: metadata
@@ -55,7 +57,8 @@ impl From<GeneratedNode> for CachedNode {
                 .as_ref()
                 .and_then(|l| l.get(LABEL_GENERATION).cloned()),
             traceparent: compact::annotation(&metadata, ANNOTATION_TRACEPARENT),
-            applied_hash: compact::annotation(&metadata, APPLIED_HASH_ANNOTATION),
+            applied_hash: compact::annotation(&metadata, APPLIED_HASH_ANNOTATION)
+                .map(|h| digest(&h)),
             shape: compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref()),
             metadata: compact::identity(metadata),
             spec,
@@ -87,7 +90,7 @@ impl CachedNode {
 
     /// Whether the NodeGeneration with this uid controls it.
     pub fn owned_by(&self, uid: Option<&str>) -> bool {
-        Owner::is(self.owner.as_ref(), uid)
+        Controller::is(self.owner.as_ref(), uid)
     }
 
     /// The NodeGeneration that controls it, if one does (as a reference to `O`, the type the
@@ -166,7 +169,7 @@ mod tests {
         assert!(!entry.owned_by(Some("other")));
         assert!(!entry.owned_by(None));
         assert_eq!(entry.generation_label.as_deref(), Some("orders"));
-        assert_eq!(entry.applied_hash.as_deref(), Some("h1"));
+        assert_eq!(entry.applied_hash, Some(digest("h1")));
         assert_eq!(
             entry.shape,
             compact::shape(

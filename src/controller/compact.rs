@@ -1,137 +1,26 @@
-//! Compact cache entries for the children the operator applies (code ConfigMaps, Deployments,
-//! Services): what a reconcile compares, and nothing else.
+//! Compact cache entries: what a reconcile compares of an object, and nothing else. The
+//! children's entries (code ConfigMaps, Deployments, Services) go into [`super::children`];
+//! the controllers' own (GeneratedNodes, NodeGenerations) keep an identity of
+//! [`identity`]'s and are `Resource`s of their kind through [`entry_of_kind`].
 //!
 //! A trimmed Kubernetes object still costs 2 to 3 KB in a cache (every label or annotation map
-//! is a B-tree node of its own, an `ObjectMeta` is 0.3 KB before anything is set); these entries
-//! are a few hundred bytes. Their watches also stand in for kube-runtime's `owns` and its
-//! `predicate_filter`: each watch event updates the store and, when the resourceVersion is new
-//! (not a relist's repeat), triggers the owner's reconcile. One store per kind, and no second
-//! map of every object's name, namespace and uid in a predicate cache.
+//! is a B-tree node of its own, an `ObjectMeta` is 0.3 KB before anything is set).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::marker::PhantomData;
+use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
-use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::PartialObjectMeta;
+use kube::runtime::watcher;
 
+use super::children::{Child, Controller, Entry, digest};
 use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
 use crate::api::{GeneratedNode, LABEL_GENERATION, NodeGeneration};
 use crate::publish::configmap::CONTENT_HASH_ANNOTATION;
-
-/// A cached child of kind `K`: its identity, its controller and the fields `T` a reconcile reads.
-#[derive(Debug, PartialEq)]
-pub struct Cached<K, T> {
-    pub name: String,
-    pub namespace: String,
-    pub resource_version: String,
-    /// The controller owner of the kind this cache serves (`None` for anything else).
-    pub owner: Option<Owner>,
-    pub data: T,
-    kind: PhantomData<fn() -> K>,
-}
-
-impl<K, T: Clone> Clone for Cached<K, T> {
-    fn clone(&self) -> Self {
-        Cached {
-            name: self.name.clone(),
-            namespace: self.namespace.clone(),
-            resource_version: self.resource_version.clone(),
-            owner: self.owner.clone(),
-            data: self.data.clone(),
-            kind: PhantomData,
-        }
-    }
-}
-
-/// The controller owner of a child.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Owner {
-    pub name: String,
-    pub uid: String,
-}
-
-impl<K, T> Cached<K, T> {
-    /// The entry of `meta`, whose controller counts if it is of kind `owner_kind`.
-    pub fn new(meta: &ObjectMeta, owner_kind: &str, data: T) -> Self {
-        Self::with_owner(meta, controller_owner(meta, owner_kind), data)
-    }
-
-    /// The entry of `meta`, owned by `owner` (a pod's node is named by a label, not an owner
-    /// reference).
-    pub fn with_owner(meta: &ObjectMeta, owner: Option<Owner>, data: T) -> Self {
-        Cached {
-            name: meta.name.clone().unwrap_or_default(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            resource_version: meta.resource_version.clone().unwrap_or_default(),
-            owner,
-            data,
-            kind: PhantomData,
-        }
-    }
-
-    /// Whether the controller with this uid controls the child.
-    pub fn owned_by(&self, uid: Option<&str>) -> bool {
-        Owner::is(self.owner.as_ref(), uid)
-    }
-}
-
-impl Owner {
-    /// Whether `owner` is the object with this uid.
-    pub fn is(owner: Option<&Owner>, uid: Option<&str>) -> bool {
-        uid.is_some() && owner.map(|o| o.uid.as_str()) == uid
-    }
-}
-
-/// The controller owner of `meta`, if it is of kind `kind`.
-pub fn controller_owner(meta: &ObjectMeta, kind: &str) -> Option<Owner> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && o.kind == kind)
-        .map(|o| Owner {
-            name: o.name.clone(),
-            uid: o.uid.clone(),
-        })
-}
-
-/// The store's key is built from these: the name and namespace only. Its resourceVersion and
-/// uid would be copied into every key, and nothing reads them there.
-impl<K: Resource<DynamicType = ()>, T> Lookup for Cached<K, T> {
-    type DynamicType = ();
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        K::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        K::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        K::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        K::plural(&())
-    }
-    fn name(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.name))
-    }
-    fn namespace(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.namespace))
-    }
-    fn resource_version(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-    fn uid(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-}
 
 /// The identity of `meta` (name, namespace, uid, resourceVersion, generation, deletion
 /// timestamp): the metadata a controller's own cache entry keeps.
@@ -191,22 +80,23 @@ macro_rules! entry_of_kind {
 }
 pub(crate) use entry_of_kind;
 
-/// What the NodeGeneration reconcile compares of a code ConfigMap.
+/// What the NodeGeneration reconcile compares of a code ConfigMap (strings as [`digest`]s).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodeConfigMap {
-    pub content_hash: Option<String>,
+    pub content_hash: Option<u64>,
+    /// The module the node's startup script runs (read back, so kept as it is).
     pub entry: Option<String>,
     /// The generation label: which NodeGeneration's run made it.
-    pub generation: Option<String>,
+    pub generation: Option<u64>,
     /// Digest of the labels and owner references, compared with those of the desired object.
     pub shape: u64,
 }
 
-/// What the GeneratedNode reconcile reads of a Deployment: the hash of what it applied and the
-/// rollout's counts.
+/// What the GeneratedNode reconcile reads of a Deployment: the digest of the hash of what it
+/// applied, and the rollout's counts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeploymentState {
-    pub applied_hash: Option<String>,
+    pub applied_hash: Option<u64>,
     pub rollout: Rollout,
 }
 
@@ -224,18 +114,19 @@ pub struct Rollout {
     pub stalled: bool,
 }
 
-/// What the GeneratedNode reconcile compares of a Service: the hash of what it applied.
+/// What the GeneratedNode reconcile compares of a Service: the digest of the hash of what it
+/// applied.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceState {
-    pub applied_hash: Option<String>,
+    pub applied_hash: Option<u64>,
 }
-
-pub type CachedConfigMap = Cached<ConfigMap, CodeConfigMap>;
-pub type CachedDeployment = Cached<Deployment, DeploymentState>;
-pub type CachedService = Cached<Service, ServiceState>;
 
 pub fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref()?.get(key).cloned()
+}
+
+fn annotation_digest(meta: &ObjectMeta, key: &str) -> Option<u64> {
+    Some(digest(meta.annotations.as_ref()?.get(key)?))
 }
 
 /// Digest of what decides whether a child is still ours as applied: its labels and owners.
@@ -252,35 +143,64 @@ pub fn shape(
     h.finish()
 }
 
+/// The cache entry of `meta`, controlled by `controller`.
+pub fn entry<T>(meta: &ObjectMeta, controller: Option<Controller>, data: T) -> Entry<T> {
+    Entry {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        child: Child {
+            resource_version: digest(meta.resource_version.as_deref().unwrap_or_default()),
+            controller,
+            data,
+        },
+    }
+}
+
+/// The controller of `meta`, if it is of kind `kind`.
+pub fn controller_of(meta: &ObjectMeta, kind: &str) -> Option<Controller> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == kind)
+        .map(|o| Controller {
+            name: Arc::from(o.name.as_str()),
+            uid: digest(&o.uid),
+        })
+}
+
 /// The cache entry of a code ConfigMap (owned by a NodeGeneration).
-pub fn config_map(meta: &ObjectMeta) -> CachedConfigMap {
+pub fn config_map(meta: &ObjectMeta) -> Entry<CodeConfigMap> {
     let data = CodeConfigMap {
-        content_hash: annotation(meta, CONTENT_HASH_ANNOTATION),
+        content_hash: annotation_digest(meta, CONTENT_HASH_ANNOTATION),
         entry: annotation(meta, ENTRY_ANNOTATION),
         generation: meta
             .labels
             .as_ref()
-            .and_then(|l| l.get(LABEL_GENERATION).cloned()),
+            .and_then(|l| l.get(LABEL_GENERATION))
+            .map(|g| digest(g)),
         shape: shape(meta.labels.as_ref(), meta.owner_references.as_ref()),
     };
-    Cached::new(meta, &<NodeGeneration as Resource>::kind(&()), data)
+    let owner = controller_of(meta, &<NodeGeneration as Resource>::kind(&()));
+    entry(meta, owner, data)
 }
 
 /// The cache entry of a node's Deployment (owned by a GeneratedNode).
-pub fn deployment(d: &Deployment) -> CachedDeployment {
+pub fn deployment(d: &Deployment) -> Entry<DeploymentState> {
     let data = DeploymentState {
-        applied_hash: annotation(&d.metadata, APPLIED_HASH_ANNOTATION),
+        applied_hash: annotation_digest(&d.metadata, APPLIED_HASH_ANNOTATION),
         rollout: rollout(d),
     };
-    Cached::new(&d.metadata, &<GeneratedNode as Resource>::kind(&()), data)
+    let owner = controller_of(&d.metadata, &<GeneratedNode as Resource>::kind(&()));
+    entry(&d.metadata, owner, data)
 }
 
 /// The cache entry of a node's Service (owned by a GeneratedNode).
-pub fn service(meta: &ObjectMeta) -> CachedService {
+pub fn service(meta: &ObjectMeta) -> Entry<ServiceState> {
     let data = ServiceState {
-        applied_hash: annotation(meta, APPLIED_HASH_ANNOTATION),
+        applied_hash: annotation_digest(meta, APPLIED_HASH_ANNOTATION),
     };
-    Cached::new(meta, &<GeneratedNode as Resource>::kind(&()), data)
+    let owner = controller_of(meta, &<GeneratedNode as Resource>::kind(&()));
+    entry(meta, owner, data)
 }
 
 /// The rollout counts of `d`.
@@ -304,54 +224,6 @@ pub fn rollout(d: &Deployment) -> Rollout {
     }
 }
 
-/// A cache of `api`'s objects as `compact` makes them, and the reconcile triggers of their
-/// owners (of kind `O`): one for every event of a new resourceVersion, deletions included. The
-/// triggers' stream drives the watch, so it must be polled (by `Controller::reconcile_on`).
-/// `observe` sees every event the cache takes in (to keep an index).
-pub fn cache<W, K, T, O>(
-    api: Api<W>,
-    config: watcher::Config,
-    compact: fn(&W) -> Cached<K, T>,
-    mut observe: impl FnMut(&watcher::Event<Cached<K, T>>) + Send + 'static,
-) -> (
-    Store<Cached<K, T>>,
-    impl Stream<Item = ObjectRef<O>> + Send + 'static,
-)
-where
-    W: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-    K: Resource<DynamicType = ()> + 'static,
-    T: Clone + Send + Sync + 'static,
-    O: Resource<DynamicType = ()> + 'static,
-{
-    let (reader, mut writer) = reflector::store::<Cached<K, T>>();
-    let store = reader.clone();
-    let triggers = watcher(api, config)
-        .default_backoff()
-        .filter_map(move |event| {
-            let owners = match event {
-                Ok(event) => {
-                    let event = map_event(event, |o| compact(&o));
-                    let owners = touched_owners::<K, T, O>(&reader, &event);
-                    writer.apply_watcher_event(&event);
-                    observe(&event);
-                    owners
-                }
-                Err(e) => {
-                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
-                    Vec::new()
-                }
-            };
-            futures::future::ready(Some(futures::stream::iter(owners)))
-        })
-        .flatten();
-    (store, triggers)
-}
-
 /// The watch event of `compact(object)`.
 pub fn map_event<K, C>(
     event: watcher::Event<K>,
@@ -366,43 +238,13 @@ pub fn map_event<K, C>(
     }
 }
 
-/// The owners to reconcile for `event`, judged against the store before it applies the event:
-/// an object whose resourceVersion the store already holds (a relist repeating what the watch
-/// delivered) triggers nothing.
-fn touched_owners<K, T, O>(
-    store: &Store<Cached<K, T>>,
-    event: &watcher::Event<Cached<K, T>>,
-) -> Vec<ObjectRef<O>>
-where
-    K: Resource<DynamicType = ()>,
-    T: Clone,
-    O: Resource<DynamicType = ()>,
-{
-    let (obj, deleted) = match event {
-        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, false),
-        watcher::Event::Delete(o) => (o, true),
-        watcher::Event::Init | watcher::Event::InitDone => return Vec::new(),
-    };
-    let Some(owner) = &obj.owner else {
-        return Vec::new();
-    };
-    let seen = !deleted
-        && store
-            .get(&ObjectRef::new(&obj.name).within(&obj.namespace))
-            .is_some_and(|old| old.resource_version == obj.resource_version);
-    if seen {
-        return Vec::new();
-    }
-    vec![ObjectRef::new(&owner.name).within(&obj.namespace)]
-}
-
 /// Metadata-only objects keep the compact functions' signature (`fn(&K)`).
-pub fn config_map_of(cm: &PartialObjectMeta<ConfigMap>) -> CachedConfigMap {
+pub fn config_map_of(cm: &PartialObjectMeta<ConfigMap>) -> Entry<CodeConfigMap> {
     config_map(&cm.metadata)
 }
 
 /// See [`config_map_of`].
-pub fn service_of(svc: &PartialObjectMeta<Service>) -> CachedService {
+pub fn service_of(svc: &PartialObjectMeta<Service>) -> Entry<ServiceState> {
     service(&svc.metadata)
 }
 
@@ -440,50 +282,34 @@ mod tests {
     #[test]
     fn a_config_map_entry_compares_equal_only_to_the_same_labels_owner_and_hashes() {
         let cached = config_map(&code_config_map("1", "uid-1"));
-        assert_eq!(cached.data.content_hash.as_deref(), Some("abc"));
-        assert_eq!(cached.data.generation.as_deref(), Some("hello"));
+        assert_eq!(
+            (cached.namespace.as_str(), cached.name.as_str()),
+            ("ns", "hello-code")
+        );
+        let cached = cached.child;
+        assert_eq!(cached.data.content_hash, Some(digest("abc")));
+        assert_eq!(cached.data.generation, Some(digest("hello")));
+        assert_eq!(cached.controller.as_ref().unwrap().name.as_ref(), "hello");
         assert!(cached.owned_by(Some("uid-1")));
         assert!(!cached.owned_by(Some("uid-2")) && !cached.owned_by(None));
         // Another resourceVersion or annotation nobody compares: the same entry data.
-        assert_eq!(config_map(&code_config_map("7", "uid-1")).data, cached.data);
+        let later = config_map(&code_config_map("7", "uid-1")).child;
+        assert_eq!(later.data, cached.data);
+        assert_ne!(later.resource_version, cached.resource_version);
         // Another owner (a NodeGeneration deleted and created again): different.
-        assert_ne!(config_map(&code_config_map("1", "uid-2")).data, cached.data);
+        assert_ne!(
+            config_map(&code_config_map("1", "uid-2")).child.data,
+            cached.data
+        );
         let mut relabelled = code_config_map("1", "uid-1");
         relabelled
             .labels
             .get_or_insert_default()
             .insert("team".into(), "x".into());
-        assert_ne!(config_map(&relabelled).data, cached.data);
-    }
-
-    #[test]
-    fn a_relisted_version_triggers_nothing_and_a_new_one_or_a_delete_its_owner() {
-        let (store, mut writer) = reflector::store::<CachedConfigMap>();
-        let v1 = config_map(&code_config_map("1", "uid-1"));
-        let owners = |event: &watcher::Event<CachedConfigMap>| {
-            touched_owners::<ConfigMap, CodeConfigMap, NodeGeneration>(&store, event)
-        };
-        let hello = vec![ObjectRef::<NodeGeneration>::new("hello").within("ns")];
-        assert_eq!(owners(&watcher::Event::Apply(v1.clone())), hello);
-        writer.apply_watcher_event(&watcher::Event::Apply(v1.clone()));
-        assert_eq!(
-            store
-                .get(&ObjectRef::new("hello-code").within("ns"))
-                .as_deref(),
-            Some(&v1)
-        );
-        // A relist (after a restart of the watch) repeats version 1: no reconcile.
-        writer.apply_watcher_event(&watcher::Event::Init);
-        assert!(owners(&watcher::Event::InitApply(v1.clone())).is_empty());
-        let v2 = config_map(&code_config_map("2", "uid-1"));
-        assert_eq!(owners(&watcher::Event::InitApply(v2.clone())), hello);
-        writer.apply_watcher_event(&watcher::Event::InitApply(v2.clone()));
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        assert_eq!(owners(&watcher::Event::Delete(v2)), hello);
-        // Not controlled by a NodeGeneration: nobody to reconcile.
+        assert_ne!(config_map(&relabelled).child.data, cached.data);
         let mut stray = code_config_map("3", "uid-1");
         stray.owner_references = None;
-        assert!(owners(&watcher::Event::Apply(config_map(&stray))).is_empty());
+        assert_eq!(config_map(&stray).child.controller, None);
     }
 
     #[test]
@@ -508,8 +334,8 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let cached = deployment(&d);
-        assert_eq!(cached.data.applied_hash.as_deref(), Some("h"));
+        let cached = deployment(&d).child;
+        assert_eq!(cached.data.applied_hash, Some(digest("h")));
         assert_eq!(
             cached.data.rollout,
             Rollout {
@@ -522,7 +348,7 @@ mod tests {
             }
         );
         assert_eq!(
-            deployment(&Deployment::default()).data.rollout,
+            deployment(&Deployment::default()).child.data.rollout,
             Rollout::default()
         );
     }

@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::cached_node::CachedNode;
-use super::{Caches, Context, ControllerMetrics, compact};
+use super::{Caches, Context, ControllerMetrics, children, compact};
 
 use crate::deploy::DeployDefaults;
 use crate::render::Renderer;
@@ -165,28 +165,53 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 /// Writers that fill the caches the way the watches would.
 pub struct CacheWriters {
     pub generated_nodes: Writer<CachedNode>,
-    pub config_maps: Writer<compact::CachedConfigMap>,
-    pub deployments: Writer<compact::CachedDeployment>,
-    pub services: Writer<compact::CachedService>,
+    pub config_maps: children::Writer<compact::CodeConfigMap>,
+    pub deployments: children::Writer<compact::DeploymentState>,
+    pub services: children::Writer<compact::ServiceState>,
+}
+
+/// An object, or a child's entry, that a test puts into a cache.
+pub trait Cacheable<W> {
+    fn put(self, writer: &mut W);
+}
+
+impl<K> Cacheable<Writer<K>> for K
+where
+    K: Lookup + Clone,
+    K::DynamicType: Clone + Default + Eq + std::hash::Hash,
+{
+    fn put(self, writer: &mut Writer<K>) {
+        writer.apply_watcher_event(&watcher::Event::Apply(self));
+    }
+}
+
+impl<T> Cacheable<children::Writer<T>> for children::Entry<T> {
+    fn put(self, writer: &mut children::Writer<T>) {
+        writer.apply(watcher::Event::Apply(self));
+    }
 }
 
 impl CacheWriters {
-    pub fn apply<K>(writer: &mut Writer<K>, obj: K)
-    where
-        K: Lookup + Clone,
-        K::DynamicType: Clone + Default + Eq + std::hash::Hash,
-    {
-        writer.apply_watcher_event(&watcher::Event::Apply(obj));
+    pub fn apply<W>(writer: &mut W, obj: impl Cacheable<W>) {
+        obj.put(writer);
     }
 }
 
 /// A context over the fake API with empty caches.
 pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
     let (gn_r, gn_w) = reflector::store();
-    let (cm_r, cm_w) = reflector::store();
-    let (dep_r, dep_w) = reflector::store();
-    let (svc_r, svc_w) = reflector::store();
-    let (pod_r, _pod_w) = reflector::store();
+    let (cm_r, mut cm_w) = children::store(true);
+    let (dep_r, mut dep_w) = children::store(false);
+    let (svc_r, mut svc_w) = children::store(false);
+    let (pod_r, mut pod_w) = children::store(true);
+    for ready in [
+        cm_w.apply(watcher::Event::InitDone),
+        dep_w.apply(watcher::Event::InitDone),
+        svc_w.apply(watcher::Event::InitDone),
+        pod_w.apply(watcher::Event::InitDone),
+    ] {
+        assert!(ready.is_none());
+    }
     let ctx = Context::new(
         fake.client(),
         Renderer::embedded().unwrap(),
@@ -204,9 +229,6 @@ pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
             deployments: dep_r,
             services: svc_r,
             pods: pod_r,
-            pods_by_node: Arc::new(std::sync::Mutex::new(super::index::ByNode::new(
-                super::pod_health::node_of,
-            ))),
             synced: tokio::sync::watch::channel(true).1,
         },
     );

@@ -67,14 +67,12 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = ObjectRef::new(&name).within(&ns);
-    let service_key = ObjectRef::new(&name).within(&ns);
 
     if !gn.spec.deploy.enabled {
-        if ctx.caches.deployments.get(&key).is_some() {
+        if ctx.caches.deployments.get(&ns, &name).is_some() {
             delete_ignoring_missing(&deployments, &name).await?;
         }
-        if ctx.caches.services.get(&service_key).is_some() {
+        if ctx.caches.services.get(&ns, &name).is_some() {
             delete_ignoring_missing(&services, &name).await?;
         }
         let conditions = vec![
@@ -111,7 +109,7 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     // Rollout follows the system graph: no Deployment before the nodes this one uses are
     // Ready. Once deployed, a dependency that becomes unready does not take this node down.
     let waiting = unready_dependencies(gn, ctx, &ns);
-    if !waiting.is_empty() && ctx.caches.deployments.get(&key).is_none() {
+    if !waiting.is_empty() && ctx.caches.deployments.get(&ns, &name).is_none() {
         let reason = "WaitingForDependencies";
         let message = format!("waiting for {} to be Ready", waiting.join(", "));
         write_status(gn, ctx, not_running(reason, message), None).await?;
@@ -147,18 +145,16 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     let service_current = ctx
         .caches
         .services
-        .get(&service_key)
-        .is_some_and(|s| s.data.applied_hash.as_deref() == applied_hash(&service.metadata));
+        .get(&ns, &name)
+        .is_some_and(|s| s.data.applied_hash == applied_hash(&service.metadata));
     if !service_current {
         services
             .patch_metadata(&name, &params, &Patch::Apply(&service))
             .await?;
     }
-    let cached = ctx.caches.deployments.get(&key);
+    let cached = ctx.caches.deployments.get(&ns, &name);
     let rollout = match cached {
-        Some(d) if d.data.applied_hash.as_deref() == applied_hash(&deployment.metadata) => {
-            d.data.rollout
-        }
+        Some(d) if d.data.applied_hash == applied_hash(&deployment.metadata) => d.data.rollout,
         _ => compact::rollout(
             &deployments
                 .patch(&name, &params, &Patch::Apply(&deployment))
@@ -174,7 +170,6 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     } else {
         super::pod_health::health(
             &ctx.caches.pods,
-            &ctx.caches.pods_by_node,
             &ns,
             &name,
             k8s_openapi::jiff::Timestamp::now(),
@@ -239,11 +234,10 @@ fn stamp(meta: &mut ObjectMeta, hash: String) {
         .insert(APPLIED_HASH_ANNOTATION.to_string(), hash);
 }
 
-fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
-    meta.annotations
-        .as_ref()?
-        .get(APPLIED_HASH_ANNOTATION)
-        .map(String::as_str)
+/// The digest of the hash `meta` was stamped with, as the children caches keep it.
+fn applied_hash(meta: &ObjectMeta) -> Option<u64> {
+    let hash = meta.annotations.as_ref()?.get(APPLIED_HASH_ANNOTATION)?;
+    Some(super::children::digest(hash))
 }
 
 fn hash_of<T: serde::Serialize>(obj: &T) -> Result<String, Error> {
@@ -293,11 +287,8 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
             message: "spec.source names neither a ConfigMap nor a Git revision".into(),
         });
     };
-    let cached = ctx
-        .caches
-        .config_maps
-        .get(&ObjectRef::new(&cm.name).within(ns));
-    if let Some(entry) = cached.as_ref().and_then(|c| c.data.entry.clone()) {
+    let cached = ctx.caches.config_maps.get(ns, &cm.name);
+    if let Some(entry) = cached.and_then(|c| c.data.entry) {
         return Ok(entry_in(gn, &cm.name, &[key_for(&entry)]));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);

@@ -1,6 +1,5 @@
 //! Objects grouped by the GeneratedNodes they name, kept up to date from their watch: what a
-//! reconcile asks ("the pods of this node", "the nodes that depend on this one") without a
-//! scan of a cache that holds every such object of the namespace. Asked at every change, a
+//! reconcile asks ("the nodes that depend on this one") without a scan of a cache that holds every such object of the namespace. Asked at every change, a
 //! scan makes a large namespace quadratic.
 
 use std::collections::HashMap;

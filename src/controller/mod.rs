@@ -5,6 +5,7 @@
 mod backoff;
 pub mod cached_generation;
 pub mod cached_node;
+pub mod children;
 pub mod compact;
 pub mod config;
 mod events;
@@ -42,6 +43,7 @@ use crate::render::Renderer;
 use crate::telemetry::{self, Health};
 use cached_generation::CachedGeneration;
 use cached_node::CachedNode;
+use children::Children;
 use index::ByNode;
 
 pub use backoff::Backoff;
@@ -75,13 +77,12 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Caches {
     pub generated_nodes: Store<CachedNode>,
-    pub config_maps: Store<compact::CachedConfigMap>,
-    pub deployments: Store<compact::CachedDeployment>,
-    pub services: Store<compact::CachedService>,
-    /// The nodes' pods, what their status says of a node that will not start.
-    pub pods: Store<pod_health::CachedPod>,
-    /// The pods above by the GeneratedNode they belong to.
-    pub pods_by_node: Arc<std::sync::Mutex<ByNode<pod_health::CachedPod>>>,
+    /// The code ConfigMaps, by the NodeGeneration that controls them too.
+    pub config_maps: Children<compact::CodeConfigMap>,
+    pub deployments: Children<compact::DeploymentState>,
+    pub services: Children<compact::ServiceState>,
+    /// The nodes' pods, what their status says of a node that will not start; by node too.
+    pub pods: Children<pod_health::PodState>,
     /// True once every cache above has its first full list.
     pub synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -388,39 +389,31 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     // Compact caches of the children, each fed by the watch that also triggers the owner's
     // reconcile.
-    let (cm_reader, cm_owners) = compact::cache::<_, _, _, CachedGeneration>(
+    let (cm_reader, cm_owners) = children::cache::<_, _, CachedGeneration>(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
         managed.clone(),
         compact::config_map_of,
-        |_| {},
+        true,
     );
-    let (dep_reader, dep_owners) = compact::cache::<_, _, _, CachedNode>(
+    let (dep_reader, dep_owners) = children::cache::<_, _, CachedNode>(
         api::<Deployment>(&client, ns),
         managed.clone(),
         compact::deployment,
-        |_| {},
+        false,
     );
-    let (svc_reader, svc_owners) = compact::cache::<_, _, _, CachedNode>(
+    let (svc_reader, svc_owners) = children::cache::<_, _, CachedNode>(
         api::<PartialObjectMeta<Service>>(&client, ns),
         managed.clone(),
         compact::service_of,
-        |_| {},
+        false,
     );
     // The pods carry the Deployment's labels (ours among them); their status is all we read.
-    let pods_by_node = Arc::new(std::sync::Mutex::new(ByNode::new(pod_health::node_of)));
-    let (pod_reader, pod_owners) = {
-        let index = pods_by_node.clone();
-        compact::cache::<_, _, _, CachedNode>(
-            api::<Pod>(&client, ns),
-            managed.clone(),
-            pod_health::cached,
-            move |event| {
-                if let Ok(mut index) = index.lock() {
-                    index.update(event);
-                }
-            },
-        )
-    };
+    let (pod_reader, pod_owners) = children::cache::<_, _, CachedNode>(
+        api::<Pod>(&client, ns),
+        managed.clone(),
+        pod_health::cached,
+        true,
+    );
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
@@ -516,7 +509,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         deployments: dep_reader,
         services: svc_reader,
         pods: pod_reader,
-        pods_by_node,
         synced: synced_rx,
     };
     let mut ctx = Context::new(

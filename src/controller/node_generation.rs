@@ -20,6 +20,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::cached_generation::CachedGeneration;
+use super::children::digest;
 use super::metrics::{NodeLabels, domain_label};
 use super::{
     Context, Error, apply_params, apply_status, compact, delete_ignoring_missing, git_output,
@@ -817,8 +818,8 @@ fn config_map_current(ctx: &Context, ns: &str, desired: &ConfigMap) -> bool {
     let name = desired.metadata.name.clone().unwrap_or_default();
     ctx.caches
         .config_maps
-        .get(&ObjectRef::new(&name).within(ns))
-        .is_some_and(|cached| cached.data == compact::config_map(&desired.metadata).data)
+        .get(ns, &name)
+        .is_some_and(|cached| cached.data == compact::config_map(&desired.metadata).child.data)
 }
 
 /// Whether the cached GeneratedNode already is what `desired` would apply (and was not edited).
@@ -831,7 +832,7 @@ fn generated_node_current(ctx: &Context, ns: &str, desired: &GeneratedNode) -> R
         return Ok(false);
     };
     let want = annotation(&desired.metadata, APPLIED_HASH_ANNOTATION);
-    Ok(cached.applied_hash.as_deref() == want
+    Ok(cached.applied_hash == want.map(digest)
         && Some(spec_hash(&cached.spec)?.as_str()) == want
         && cached.shape
             == compact::shape(
@@ -855,15 +856,15 @@ fn children_intact(ng: &NodeGeneration, status: &NodeGenerationStatus, ctx: &Con
                 .get(&ObjectRef::new(&node.name).within(&ns));
             let gn_ok = gn.is_some_and(|gn| {
                 gn.spec.content_hash == node.content_hash
-                    && spec_hash(&gn.spec).ok().as_deref() == gn.applied_hash.as_deref()
+                    && spec_hash(&gn.spec).ok().map(|h| digest(&h)) == gn.applied_hash
                     && gn.owned_by(ng.metadata.uid.as_deref())
             });
             let cm = ctx
                 .caches
                 .config_maps
-                .get(&ObjectRef::new(&code_config_map_name(&node.name)).within(&ns));
+                .get(&ns, &code_config_map_name(&node.name));
             let cm_ok = cm.is_some_and(|cm| {
-                cm.data.content_hash.as_deref() == Some(node.content_hash.as_str())
+                cm.data.content_hash == Some(digest(&node.content_hash))
                     && cm.owned_by(ng.metadata.uid.as_deref())
             });
             gn_ok && cm_ok
@@ -895,12 +896,11 @@ async fn delete_unplanned(
         }
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    for cm in ctx.caches.config_maps.state() {
-        let ours = cm.namespace == ns
-            && cm.data.generation.as_deref() == Some(name)
-            && cm.owned_by(ng.metadata.uid.as_deref());
-        if ours && !planned_cms.contains(&cm.name) {
-            delete_ignoring_missing(&cms, &cm.name).await?;
+    for (cm_name, cm) in ctx.caches.config_maps.controlled_by(ns, name) {
+        let ours =
+            cm.data.generation == Some(digest(name)) && cm.owned_by(ng.metadata.uid.as_deref());
+        if ours && !planned_cms.contains(&*cm_name) {
+            delete_ignoring_missing(&cms, &cm_name).await?;
         }
     }
     Ok(())

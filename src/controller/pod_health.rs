@@ -4,16 +4,14 @@
 //! Deployment's progress deadline. A container that started but keeps failing its readiness
 //! probe has no kubelet reason; it gets [`READINESS_FAILING`] once it had time to pass.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::compact::{Cached, Owner};
-use super::index::ByNode;
+use super::children::{Children, Controller, Entry};
 
 /// Waiting reasons that mean the container will not start without a change.
 pub const FAILING_REASONS: &[&str] = &[
@@ -53,15 +51,16 @@ pub struct Health {
 }
 
 /// What [`health`] reads of a pod, worked out when its watch delivers it: the Pods cache holds
-/// one per replica of every node, and a pod's spec and status are kilobytes.
+/// one per replica of every node, and a pod's spec and status are kilobytes. The rare parts are
+/// boxed: most pods are neither failing nor unready.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodState {
     /// Being deleted: its containers' states no longer speak for the node.
     pub deleting: bool,
     /// A container that will not start: the kubelet's reason and a message naming it.
-    pub failure: Option<(String, String)>,
+    pub failure: Option<Box<(String, String)>>,
     /// A started container that is not ready, and since when that counts (see [`unready`]).
-    pub unready: Option<Unready>,
+    pub unready: Option<Box<Unready>>,
 }
 
 /// A running, started container that is not ready.
@@ -72,52 +71,40 @@ pub struct Unready {
     pub since: Timestamp,
 }
 
-pub type CachedPod = Cached<Pod, PodState>;
-
-/// The cache entry of a pod; its owner is the GeneratedNode its label names.
-pub fn cached(pod: &Pod) -> CachedPod {
-    let node = pod.labels().get(NAME_LABEL).map(|name| Owner {
-        name: name.clone(),
-        uid: String::new(),
+/// The cache entry of a pod; its controller is the GeneratedNode its label names (the pods
+/// cache keeps its index by controller: the pods of a node).
+pub fn cached(pod: &Pod) -> Entry<PodState> {
+    let node = pod.labels().get(NAME_LABEL).map(|name| Controller {
+        name: Arc::from(name.as_str()),
+        uid: 0,
     });
     let state = PodState {
         deleting: pod.metadata.deletion_timestamp.is_some(),
-        failure: pod_failure(pod),
-        unready: unready_since(pod),
+        failure: pod_failure(pod).map(Box::new),
+        unready: unready_since(pod).map(Box::new),
     };
-    Cached::with_owner(&pod.metadata, node, state)
-}
-
-/// The GeneratedNode a pod belongs to (its Deployment's selector label), as the index of pods
-/// by node wants it.
-pub fn node_of(pod: &CachedPod) -> Vec<String> {
-    pod.owner.iter().map(|o| o.name.clone()).collect()
+    super::compact::entry(&pod.metadata, node, state)
 }
 
 /// The health of GeneratedNode `name`'s pods in `ns` at `now`. Pods are looked at in name
 /// order, so the answer is stable while nothing changes.
-pub fn health(
-    pods: &Store<CachedPod>,
-    by_node: &Mutex<ByNode<CachedPod>>,
-    ns: &str,
-    name: &str,
-    now: Timestamp,
-) -> Health {
-    let refs = by_node
-        .lock()
-        .map(|index| index.get(&ObjectRef::new(name).within(ns)))
-        .unwrap_or_default();
-    let mut mine: Vec<_> = refs
-        .iter()
-        .filter_map(|r| pods.get(r))
-        .filter(|p| !p.data.deleting)
+pub fn health(pods: &Children<PodState>, ns: &str, name: &str, now: Timestamp) -> Health {
+    let mine: Vec<_> = pods
+        .controlled_by(ns, name)
+        .into_iter()
+        .filter(|(_, p)| !p.data.deleting)
         .collect();
-    mine.sort_by(|a, b| a.name.cmp(&b.name));
-    let unready: Vec<Health> = mine.iter().map(|p| unready(p, now)).collect();
-    let failure = mine
+    let unready: Vec<Health> = mine
         .iter()
-        .zip(&unready)
-        .find_map(|(p, u)| p.data.failure.clone().or_else(|| u.failure.clone()));
+        .map(|(pod, p)| unready(pod, &p.data, now))
+        .collect();
+    let failure = mine.iter().zip(&unready).find_map(|((_, p), u)| {
+        p.data
+            .failure
+            .as_deref()
+            .cloned()
+            .or_else(|| u.failure.clone())
+    });
     let recheck_in = unready.iter().filter_map(|u| u.recheck_in).min();
     Health {
         failure,
@@ -127,16 +114,16 @@ pub fn health(
 
 /// A pod's started container that is not ready: failing once it has run for
 /// [`READINESS_GRACE`] and the pod has been unready as long; else when to look again.
-fn unready(pod: &CachedPod, now: Timestamp) -> Health {
-    let Some(u) = &pod.data.unready else {
+fn unready(pod: &str, state: &PodState, now: Timestamp) -> Health {
+    let Some(u) = &state.unready else {
         return Health::default();
     };
     let grace = READINESS_GRACE.as_secs() as i64;
     let waited = now.as_second() - u.since.as_second();
     if waited >= grace {
         let message = format!(
-            "pod {}: container {} is running but has not passed its readiness probe for {}s",
-            pod.name, u.container, grace
+            "pod {pod}: container {} is running but has not passed its readiness probe for {}s",
+            u.container, grace
         );
         return Health {
             failure: Some((READINESS_FAILING.to_string(), message)),
@@ -321,10 +308,11 @@ mod tests {
         let now = |s: i64| Timestamp::from_second(s).unwrap();
         let p = unready_pod(1_000, 1_010, false);
         // 20 s after it became unready: look again in 10 s.
-        let early = unready(&cached(&p), now(1_030));
+        let state = |p: &Pod| cached(p).child.data;
+        let early = unready("n-abc", &state(&p), now(1_030));
         assert_eq!(early.failure, None);
         assert_eq!(early.recheck_in, Some(Duration::from_secs(10)));
-        let late = unready(&cached(&p), now(1_040));
+        let late = unready("n-abc", &state(&p), now(1_040));
         let (reason, message) = late.failure.unwrap();
         assert_eq!(reason, READINESS_FAILING);
         assert_eq!(
@@ -333,19 +321,25 @@ mod tests {
         );
         assert!(is_failing(&reason));
         // The message does not change as time goes on (status writes stay put).
-        assert_eq!(unready(&cached(&p), now(5_000)).failure.unwrap().1, message);
+        assert_eq!(
+            unready("n-abc", &state(&p), now(5_000)).failure.unwrap().1,
+            message
+        );
         // A ready pod is healthy and needs no second look.
         assert_eq!(
-            unready(&cached(&unready_pod(1_000, 1_010, true)), now(9_000)),
+            unready(
+                "n-abc",
+                &state(&unready_pod(1_000, 1_010, true)),
+                now(9_000)
+            ),
             Health::default()
         );
     }
 
     #[test]
     fn a_nodes_health_comes_from_its_own_pods_through_the_index() {
-        use kube::runtime::{reflector, watcher::Event};
-        let (store, mut writer) = reflector::store();
-        let index = Mutex::new(ByNode::new(node_of));
+        use kube::runtime::watcher::Event;
+        let (store, mut writer) = super::super::children::store(true);
         let of_node = |node: &str, pod_name: &str, p: Pod| {
             let mut p = p;
             p.metadata.name = Some(pod_name.into());
@@ -356,18 +350,14 @@ mod tests {
         let crashing = of_node("n", "n-abc", pod(status("CrashLoopBackOff", "", Some(1))));
         let other = of_node("m", "m-abc", pod(status("ErrImagePull", "x", None)));
         for p in [&crashing, &other] {
-            let event = Event::Apply(cached(p));
-            writer.apply_watcher_event(&event);
-            index.lock().unwrap().update(&event);
+            writer.apply(Event::Apply(cached(p)));
         }
         let now = Timestamp::from_second(0).unwrap();
-        let failure = |name: &str| health(&store, &index, "ns", name, now).failure;
+        let failure = |name: &str| health(&store, "ns", name, now).failure;
         assert_eq!(failure("n").unwrap().0, "CrashLoopBackOff");
         assert_eq!(failure("m").unwrap().0, "ErrImagePull");
         assert_eq!(failure("other"), None);
-        let gone = Event::Delete(cached(&crashing));
-        writer.apply_watcher_event(&gone);
-        index.lock().unwrap().update(&gone);
+        writer.apply(Event::Delete(cached(&crashing)));
         assert_eq!(failure("n"), None);
     }
 
@@ -410,17 +400,24 @@ mod tests {
         let creating = pod(status("ContainerCreating", "", None));
         // The spec, the other labels and annotations, the image: nothing the entry depends on.
         for p in [&unready_since, &crashing, &creating] {
-            assert_eq!(cached(&full(p.clone())).data, cached(p).data);
-            assert_eq!(node_of(&cached(&full(p.clone()))), ["n"]);
+            let entry = cached(&full(p.clone())).child;
+            assert_eq!(entry.data, cached(p).child.data);
+            assert_eq!(entry.controller.unwrap().name.as_ref(), "n");
         }
-        let entry = cached(&unready_since);
+        let entry = cached(&unready_since).child;
         assert_eq!(entry.data.failure, None);
         assert_eq!(
-            unready(&entry, now).failure.map(|f| f.0).as_deref(),
+            unready("n-abc", &entry.data, now)
+                .failure
+                .map(|f| f.0)
+                .as_deref(),
             Some(READINESS_FAILING)
         );
-        assert_eq!(cached(&crashing).data.failure, pod_failure(&crashing));
-        assert_eq!(cached(&creating).data, PodState::default());
+        assert_eq!(
+            cached(&crashing).child.data.failure.map(|f| *f),
+            pod_failure(&crashing)
+        );
+        assert_eq!(cached(&creating).child.data, PodState::default());
     }
 
     #[test]

@@ -1,0 +1,417 @@
+//! The caches of what the operator's objects own: code ConfigMaps, Deployments, Services and
+//! the nodes' pods, each kept as the few fields a reconcile compares, in an index of our own.
+//!
+//! A kube-runtime store keeps every object behind an `Arc`, under a key with its own copies of
+//! the name and namespace, and each string of an entry is an allocation of its own: a compact
+//! Deployment entry cost 0.7 KB in 9 allocations there (measured), a pod 1.5 KB with its index
+//! by node, and a node has four such children. Here a child is its name (the namespace is
+//! stored once) and 64-bit digests of the strings a reconcile only compares.
+//!
+//! The watch of each kind also stands in for kube-runtime's `owns` and its `predicate_filter`:
+//! each event updates the index and, when the resourceVersion is new (not a relist's repeat),
+//! triggers the owner's reconcile.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use futures::{Stream, StreamExt};
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+
+/// A 64-bit digest of a string a reconcile only compares for equality (a resourceVersion, a
+/// uid, a content hash). Kept in memory only, so the hasher need not be stable across builds.
+pub fn digest(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// The object that controls a child: for a pod, the GeneratedNode its label names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Controller {
+    pub name: Arc<str>,
+    /// Digest of its uid.
+    pub uid: u64,
+}
+
+/// A cached child: what its reconciles read of it, `T`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Child<T> {
+    /// Digest of its resourceVersion: a relist's repeat of a known version triggers nothing.
+    pub resource_version: u64,
+    pub controller: Option<Controller>,
+    pub data: T,
+}
+
+impl Controller {
+    /// Whether `controller` is the object with this uid.
+    pub fn is(controller: Option<&Controller>, uid: Option<&str>) -> bool {
+        match (uid, controller) {
+            (Some(uid), Some(c)) => c.uid == digest(uid),
+            _ => false,
+        }
+    }
+}
+
+impl<T> Child<T> {
+    /// Whether the object with this uid controls the child.
+    pub fn owned_by(&self, uid: Option<&str>) -> bool {
+        Controller::is(self.controller.as_ref(), uid)
+    }
+}
+
+/// A child as its watch delivers it, before it is filed under its namespace and name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry<T> {
+    pub namespace: String,
+    pub name: String,
+    pub child: Child<T>,
+}
+
+/// One namespace's children, and (if the index is kept) their names by controller.
+struct Namespace<T> {
+    children: HashMap<Arc<str>, Child<T>>,
+    /// A controller's children are one or two: a boxed slice, not a set or a growing vector.
+    by_controller: HashMap<Arc<str>, Box<[Arc<str>]>>,
+}
+
+impl<T> Default for Namespace<T> {
+    fn default() -> Self {
+        Namespace {
+            children: HashMap::new(),
+            by_controller: HashMap::new(),
+        }
+    }
+}
+
+/// Every namespace's children.
+struct Index<T> {
+    namespaces: HashMap<Arc<str>, Namespace<T>>,
+    /// Whether to keep `by_controller` (the pods of a node, the ConfigMaps of a generation).
+    by_controller: bool,
+}
+
+impl<T> Index<T> {
+    fn new(by_controller: bool) -> Self {
+        Index {
+            namespaces: HashMap::new(),
+            by_controller,
+        }
+    }
+
+    fn get(&self, ns: &str, name: &str) -> Option<&Child<T>> {
+        self.namespaces.get(ns)?.children.get(name)
+    }
+
+    fn insert(&mut self, entry: Entry<T>) {
+        let Entry {
+            namespace,
+            name,
+            mut child,
+        } = entry;
+        self.remove(&namespace, &name);
+        let keep_index = self.by_controller;
+        let ns = match self.namespaces.get_mut(namespace.as_str()) {
+            Some(ns) => ns,
+            None => self.namespaces.entry(Arc::from(namespace)).or_default(),
+        };
+        let name: Arc<str> = Arc::from(name);
+        if let Some(c) = child.controller.as_mut() {
+            // A node's Deployment and Service have its name: keep it once.
+            if c.name == name {
+                c.name = name.clone();
+            }
+            if keep_index {
+                // The pods of a node share its name.
+                if let Some((key, _)) = ns.by_controller.get_key_value(&c.name) {
+                    c.name = key.clone();
+                }
+                let key = c.name.clone();
+                let names = ns.by_controller.remove(&key).unwrap_or_default();
+                let names = names.iter().cloned().chain([name.clone()]).collect();
+                ns.by_controller.insert(key, names);
+            }
+        }
+        ns.children.insert(name, child);
+    }
+
+    fn remove(&mut self, ns_name: &str, name: &str) {
+        let keep_index = self.by_controller;
+        let Some(ns) = self.namespaces.get_mut(ns_name) else {
+            return;
+        };
+        let Some(child) = ns.children.remove(name) else {
+            return;
+        };
+        if let Some(c) = child.controller.filter(|_| keep_index) {
+            let rest: Box<[Arc<str>]> = ns
+                .by_controller
+                .remove(&c.name)
+                .unwrap_or_default()
+                .iter()
+                .filter(|n| &***n != name)
+                .cloned()
+                .collect();
+            if !rest.is_empty() {
+                ns.by_controller.insert(c.name, rest);
+            }
+        }
+        if ns.children.is_empty() {
+            self.namespaces.remove(ns_name);
+        }
+    }
+}
+
+/// The read side of a children cache, shared by every reconcile.
+pub struct Children<T> {
+    index: Arc<RwLock<Index<T>>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<T> Clone for Children<T> {
+    fn clone(&self) -> Self {
+        Children {
+            index: self.index.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+impl<T: Clone> Children<T> {
+    /// The child `name` of namespace `ns`.
+    pub fn get(&self, ns: &str, name: &str) -> Option<Child<T>> {
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        index.get(ns, name).cloned()
+    }
+
+    /// The children of namespace `ns` that `controller` controls, by name. Empty unless the
+    /// cache keeps its index by controller.
+    pub fn controlled_by(&self, ns: &str, controller: &str) -> Vec<(Arc<str>, Child<T>)> {
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(space) = index.namespaces.get(ns) else {
+            return Vec::new();
+        };
+        let mut children: Vec<_> = space
+            .by_controller
+            .get(controller)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| Some((name.clone(), space.children.get(name)?.clone())))
+            .collect();
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        children
+    }
+
+    /// Resolves once the cache has its first full list; fails if its watch is gone first.
+    pub async fn wait_until_ready(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        self.ready.clone().wait_for(|r| *r).await.map(|_| ())
+    }
+}
+
+/// The write side: takes in the watch events.
+pub struct Writer<T> {
+    index: Arc<RwLock<Index<T>>>,
+    /// A relist in progress: the index it is building.
+    relist: Option<Index<T>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// An empty cache, keeping an index by controller if `by_controller`.
+pub fn store<T>(by_controller: bool) -> (Children<T>, Writer<T>) {
+    let index = Arc::new(RwLock::new(Index::new(by_controller)));
+    let (ready, ready_rx) = tokio::sync::watch::channel(false);
+    let children = Children {
+        index: index.clone(),
+        ready: ready_rx,
+    };
+    let writer = Writer {
+        index,
+        relist: None,
+        ready,
+    };
+    (children, writer)
+}
+
+impl<T> Writer<T> {
+    /// Take in one watch event; returns the controller (namespace and name) to reconcile for
+    /// it: an object whose resourceVersion the cache already holds (a relist repeating what
+    /// the watch delivered) triggers nothing.
+    pub fn apply(&mut self, event: watcher::Event<Entry<T>>) -> Option<(String, Arc<str>)> {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            watcher::Event::Init => {
+                self.relist = Some(Index::new(index.by_controller));
+                None
+            }
+            watcher::Event::InitDone => {
+                if let Some(fresh) = self.relist.take() {
+                    *index = fresh;
+                }
+                self.ready.send_replace(true);
+                None
+            }
+            watcher::Event::Apply(entry) | watcher::Event::InitApply(entry) => {
+                let seen = index
+                    .get(&entry.namespace, &entry.name)
+                    .is_some_and(|old| old.resource_version == entry.child.resource_version);
+                let owner = entry.child.controller.as_ref().map(|c| c.name.clone());
+                let trigger = owner
+                    .filter(|_| !seen)
+                    .map(|o| (entry.namespace.clone(), o));
+                match self.relist.as_mut() {
+                    Some(fresh) => fresh.insert(entry),
+                    None => index.insert(entry),
+                }
+                trigger
+            }
+            watcher::Event::Delete(entry) => {
+                index.remove(&entry.namespace, &entry.name);
+                if let Some(fresh) = self.relist.as_mut() {
+                    fresh.remove(&entry.namespace, &entry.name);
+                }
+                let owner = entry.child.controller?;
+                Some((entry.namespace, owner.name))
+            }
+        }
+    }
+}
+
+/// A cache of `api`'s objects as `compact` makes them (indexed by controller if
+/// `by_controller`), and the reconcile triggers of their controllers (of kind `O`). The
+/// triggers' stream drives the watch, so it must be polled (by `Controller::reconcile_on`).
+pub fn cache<W, T, O>(
+    api: Api<W>,
+    config: watcher::Config,
+    compact: fn(&W) -> Entry<T>,
+    by_controller: bool,
+) -> (
+    Children<T>,
+    impl Stream<Item = ObjectRef<O>> + Send + 'static,
+)
+where
+    W: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    T: Send + Sync + 'static,
+    O: Resource<DynamicType = ()> + 'static,
+{
+    let (children, mut writer) = store(by_controller);
+    let triggers = watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            let trigger = match event {
+                Ok(event) => writer.apply(super::compact::map_event(event, |o| compact(&o))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch of children failed; retrying");
+                    None
+                }
+            };
+            futures::future::ready(Some(
+                trigger.map(|(ns, name)| ObjectRef::<O>::new(&name).within(&ns)),
+            ))
+        })
+        .filter_map(futures::future::ready);
+    (children, triggers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, rv: &str, controller: Option<&str>) -> Entry<u8> {
+        Entry {
+            namespace: "ns".into(),
+            name: name.into(),
+            child: Child {
+                resource_version: digest(rv),
+                controller: controller.map(|c| Controller {
+                    name: c.into(),
+                    uid: digest("uid-1"),
+                }),
+                data: 0,
+            },
+        }
+    }
+
+    fn names(children: &[(Arc<str>, Child<u8>)]) -> Vec<&str> {
+        children.iter().map(|(n, _)| &**n).collect()
+    }
+
+    #[test]
+    fn a_relisted_version_triggers_nothing_and_a_new_one_or_a_delete_its_controller() {
+        let (children, mut writer) = store(true);
+        let hello = Some(("ns".to_string(), Arc::from("hello")));
+        let v1 = entry("hello-code", "1", Some("hello"));
+        assert_eq!(writer.apply(watcher::Event::Apply(v1.clone())), hello);
+        assert_eq!(children.get("ns", "hello-code"), Some(v1.child.clone()));
+        assert!(
+            children
+                .get("ns", "hello-code")
+                .unwrap()
+                .owned_by(Some("uid-1"))
+        );
+        assert!(
+            !children
+                .get("ns", "hello-code")
+                .unwrap()
+                .owned_by(Some("uid-2"))
+        );
+        assert!(!children.get("ns", "hello-code").unwrap().owned_by(None));
+        // A relist (after a restart of the watch) repeats version 1: no reconcile.
+        assert_eq!(writer.apply(watcher::Event::Init), None);
+        assert_eq!(writer.apply(watcher::Event::InitApply(v1.clone())), None);
+        let v2 = entry("hello-code", "2", Some("hello"));
+        // The relist replaces the cache only once it is complete.
+        assert_eq!(writer.apply(watcher::Event::InitApply(v2.clone())), hello);
+        assert_eq!(children.get("ns", "hello-code"), Some(v1.child));
+        writer.apply(watcher::Event::InitDone);
+        assert_eq!(children.get("ns", "hello-code"), Some(v2.child.clone()));
+        assert_eq!(writer.apply(watcher::Event::Delete(v2)), hello);
+        assert_eq!(children.get("ns", "hello-code"), None);
+        // Controlled by nothing: nobody to reconcile.
+        assert_eq!(
+            writer.apply(watcher::Event::Apply(entry("stray", "3", None))),
+            None
+        );
+    }
+
+    #[test]
+    fn the_index_by_controller_follows_applies_moves_deletes_and_relists() {
+        let (children, mut writer) = store(true);
+        for (pod, node) in [("n-b", "n"), ("n-a", "n"), ("m-a", "m")] {
+            writer.apply(watcher::Event::Apply(entry(pod, "1", Some(node))));
+        }
+        assert_eq!(names(&children.controlled_by("ns", "n")), ["n-a", "n-b"]);
+        assert_eq!(names(&children.controlled_by("ns", "m")), ["m-a"]);
+        assert!(children.controlled_by("ns", "other").is_empty());
+        assert!(children.controlled_by("other-ns", "n").is_empty());
+        // Relabelled to another node: it leaves the first one.
+        writer.apply(watcher::Event::Apply(entry("n-b", "2", Some("m"))));
+        assert_eq!(names(&children.controlled_by("ns", "n")), ["n-a"]);
+        assert_eq!(names(&children.controlled_by("ns", "m")), ["m-a", "n-b"]);
+        writer.apply(watcher::Event::Delete(entry("n-a", "1", Some("n"))));
+        assert!(children.controlled_by("ns", "n").is_empty());
+        // A relist that no longer has m-a.
+        writer.apply(watcher::Event::Init);
+        writer.apply(watcher::Event::InitApply(entry("n-b", "2", Some("m"))));
+        writer.apply(watcher::Event::InitDone);
+        assert_eq!(names(&children.controlled_by("ns", "m")), ["n-b"]);
+        assert_eq!(children.get("ns", "m-a"), None);
+    }
+
+    #[tokio::test]
+    async fn it_is_ready_after_its_first_full_list() {
+        let (children, mut writer) = store::<u8>(false);
+        assert!(!*children.ready.borrow());
+        writer.apply(watcher::Event::Init);
+        writer.apply(watcher::Event::InitApply(entry("a", "1", None)));
+        assert!(!*children.ready.borrow());
+        writer.apply(watcher::Event::InitDone);
+        // Two waiters: both wake.
+        let (a, b) = (children.clone(), children.clone());
+        let (a, b) = tokio::join!(a.wait_until_ready(), b.wait_until_ready());
+        assert!(a.is_ok() && b.is_ok());
+        assert!(children.get("ns", "a").is_some());
+    }
+}
