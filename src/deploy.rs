@@ -286,7 +286,8 @@ pub fn deployment(
     let resources = spec
         .deploy
         .resources
-        .clone()
+        .as_deref()
+        .cloned()
         .unwrap_or_else(|| resources("50m", "64Mi", "256Mi"));
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector(&name));

@@ -138,26 +138,28 @@ impl Outcome {
 
     /// The parts of status the core owns (analysis, nodes, quality, node count).
     pub fn fill_status(&self, status: &mut NodeGenerationStatus) {
-        status.analysis = self.plan.as_ref().map(|p| AnalysisStatus {
-            source: p.source,
-            quality_source: Some(self.quality_source()),
-            confidence: p.confidence,
-            correlation_id: self.correlation_id.clone(),
-            domain: p.domain.clone(),
-            service_name: p.service_name.clone(),
-            external_systems: p.external_systems.iter().map(|e| e.name.clone()).collect(),
-            patterns: p.patterns.clone(),
-            nodes: p
-                .nodes
-                .iter()
-                .map(|n| PlannedNodeStatus {
-                    node_type: n.node_type,
-                    service_name: n.service.clone(),
-                    confidence: n.type_confidence,
-                    operations: n.operations.iter().map(|o| o.name.clone()).collect(),
-                    mixins: n.mixins.clone(),
-                })
-                .collect(),
+        status.analysis = self.plan.as_ref().map(|p| {
+            Box::new(AnalysisStatus {
+                source: p.source,
+                quality_source: Some(self.quality_source()),
+                confidence: p.confidence,
+                correlation_id: self.correlation_id.clone(),
+                domain: p.domain.clone(),
+                service_name: p.service_name.clone(),
+                external_systems: p.external_systems.iter().map(|e| e.name.clone()).collect(),
+                patterns: p.patterns.clone(),
+                nodes: p
+                    .nodes
+                    .iter()
+                    .map(|n| PlannedNodeStatus {
+                        node_type: n.node_type,
+                        service_name: n.service.clone(),
+                        confidence: n.type_confidence,
+                        operations: n.operations.iter().map(|o| o.name.clone()).collect(),
+                        mixins: n.mixins.clone(),
+                    })
+                    .collect(),
+            })
         });
         status.nodes = self
             .nodes

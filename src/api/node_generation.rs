@@ -32,8 +32,9 @@ pub struct NodeGenerationSpec {
     #[schemars(length(max = 1048576))]
     pub prd: Option<String>,
     /// The PRD from a key of a ConfigMap in the same namespace.
+    // Boxed (not a doc comment: that would change the CRD): mostly unset, and cached per object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prd_from: Option<PrdSource>,
+    pub prd_from: Option<Box<PrdSource>>,
     /// Build exactly these node types instead of the ones the analysis picks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_types: Option<Vec<NodeType>>,
@@ -255,8 +256,9 @@ impl Default for QualitySpec {
 pub struct OutputSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapOutput>,
+    // Boxed (not a doc comment: that would change the CRD): mostly unset, and cached per object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub git: Option<GitOutput>,
+    pub git: Option<Box<GitOutput>>,
 }
 
 /// ConfigMap output; one ConfigMap per node (no options yet).
@@ -311,8 +313,9 @@ pub struct DeploySpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
+    // Boxed (not a doc comment: that would change the CRD): mostly unset, and cached per object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
 }
@@ -373,8 +376,9 @@ pub struct NodeGenerationStatus {
     /// Lowest overall quality score over the nodes (printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<f64>,
+    // Boxed (not a doc comment: that would change the CRD): the cached copies drop it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<AnalysisStatus>,
+    pub analysis: Option<Box<AnalysisStatus>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1372,12 +1372,12 @@ mod tests {
         // carrying one is no "inline and prdFrom" error.
         let mut from_cm = ng.clone();
         from_cm.spec.prd = None;
-        from_cm.spec.prd_from = Some(PrdSource {
+        from_cm.spec.prd_from = Some(Box::new(PrdSource {
             config_map_key_ref: crate::api::ConfigMapKeyRef {
                 name: "prd".into(),
                 key: "prd.md".into(),
             },
-        });
+        }));
         from_cm
             .metadata
             .annotations
@@ -1533,12 +1533,12 @@ mod tests {
         let (ctx, _caches) = context(&fake);
         let mut ng = ng("");
         ng.spec.prd = None;
-        ng.spec.prd_from = Some(PrdSource {
+        ng.spec.prd_from = Some(Box::new(PrdSource {
             config_map_key_ref: crate::api::ConfigMapKeyRef {
                 name: "prds".into(),
                 key: "orders.md".into(),
             },
-        });
+        }));
         stored(&fake, &ng);
         reconcile_cached(ng.clone(), ctx.clone()).await.unwrap();
         let status: NodeGenerationStatus =

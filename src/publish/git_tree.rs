@@ -161,12 +161,12 @@ fn manifest(
         &ng.spec.deploy,
         NodeSource {
             config_map: None,
-            git: Some(GitSource {
+            git: Some(Box::new(GitSource {
                 repository: output.repository.clone(),
                 revision: tag.to_string(),
                 path: node_dir.to_string(),
                 shared_path,
-            }),
+            })),
         },
     );
     let mut gn = GeneratedNode::new(&node.name, spec);
