@@ -94,7 +94,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
-            tune_malloc(std::time::Duration::from_secs(2));
+            tune_malloc(std::time::Duration::from_secs(1), 4 << 20);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -199,14 +199,16 @@ fn emit(text: &str) -> anyhow::Result<()> {
 ///
 /// - Two arenas: glibc gives every thread that allocates its own arena; two (one per worker on
 ///   the 2-core machines we target) kept the peak resident set about 15 MiB lower.
-/// - A thread calls `malloc_trim` every `trim_period`: glibc returns memory only from the top of
-///   its heap, so the holes between cache entries stayed resident (at 5,000 generations a fifth
-///   of the heap). The trim hands their pages back (`MADV_DONTNEED`) but walks the free lists
-///   holding each arena's lock: 50 to 110 ms in a synthetic heap of 300,000 scattered free
-///   chunks (30 MiB), so allocations may wait that long once every period.
+/// - A thread calls `malloc_trim` once the resident set, read every `check_period`, has grown
+///   by `growth` bytes since the last trim: glibc returns memory only from the top of its heap,
+///   so the holes between cache entries stayed resident (at 5,000 generations a fifth of the
+///   heap). The trim hands their pages back (`MADV_DONTNEED`) but walks the free lists holding
+///   each arena's lock: 50 to 110 ms in a synthetic heap of 300,000 scattered free chunks
+///   (30 MiB). Trimming only after growth, and once more when a burst is over, does that
+///   during bursts and never in a steady state.
 ///
 /// Figures: docs/benchmarks.md. Must run before any other thread exists.
-fn tune_malloc(trim_period: std::time::Duration) {
+fn tune_malloc(check_period: std::time::Duration, growth: u64) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only adjusts allocator parameters; no other thread exists yet.
@@ -216,13 +218,21 @@ fn tune_malloc(trim_period: std::time::Duration) {
         let spawned = std::thread::Builder::new()
             .name("malloc-trim".into())
             .spawn(move || {
+                let mut schedule = TrimSchedule::new(growth, resident_bytes().unwrap_or(0));
                 loop {
-                    std::thread::sleep(trim_period);
+                    std::thread::sleep(check_period);
+                    let Some(now) = resident_bytes() else {
+                        continue;
+                    };
+                    if !schedule.should_trim(now) {
+                        continue;
+                    }
                     // SAFETY: malloc_trim takes the allocator's own locks; it is safe to call
                     // from any thread at any time.
                     unsafe {
                         libc::malloc_trim(0);
                     }
+                    schedule.trimmed(resident_bytes().unwrap_or(now));
                 }
             });
         if let Err(e) = spawned {
@@ -230,5 +240,84 @@ fn tune_malloc(trim_period: std::time::Duration) {
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = trim_period;
+    let _ = (check_period, growth);
+}
+
+/// When the heap is worth trimming: once the resident set has grown by `growth` bytes since the
+/// last trim (a burst is under way), and once more when it has not grown for a few checks (the
+/// burst is over, and what it freed shows in no growth).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+struct TrimSchedule {
+    growth: u64,
+    /// The lowest resident set since the last trim.
+    baseline: u64,
+    /// Checks without growth since the last growth, until the burst's end is trimmed.
+    quiet: Option<u32>,
+}
+
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+impl TrimSchedule {
+    /// Checks without growth after which a burst counts as over.
+    const QUIET_CHECKS: u32 = 5;
+
+    fn new(growth: u64, resident: u64) -> Self {
+        TrimSchedule {
+            growth,
+            baseline: resident,
+            quiet: None,
+        }
+    }
+
+    /// Whether to trim now, the resident set being `resident`.
+    fn should_trim(&mut self, resident: u64) -> bool {
+        if resident >= self.baseline.saturating_add(self.growth) {
+            self.quiet = Some(0);
+            return true;
+        }
+        self.baseline = self.baseline.min(resident);
+        self.quiet = self.quiet.map(|q| q + 1);
+        if self.quiet == Some(Self::QUIET_CHECKS) {
+            self.quiet = None;
+            return true;
+        }
+        false
+    }
+
+    /// A trim left the resident set at `resident`.
+    fn trimmed(&mut self, resident: u64) {
+        self.baseline = resident;
+    }
+}
+
+/// This process's resident set in bytes (`/proc/self/statm` counts pages).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrimSchedule;
+
+    #[test]
+    fn the_heap_is_trimmed_during_a_burst_and_once_after_it_never_in_a_steady_state() {
+        const MIB: u64 = 1 << 20;
+        let mut s = TrimSchedule::new(4 * MIB, 50 * MIB);
+        // Steady: no trim, however long.
+        assert!((0..100).all(|_| !s.should_trim(51 * MIB)));
+        // A burst: a trim per 4 MiB of growth.
+        assert!(s.should_trim(55 * MIB));
+        s.trimmed(53 * MIB);
+        assert!(!s.should_trim(56 * MIB));
+        assert!(s.should_trim(57 * MIB));
+        s.trimmed(57 * MIB);
+        // Over: one more trim after five quiet checks, then none.
+        let trims: Vec<bool> = (0..20).map(|_| s.should_trim(57 * MIB)).collect();
+        assert_eq!(trims.iter().filter(|t| **t).count(), 1);
+        assert!(trims[4]);
+    }
 }
