@@ -14,12 +14,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::reflector::{Lookup, ObjectRef};
 
+use super::cached_status::CachedStatus;
 use super::children::{Controller, digest};
 use super::compact;
 use super::node_generation::APPLIED_HASH_ANNOTATION;
 use crate::api::{
-    ANNOTATION_TRACEPARENT, GeneratedNode, GeneratedNodeSpec, GeneratedNodeStatus,
-    LABEL_GENERATION, NodeGeneration,
+    ANNOTATION_TRACEPARENT, GeneratedNode, GeneratedNodeSpec, LABEL_GENERATION, NodeGeneration,
 };
 
 /// A cached GeneratedNode.
@@ -28,7 +28,7 @@ pub struct CachedNode {
     /// Name, namespace, uid, resourceVersion, generation and deletion timestamp only.
     pub metadata: ObjectMeta,
     pub spec: GeneratedNodeSpec,
-    pub status: Option<GeneratedNodeStatus>,
+    pub status: Option<CachedStatus>,
     /// The controlling NodeGeneration, if one controls it.
     pub owner: Option<Controller>,
     /// The generation label (which NodeGeneration run made it); its children carry it too.
@@ -62,7 +62,7 @@ impl From<GeneratedNode> for CachedNode {
             shape: compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref()),
             metadata: compact::identity(metadata),
             spec,
-            status,
+            status: status.map(CachedStatus::from),
         }
     }
 }
@@ -84,7 +84,7 @@ impl CachedNode {
         GeneratedNode {
             metadata,
             spec: self.spec.clone(),
-            status: self.status.clone(),
+            status: self.status.as_ref().map(CachedStatus::to_status),
         }
     }
 

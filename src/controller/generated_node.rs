@@ -217,8 +217,8 @@ fn unready_dependencies(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Vec<Stri
 fn is_ready(gn: &CachedNode) -> bool {
     gn.status
         .as_ref()
-        .and_then(|s| status::get(&s.conditions, READY))
-        .is_some_and(Condition::is_true)
+        .and_then(|s| s.condition(READY))
+        .is_some_and(|c| c.is_true())
 }
 
 /// The GeneratedNodes each one depends on (`spec.dependsOn`): a dependency's status change

@@ -912,13 +912,10 @@ fn node_state(ctx: &Context, ns: &str, name: &str) -> Option<String> {
         .caches
         .generated_nodes
         .get(&ObjectRef::new(name).within(ns))?;
-    let ready = gn
-        .status
-        .as_ref()
-        .and_then(|s| status::get(&s.conditions, READY).cloned());
+    let ready = gn.status.as_ref().and_then(|s| s.condition(READY));
     Some(match ready {
         Some(c) if c.is_true() => "Ready".to_string(),
-        Some(c) => c.reason,
+        Some(c) => c.reason.to_string(),
         None => "Pending".to_string(),
     })
 }
@@ -1049,7 +1046,7 @@ fn node_failure(ctx: &Context, ns: &str, name: &str) -> Option<String> {
         .caches
         .generated_nodes
         .get(&ObjectRef::new(name).within(ns))?;
-    let ready = status::get(&gn.status.as_ref()?.conditions, READY)?;
+    let ready = gn.status.as_ref()?.condition(READY)?;
     let failing = !ready.is_true() && super::pod_health::is_failing(&ready.reason);
     failing.then(|| format!("{name}: {}: {}", ready.reason, ready.message))
 }
@@ -1414,15 +1411,18 @@ mod tests {
         // Its node cannot start.
         let key = ObjectRef::new("orders-order-writer-effect").within("ns");
         let mut gn = (*ctx.caches.generated_nodes.get(&key).unwrap()).clone();
-        gn.status = Some(crate::api::GeneratedNodeStatus {
-            conditions: vec![Condition::new(
-                READY,
-                ConditionStatus::False,
-                "CrashLoopBackOff",
-                "pod p: container node CrashLoopBackOff",
-            )],
-            ..Default::default()
-        });
+        gn.status = Some(
+            crate::api::GeneratedNodeStatus {
+                conditions: vec![Condition::new(
+                    READY,
+                    ConditionStatus::False,
+                    "CrashLoopBackOff",
+                    "pod p: container node CrashLoopBackOff",
+                )],
+                ..Default::default()
+            }
+            .into(),
+        );
         CacheWriters::apply(&mut caches.generated_nodes, gn);
         let cached = CachedGeneration::from(ng.clone());
         let trimmed = cached.status.as_ref().unwrap();
