@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::cached_status::CachedCondition;
 use super::compact;
 use super::node_generation::{CACHED_PRD_DIGEST, trim_cached};
 use crate::api::{NodeGeneration, NodeGenerationSpec, NodeGenerationStatus};
@@ -23,7 +24,9 @@ pub struct CachedGeneration {
     pub metadata: ObjectMeta,
     /// The spec, without an inline PRD's text.
     pub spec: NodeGenerationSpec,
+    /// The status without its conditions, which are kept as `conditions`.
     pub status: Option<NodeGenerationStatus>,
+    pub conditions: Box<[CachedCondition]>,
     /// The SHA-256 of the inline PRD, if the spec had one.
     pub prd_digest: Option<String>,
 }
@@ -34,8 +37,15 @@ impl From<NodeGeneration> for CachedGeneration {
         let NodeGeneration {
             metadata,
             spec,
-            status,
+            mut status,
         } = ng;
+        let conditions = status
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.conditions))
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect();
         let prd_digest = metadata
             .annotations
             .as_ref()
@@ -44,6 +54,7 @@ impl From<NodeGeneration> for CachedGeneration {
             metadata: compact::identity(metadata),
             spec,
             status,
+            conditions,
             prd_digest,
         }
     }
@@ -58,10 +69,18 @@ impl CachedGeneration {
             .prd_digest
             .clone()
             .map(|d| BTreeMap::from([(CACHED_PRD_DIGEST.to_string(), d)]));
+        let mut status = self.status.clone();
+        if let Some(status) = status.as_mut() {
+            status.conditions = self
+                .conditions
+                .iter()
+                .map(CachedCondition::to_condition)
+                .collect();
+        }
         NodeGeneration {
             metadata,
             spec: self.spec.clone(),
-            status: self.status.clone(),
+            status,
         }
     }
 }

@@ -1,9 +1,9 @@
-//! A GeneratedNode's status as its cache entry keeps it.
+//! Conditions as the controllers' cache entries keep them, and a GeneratedNode's status.
 //!
-//! Its three conditions were half of a cached node (0.5 KB of 2 KB, measured): a `Condition` is
-//! 120 bytes before its type, reason and message, each an allocation of its own. Types and
-//! reasons come from a small vocabulary, so the entry shares one copy of each word; the message
-//! is boxed to its length.
+//! A GeneratedNode's three conditions were half of its cache entry (0.5 KB of 2 KB, measured):
+//! a `Condition` is 120 bytes before its type, reason and message, each an allocation of its
+//! own. Types and reasons come from a small vocabulary, so the entries share one copy of each
+//! word; the message is boxed to its length.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -42,9 +42,34 @@ pub struct CachedCondition {
     pub last_transition_time: Option<Time>,
 }
 
+impl From<Condition> for CachedCondition {
+    fn from(c: Condition) -> Self {
+        CachedCondition {
+            type_: word(&c.type_),
+            status: c.status,
+            reason: word(&c.reason),
+            message: c.message.into_boxed_str(),
+            observed_generation: c.observed_generation,
+            last_transition_time: c.last_transition_time,
+        }
+    }
+}
+
 impl CachedCondition {
     pub fn is_true(&self) -> bool {
         self.status == ConditionStatus::True
+    }
+
+    /// The condition as the API has it.
+    pub fn to_condition(&self) -> Condition {
+        Condition {
+            type_: self.type_.to_string(),
+            status: self.status,
+            reason: self.reason.to_string(),
+            message: self.message.to_string(),
+            observed_generation: self.observed_generation,
+            last_transition_time: self.last_transition_time.clone(),
+        }
     }
 }
 
@@ -58,21 +83,9 @@ pub struct CachedStatus {
 
 impl From<GeneratedNodeStatus> for CachedStatus {
     fn from(status: GeneratedNodeStatus) -> Self {
-        let conditions = status
-            .conditions
-            .into_iter()
-            .map(|c| CachedCondition {
-                type_: word(&c.type_),
-                status: c.status,
-                reason: word(&c.reason),
-                message: c.message.into_boxed_str(),
-                observed_generation: c.observed_generation,
-                last_transition_time: c.last_transition_time,
-            })
-            .collect();
         CachedStatus {
             observed_generation: status.observed_generation,
-            conditions,
+            conditions: status.conditions.into_iter().map(Into::into).collect(),
             ready_replicas: status.ready_replicas,
         }
     }
@@ -81,21 +94,13 @@ impl From<GeneratedNodeStatus> for CachedStatus {
 impl CachedStatus {
     /// The status as the API has it.
     pub fn to_status(&self) -> GeneratedNodeStatus {
-        let conditions = self
-            .conditions
-            .iter()
-            .map(|c| Condition {
-                type_: c.type_.to_string(),
-                status: c.status,
-                reason: c.reason.to_string(),
-                message: c.message.to_string(),
-                observed_generation: c.observed_generation,
-                last_transition_time: c.last_transition_time.clone(),
-            })
-            .collect();
         GeneratedNodeStatus {
             observed_generation: self.observed_generation,
-            conditions,
+            conditions: self
+                .conditions
+                .iter()
+                .map(CachedCondition::to_condition)
+                .collect(),
             ready_replicas: self.ready_replicas,
         }
     }
