@@ -15,7 +15,7 @@ use kube::Resource;
 use kube::runtime::reflector::{Lookup, ObjectRef};
 
 use super::cached_status::CachedStatus;
-use super::children::{Controller, digest};
+use super::children::Controller;
 use super::compact;
 use super::node_generation::APPLIED_HASH_ANNOTATION;
 use crate::api::{
@@ -35,7 +35,7 @@ pub struct CachedNode {
     pub generation_label: Option<String>,
     /// The trace of the generation that made it, which its Deployment passes on.
     pub traceparent: Option<String>,
-    /// The [`digest`] of the hash of the spec its NodeGeneration applied
+    /// The [`digest`](super::children::digest) of the hash of the spec its NodeGeneration applied
     /// (`APPLIED_HASH_ANNOTATION`).
     pub applied_hash: Option<u64>,
     /// Digest of its labels and owner references, compared with those of the desired object.
@@ -57,8 +57,7 @@ impl From<GeneratedNode> for CachedNode {
                 .as_ref()
                 .and_then(|l| l.get(LABEL_GENERATION).cloned()),
             traceparent: compact::annotation(&metadata, ANNOTATION_TRACEPARENT),
-            applied_hash: compact::annotation(&metadata, APPLIED_HASH_ANNOTATION)
-                .map(|h| digest(&h)),
+            applied_hash: compact::annotation_digest(&metadata, APPLIED_HASH_ANNOTATION),
             shape: compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref()),
             metadata: compact::identity(metadata),
             spec,
@@ -169,7 +168,10 @@ mod tests {
         assert!(!entry.owned_by(Some("other")));
         assert!(!entry.owned_by(None));
         assert_eq!(entry.generation_label.as_deref(), Some("orders"));
-        assert_eq!(entry.applied_hash, Some(digest("h1")));
+        assert_eq!(
+            entry.applied_hash,
+            Some(super::super::children::digest("h1"))
+        );
         assert_eq!(
             entry.shape,
             compact::shape(

@@ -307,11 +307,8 @@ where
                     None
                 }
             };
-            futures::future::ready(Some(
-                trigger.map(|(ns, name)| ObjectRef::<O>::new(&name).within(&ns)),
-            ))
-        })
-        .filter_map(futures::future::ready);
+            futures::future::ready(trigger.map(|(ns, name)| ObjectRef::<O>::new(&name).within(&ns)))
+        });
     (children, triggers)
 }
 

@@ -125,7 +125,8 @@ pub fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref()?.get(key).cloned()
 }
 
-fn annotation_digest(meta: &ObjectMeta, key: &str) -> Option<u64> {
+/// The [`digest`] of annotation `key` of `meta`, without copying its value.
+pub fn annotation_digest(meta: &ObjectMeta, key: &str) -> Option<u64> {
     Some(digest(meta.annotations.as_ref()?.get(key)?))
 }
 

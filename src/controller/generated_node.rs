@@ -236,8 +236,7 @@ fn stamp(meta: &mut ObjectMeta, hash: String) {
 
 /// The digest of the hash `meta` was stamped with, as the children caches keep it.
 fn applied_hash(meta: &ObjectMeta) -> Option<u64> {
-    let hash = meta.annotations.as_ref()?.get(APPLIED_HASH_ANNOTATION)?;
-    Some(super::children::digest(hash))
+    compact::annotation_digest(meta, APPLIED_HASH_ANNOTATION)
 }
 
 fn hash_of<T: serde::Serialize>(obj: &T) -> Result<String, Error> {
