@@ -179,17 +179,10 @@ fn run(c: &Cluster, ns: &str, count: usize, concurrency: &str) -> Result<(), Str
     report_cpu(&cpu_before, &cpu(c, &op));
     report_etcd(c);
     report_api_server_time(c);
-    if let Some(hwm) = op
-        .pid()
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-    {
-        println!("  operator VmHWM:                 {:.1} MiB", hwm / 1024.0);
-    }
+    println!(
+        "  operator VmHWM:                 {:.1} MiB",
+        op.hwm_kib() as f64 / 1024.0
+    );
     report_resync(&mut op, count, nodes)
 }
 
@@ -249,8 +242,9 @@ fn report_resync(op: &mut Operator, count: usize, nodes: usize) -> Result<(), St
         op.writes()?
     );
     println!(
-        "    operator peak RSS:            {:.1} MiB (VmRSS sampled)",
-        peak_rss as f64 / 1024.0
+        "    operator peak RSS:            {:.1} MiB (VmRSS sampled after ready), VmHWM {:.1} MiB",
+        peak_rss as f64 / 1024.0,
+        op.hwm_kib() as f64 / 1024.0
     );
     Ok(())
 }

@@ -845,11 +845,21 @@ impl Operator {
 
     /// Resident set size of the operator process, in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The kernel's high-water mark of the operator process's resident set, in KiB: its true
+    /// peak since it started, including moments no sampling caught.
+    pub fn hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         self.pid()
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1))
                     .and_then(|v| v.parse().ok())
             })
