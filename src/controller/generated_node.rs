@@ -221,13 +221,6 @@ fn is_ready(gn: &CachedNode) -> bool {
         .is_some_and(|c| c.is_true())
 }
 
-/// The GeneratedNodes each one depends on (`spec.dependsOn`): a dependency's status change
-/// reconciles its dependents, so a system rolls out as soon as each node's dependencies are
-/// Ready.
-pub fn dependencies(gn: &CachedNode) -> Vec<String> {
-    gn.spec.depends_on.clone()
-}
-
 fn stamp(meta: &mut ObjectMeta, hash: String) {
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
@@ -468,8 +461,8 @@ fn observe_deploy(
 mod tests {
     use super::*;
     use crate::api::GeneratedNodeStatus;
+    use crate::controller::dependents::Dependents;
     use crate::controller::fixtures::{CacheWriters, FakeApi, context};
-    use crate::controller::index::ByNode;
     use k8s_openapi::api::apps::v1::DeploymentStatus;
 
     #[test]
@@ -738,25 +731,13 @@ mod tests {
         CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(dep.clone()));
         CacheWriters::apply(&mut caches.generated_nodes, CachedNode::from(node.clone()));
         let (dep, node) = (CachedNode::from(dep), CachedNode::from(node));
-        let mut dependents = ByNode::new(dependencies);
+        let mut dependents = Dependents::default();
         dependents.apply(&dep);
         dependents.apply(&node);
-        let dep_ref = ObjectRef::new("store-effect").within("ns");
-        let node_ref = ObjectRef::from_obj(&node);
-        assert_eq!(dependents.get(&dep_ref), std::slice::from_ref(&node_ref));
         assert_eq!(
-            dependents.get(&ObjectRef::new(&node.name_any()).within("ns")),
-            []
+            dependents.of("ns", "store-effect"),
+            [ObjectRef::from_obj(&node)]
         );
-        // A node that no longer depends on it, or is gone, is no dependent.
-        let mut independent = node.clone();
-        independent.spec.depends_on.clear();
-        dependents.apply(&independent);
-        assert_eq!(dependents.get(&dep_ref), []);
-        dependents.apply(&node);
-        dependents.remove(&node_ref);
-        assert_eq!(dependents.get(&dep_ref), []);
-        assert!(dependents.is_empty());
         fake.clear();
         reconcile(Arc::new(node), ctx).await.unwrap();
         assert!(deployed(&fake), "{:#?}", fake.writes());

@@ -9,13 +9,13 @@ pub mod cached_status;
 pub mod children;
 pub mod compact;
 pub mod config;
+mod dependents;
 mod events;
 #[cfg(test)]
 mod fixtures;
 mod freshness;
 pub mod generated_node;
 mod git_output;
-mod index;
 mod leader;
 pub mod metrics;
 pub mod node_generation;
@@ -45,7 +45,6 @@ use crate::telemetry::{self, Health};
 use cached_generation::CachedGeneration;
 use cached_node::CachedNode;
 use children::Children;
-use index::ByNode;
 
 pub use backoff::Backoff;
 pub use config::RunConfig;
@@ -445,7 +444,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // would have the API server encode, and us decode, every GeneratedNode event twice.
     let (gn_dependents, gn_dependents_rx) = futures::channel::mpsc::unbounded();
     let (gn_owner, gn_owner_rx) = futures::channel::mpsc::unbounded();
-    let mut dependents = ByNode::new(generated_node::dependencies);
+    let mut dependents = dependents::Dependents::default();
     let generated_nodes = generated_nodes
         .inspect(move |event| {
             let Ok(event) = event else { return };
@@ -455,9 +454,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     gn_listed.send_replace(true);
                 }
                 watcher::Event::Apply(gn) | watcher::Event::InitApply(gn) => {
-                    let node =
-                        ObjectRef::new(&gn.name_any()).within(&gn.namespace().unwrap_or_default());
-                    for d in dependents.get(&node) {
+                    let ns = gn.namespace().unwrap_or_default();
+                    for d in dependents.of(&ns, &gn.name_any()) {
                         let _ = gn_dependents.unbounded_send(d);
                     }
                     if let Some(owner) = gn.owner_ref() {
