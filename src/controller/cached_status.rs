@@ -2,55 +2,86 @@
 //!
 //! A GeneratedNode's three conditions were half of its cache entry (0.5 KB of 2 KB, measured):
 //! a `Condition` is 120 bytes before its type, reason and message, each an allocation of its
-//! own. Types and reasons come from a small vocabulary, so the entries share one copy of each
-//! word; the message is boxed to its length.
+//! own. Types and reasons come from a small vocabulary, and most messages repeat across nodes
+//! ("1/1 replicas available"), so the entries share one copy of each; the optional generation
+//! and transition time are packed.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{Condition, ConditionStatus, GeneratedNodeStatus};
 
-/// The shared copy of `s`. Past `MAX_WORDS` (statuses written by someone else can carry any
-/// reason) words are no longer shared, so the set stays bounded.
-fn word(s: &str) -> Arc<str> {
-    const MAX_WORDS: usize = 1024;
-    static WORDS: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
-    let mut words = WORDS
+/// The shared copy of `s` in `set`. Past `max` entries (statuses written by someone else can
+/// carry any reason, and some messages name their objects) new strings are no longer shared,
+/// so the set stays bounded.
+fn shared(set: &'static OnceLock<Mutex<HashSet<Arc<str>>>>, max: usize, s: &str) -> Arc<str> {
+    let mut set = set
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    if let Some(w) = words.get(s) {
+    if let Some(w) = set.get(s) {
         return w.clone();
     }
     let w: Arc<str> = Arc::from(s);
-    if words.len() < MAX_WORDS {
-        words.insert(w.clone());
+    if set.len() < max {
+        set.insert(w.clone());
     }
     w
 }
 
-/// A cached condition: a [`Condition`] with shared words.
+/// The shared copy of a condition's type or reason.
+fn word(s: &str) -> Arc<str> {
+    static WORDS: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    shared(&WORDS, 1024, s)
+}
+
+/// The shared copy of a condition's message.
+fn message(s: &str) -> Arc<str> {
+    static MESSAGES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    shared(&MESSAGES, 4096, s)
+}
+
+/// A cached condition: a [`Condition`] with shared words, 72 bytes instead of 96.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedCondition {
     pub type_: Arc<str>,
-    pub status: ConditionStatus,
     pub reason: Arc<str>,
-    pub message: Box<str>,
-    pub observed_generation: Option<i64>,
-    pub last_transition_time: Option<Time>,
+    pub message: Arc<str>,
+    observed_generation: i64,
+    transition_seconds: i64,
+    transition_nanos: i32,
+    pub status: ConditionStatus,
+    /// Which of the observed generation and transition time are set.
+    has: u8,
 }
+
+const HAS_GENERATION: u8 = 1;
+const HAS_TRANSITION: u8 = 2;
 
 impl From<Condition> for CachedCondition {
     fn from(c: Condition) -> Self {
+        let mut has = 0;
+        if c.observed_generation.is_some() {
+            has |= HAS_GENERATION;
+        }
+        let transition = c.last_transition_time.map(|t| t.0);
+        if transition.is_some() {
+            has |= HAS_TRANSITION;
+        }
         CachedCondition {
             type_: word(&c.type_),
-            status: c.status,
             reason: word(&c.reason),
-            message: c.message.into_boxed_str(),
-            observed_generation: c.observed_generation,
-            last_transition_time: c.last_transition_time,
+            message: message(&c.message),
+            observed_generation: c.observed_generation.unwrap_or_default(),
+            transition_seconds: transition.map(|t| t.as_second()).unwrap_or_default(),
+            transition_nanos: transition
+                .map(|t| t.subsec_nanosecond())
+                .unwrap_or_default(),
+            status: c.status,
+            has,
         }
     }
 }
@@ -67,8 +98,13 @@ impl CachedCondition {
             status: self.status,
             reason: self.reason.to_string(),
             message: self.message.to_string(),
-            observed_generation: self.observed_generation,
-            last_transition_time: self.last_transition_time.clone(),
+            observed_generation: (self.has & HAS_GENERATION != 0)
+                .then_some(self.observed_generation),
+            // Made from a valid timestamp, so it is one.
+            last_transition_time: (self.has & HAS_TRANSITION != 0)
+                .then(|| Timestamp::new(self.transition_seconds, self.transition_nanos).ok())
+                .flatten()
+                .map(Time),
         }
     }
 }
@@ -143,5 +179,21 @@ mod tests {
             &cached.conditions[0].reason,
             &other.conditions[0].reason
         ));
+        let again = CachedStatus::from(status.clone());
+        assert!(Arc::ptr_eq(
+            &cached.conditions[0].message,
+            &again.conditions[0].message
+        ));
+        assert_eq!(std::mem::size_of::<CachedCondition>(), 72);
+    }
+
+    #[test]
+    fn a_condition_without_generation_or_time_stays_without() {
+        let mut c = Condition::new("Ready", ConditionStatus::True, "Done", "");
+        c.last_transition_time = None;
+        assert_eq!(CachedCondition::from(c.clone()).to_condition(), c);
+        c.last_transition_time = Some(Time(Timestamp::new(1_700_000_000, 5).unwrap()));
+        c.observed_generation = Some(0);
+        assert_eq!(CachedCondition::from(c.clone()).to_condition(), c);
     }
 }
