@@ -20,15 +20,18 @@ use crate::api::{NodeGeneration, NodeGenerationSpec, NodeGenerationStatus};
 /// A cached NodeGeneration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedGeneration {
-    /// Name, namespace, uid, resourceVersion, generation and deletion timestamp only.
+    /// Name, namespace, generation and deletion timestamp only.
     pub metadata: ObjectMeta,
+    /// Its uid and resourceVersion.
+    pub version: compact::Version,
     /// The spec, without an inline PRD's text.
     pub spec: NodeGenerationSpec,
     /// The status without its conditions, which are kept as `conditions`.
     pub status: Option<NodeGenerationStatus>,
     pub conditions: Box<[CachedCondition]>,
-    /// The SHA-256 of the inline PRD, if the spec had one.
-    pub prd_digest: Option<String>,
+    /// The SHA-256 of the inline PRD, if the spec had one (we made it: lowercase hex, kept as
+    /// its 32 bytes).
+    prd_digest: Option<[u8; 32]>,
 }
 
 impl From<NodeGeneration> for CachedGeneration {
@@ -49,9 +52,16 @@ impl From<NodeGeneration> for CachedGeneration {
         let prd_digest = metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(CACHED_PRD_DIGEST).cloned());
+            .and_then(|a| a.get(CACHED_PRD_DIGEST))
+            .and_then(|hex| {
+                let mut digest = [0; 32];
+                hex::decode_to_slice(hex, &mut digest).ok()?;
+                Some(digest)
+            });
+        let (metadata, version) = compact::identity(metadata);
         CachedGeneration {
-            metadata: compact::identity(metadata),
+            metadata,
+            version,
             spec,
             status,
             conditions,
@@ -65,10 +75,10 @@ impl CachedGeneration {
     /// PRD's digest standing for its text, and the trimmed status.
     pub fn to_object(&self) -> NodeGeneration {
         let mut metadata = self.metadata.clone();
+        self.version.restore(&mut metadata);
         metadata.annotations = self
             .prd_digest
-            .clone()
-            .map(|d| BTreeMap::from([(CACHED_PRD_DIGEST.to_string(), d)]));
+            .map(|d| BTreeMap::from([(CACHED_PRD_DIGEST.to_string(), hex::encode(d))]));
         let mut status = self.status.clone();
         if let Some(status) = status.as_mut() {
             status.conditions = self
@@ -115,9 +125,11 @@ mod tests {
         ]));
         let entry = CachedGeneration::from(ng.clone());
         assert_eq!(entry.spec.prd, None);
-        let digest = entry.prd_digest.clone().unwrap();
-        assert_eq!(digest.len(), 64);
-        assert_ne!(digest, "forged");
+        let digest = hex::encode(entry.prd_digest.unwrap());
+        assert_eq!(
+            digest,
+            "00d427d86cda4ae7d0683fa95fd7ed3da046d200fe513c6bc1d074850328232d"
+        );
         assert_eq!(entry.metadata.labels, None);
         assert_eq!(entry.metadata.annotations, None);
         assert_eq!(entry.metadata.generation, Some(3));

@@ -9,6 +9,7 @@
 //! [`CachedNode::to_object`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -25,16 +26,18 @@ use crate::api::{
 /// A cached GeneratedNode.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedNode {
-    /// Name, namespace, uid, resourceVersion, generation and deletion timestamp only.
+    /// Name, namespace, generation and deletion timestamp only.
     pub metadata: ObjectMeta,
+    /// Its uid and resourceVersion.
+    pub version: compact::Version,
     pub spec: GeneratedNodeSpec,
     pub status: Option<CachedStatus>,
     /// The controlling NodeGeneration, if one controls it.
     pub owner: Option<Controller>,
     /// The generation label (which NodeGeneration run made it); its children carry it too.
-    pub generation_label: Option<String>,
+    pub generation_label: Option<Arc<str>>,
     /// The trace of the generation that made it, which its Deployment passes on.
-    pub traceparent: Option<String>,
+    traceparent: Option<Traceparent>,
     /// The [`digest`](super::children::digest) of the hash of the spec its NodeGeneration applied
     /// (`APPLIED_HASH_ANNOTATION`).
     pub applied_hash: Option<u64>,
@@ -50,16 +53,28 @@ impl From<GeneratedNode> for CachedNode {
             status,
         } = gn;
         let owner = compact::controller_of(&metadata, &<NodeGeneration as Resource>::kind(&()));
+        // The label names the generation, which is (almost always) the owner: one copy.
+        let generation_label = metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_GENERATION))
+            .map(|g| match &owner {
+                Some(o) if *o.name == **g => o.name.clone(),
+                _ => Arc::from(g.as_str()),
+            });
+        let traceparent =
+            compact::annotation(&metadata, ANNOTATION_TRACEPARENT).map(Traceparent::new);
+        let applied_hash = compact::annotation_digest(&metadata, APPLIED_HASH_ANNOTATION);
+        let shape = compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref());
+        let (metadata, version) = compact::identity(metadata);
         CachedNode {
             owner,
-            generation_label: metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_GENERATION).cloned()),
-            traceparent: compact::annotation(&metadata, ANNOTATION_TRACEPARENT),
-            applied_hash: compact::annotation_digest(&metadata, APPLIED_HASH_ANNOTATION),
-            shape: compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref()),
-            metadata: compact::identity(metadata),
+            generation_label,
+            traceparent,
+            applied_hash,
+            shape,
+            metadata,
+            version,
             spec,
             status: status.map(CachedStatus::from),
         }
@@ -72,14 +87,15 @@ impl CachedNode {
     /// labels, annotations and the owner references are left out.
     pub fn to_object(&self) -> GeneratedNode {
         let mut metadata = self.metadata.clone();
+        self.version.restore(&mut metadata);
         metadata.labels = self
             .generation_label
-            .clone()
-            .map(|g| BTreeMap::from([(LABEL_GENERATION.to_string(), g)]));
+            .as_ref()
+            .map(|g| BTreeMap::from([(LABEL_GENERATION.to_string(), g.to_string())]));
         metadata.annotations = self
             .traceparent
-            .clone()
-            .map(|t| BTreeMap::from([(ANNOTATION_TRACEPARENT.to_string(), t)]));
+            .as_ref()
+            .map(|t| BTreeMap::from([(ANNOTATION_TRACEPARENT.to_string(), t.text())]));
         GeneratedNode {
             metadata,
             spec: self.spec.clone(),
@@ -101,6 +117,52 @@ impl CachedNode {
 }
 
 compact::entry_of_kind!(CachedNode, GeneratedNode);
+
+/// A W3C traceparent (`00-<trace id>-<parent id>-<flags>`, 55 characters) as its 26 bytes,
+/// inline; anything else as text.
+#[derive(Clone, Debug, PartialEq)]
+enum Traceparent {
+    Bytes([u8; 26]),
+    Text(Box<str>),
+}
+
+impl Traceparent {
+    /// Where the dashes are, and the hex digits between them.
+    const DASHES: [usize; 3] = [2, 35, 52];
+
+    fn new(s: String) -> Self {
+        let canonical = s.len() == 55
+            && s.char_indices().all(|(i, c)| {
+                if Self::DASHES.contains(&i) {
+                    c == '-'
+                } else {
+                    matches!(c, '0'..='9' | 'a'..='f')
+                }
+            });
+        let mut bytes = [0; 26];
+        if canonical && hex::decode_to_slice(s.replace('-', ""), &mut bytes).is_ok() {
+            Traceparent::Bytes(bytes)
+        } else {
+            Traceparent::Text(s.into_boxed_str())
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Traceparent::Bytes(bytes) => {
+                let hex = hex::encode(bytes);
+                format!(
+                    "{}-{}-{}-{}",
+                    &hex[..2],
+                    &hex[2..34],
+                    &hex[34..50],
+                    &hex[50..]
+                )
+            }
+            Traceparent::Text(t) => t.to_string(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -186,6 +248,22 @@ mod tests {
             ObjectRef::from_obj(&entry).erase(),
             ObjectRef::from_obj(&gn).erase()
         );
+    }
+
+    #[test]
+    fn a_traceparent_comes_back_exactly() {
+        for t in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "00-abc-def-01",
+            "",
+        ] {
+            assert_eq!(Traceparent::new(t.to_string()).text(), t);
+        }
+        assert!(matches!(
+            Traceparent::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            Traceparent::Bytes(_)
+        ));
     }
 
     #[test]

@@ -22,17 +22,78 @@ use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
 use crate::api::{GeneratedNode, LABEL_GENERATION, NodeGeneration};
 use crate::publish::configmap::CONTENT_HASH_ANNOTATION;
 
-/// The identity of `meta` (name, namespace, uid, resourceVersion, generation, deletion
-/// timestamp): the metadata a controller's own cache entry keeps.
-pub fn identity(meta: ObjectMeta) -> ObjectMeta {
-    ObjectMeta {
+/// The identity of `meta` (name, namespace, generation, deletion timestamp, and apart its uid
+/// and resourceVersion): the metadata a controller's own cache entry keeps.
+pub fn identity(meta: ObjectMeta) -> (ObjectMeta, Version) {
+    let version = Version {
+        uid: Token::new(meta.uid),
+        resource_version: Token::new(meta.resource_version),
+    };
+    let meta = ObjectMeta {
         name: meta.name,
         namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
         generation: meta.generation,
         deletion_timestamp: meta.deletion_timestamp,
         ..Default::default()
+    };
+    (meta, version)
+}
+
+/// An object's uid and resourceVersion, kept beside a cache entry's `ObjectMeta` rather than
+/// in it: kube-runtime's store copies both into the entry's key as well, four allocations an
+/// entry for strings only our reconciles read. They are a UUID and a decimal number as the API
+/// server makes them, and kept as such (anything else as text).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Version {
+    uid: Token,
+    resource_version: Token,
+}
+
+impl Version {
+    pub fn uid(&self) -> Option<String> {
+        self.uid.text()
+    }
+
+    /// Put the uid and resourceVersion back into `meta`.
+    pub fn restore(&self, meta: &mut ObjectMeta) {
+        meta.uid = self.uid.text();
+        meta.resource_version = self.resource_version.text();
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+enum Token {
+    #[default]
+    None,
+    Uuid([u8; 16]),
+    Number(u64),
+    Text(Box<str>),
+}
+
+impl Token {
+    /// Kept as a UUID or a number only if it comes back exactly as it came.
+    fn new(s: Option<String>) -> Self {
+        let Some(s) = s else { return Token::None };
+        if let Ok(n) = s.parse::<u64>()
+            && n.to_string() == s
+        {
+            return Token::Number(n);
+        }
+        if let Ok(u) = uuid::Uuid::try_parse(&s)
+            && u.hyphenated().to_string() == s
+        {
+            return Token::Uuid(u.into_bytes());
+        }
+        Token::Text(s.into_boxed_str())
+    }
+
+    fn text(&self) -> Option<String> {
+        match self {
+            Token::None => None,
+            Token::Uuid(b) => Some(uuid::Uuid::from_bytes(*b).hyphenated().to_string()),
+            Token::Number(n) => Some(n.to_string()),
+            Token::Text(t) => Some(t.to_string()),
+        }
     }
 }
 
@@ -352,5 +413,29 @@ mod tests {
             deployment(&Deployment::default()).child.data.rollout,
             Rollout::default()
         );
+    }
+
+    #[test]
+    fn a_version_comes_back_exactly() {
+        for (uid, rv) in [
+            (Some("0b6f3c1e-2a4d-4e5f-9a7b-1c2d3e4f5a6b"), Some("123456")),
+            (Some("0B6F3C1E-2A4D-4E5F-9A7B-1C2D3E4F5A6B"), Some("0042")),
+            (Some("not-a-uuid"), Some("abc")),
+            (None, None),
+        ] {
+            let meta = ObjectMeta {
+                name: Some("n".into()),
+                uid: uid.map(Into::into),
+                resource_version: rv.map(Into::into),
+                ..Default::default()
+            };
+            let (mut kept, version) = identity(meta.clone());
+            assert_eq!(
+                (kept.uid.as_deref(), kept.resource_version.as_deref()),
+                (None, None)
+            );
+            version.restore(&mut kept);
+            assert_eq!(kept, meta);
+        }
     }
 }

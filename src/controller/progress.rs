@@ -65,7 +65,12 @@ fn in_progress(ng: &CachedGeneration) -> Option<(String, i64)> {
         s.observed_generation == Some(generation)
             && matches!(s.phase, Some(Phase::Completed | Phase::Failed))
     });
-    (!settled).then(|| (ng.uid().unwrap_or_else(|| ng.name_any()), generation))
+    (!settled).then(|| {
+        (
+            ng.version.uid().unwrap_or_else(|| ng.name_any()),
+            generation,
+        )
+    })
 }
 
 impl Collector for GenerationProgress {
