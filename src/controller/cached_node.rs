@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::reflector::{Lookup, ObjectRef};
 
+use super::cached_spec::CachedSpec;
 use super::cached_status::CachedStatus;
 use super::children::Controller;
 use super::compact;
@@ -30,7 +31,7 @@ pub struct CachedNode {
     pub metadata: ObjectMeta,
     /// Its uid and resourceVersion.
     pub version: compact::Version,
-    pub spec: GeneratedNodeSpec,
+    pub spec: CachedSpec,
     pub status: Option<CachedStatus>,
     /// The controlling NodeGeneration, if one controls it.
     pub owner: Option<Controller>,
@@ -66,6 +67,7 @@ impl From<GeneratedNode> for CachedNode {
             compact::annotation(&metadata, ANNOTATION_TRACEPARENT).map(Traceparent::new);
         let applied_hash = compact::annotation_digest(&metadata, APPLIED_HASH_ANNOTATION);
         let shape = compact::shape(metadata.labels.as_ref(), metadata.owner_references.as_ref());
+        let spec = CachedSpec::new(spec, metadata.name.as_deref().unwrap_or_default());
         let (metadata, version) = compact::identity(metadata);
         CachedNode {
             owner,
@@ -98,9 +100,15 @@ impl CachedNode {
             .map(|t| BTreeMap::from([(ANNOTATION_TRACEPARENT.to_string(), t.text())]));
         GeneratedNode {
             metadata,
-            spec: self.spec.clone(),
+            spec: self.spec(),
             status: self.status.as_ref().map(CachedStatus::to_status),
         }
+    }
+
+    /// Its spec as the API has it.
+    pub fn spec(&self) -> GeneratedNodeSpec {
+        self.spec
+            .to_spec(self.metadata.name.as_deref().unwrap_or_default())
     }
 
     /// Whether the NodeGeneration with this uid controls it.

@@ -38,6 +38,12 @@ fn word(s: &str) -> Arc<str> {
     shared(&WORDS, 1024, s)
 }
 
+/// The shared copy of a value many cached specs repeat (a domain, a version).
+pub(super) fn shared_value(s: &str) -> Arc<str> {
+    static VALUES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    shared(&VALUES, 1024, s)
+}
+
 /// The shared copy of a condition's message.
 fn message(s: &str) -> Arc<str> {
     static MESSAGES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();

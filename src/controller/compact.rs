@@ -97,6 +97,32 @@ impl Token {
     }
 }
 
+/// A hex SHA-256 as we write them (lowercase) kept as its 32 bytes; anything else as text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HexDigest {
+    Sha256([u8; 32]),
+    Text(Box<str>),
+}
+
+impl HexDigest {
+    pub fn new(s: String) -> Self {
+        let mut bytes = [0; 32];
+        let lower = !s.bytes().any(|b| b.is_ascii_uppercase());
+        if lower && hex::decode_to_slice(&s, &mut bytes).is_ok() {
+            HexDigest::Sha256(bytes)
+        } else {
+            HexDigest::Text(s.into_boxed_str())
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            HexDigest::Sha256(bytes) => hex::encode(bytes),
+            HexDigest::Text(text) => text.to_string(),
+        }
+    }
+}
+
 /// Make `$entry` (a struct with a `metadata: ObjectMeta`, converted `From<$kind>`) a
 /// `Resource` of the same kind as `$kind`, so that a controller and its object references run
 /// on it, and deserializable through `$kind` (kube-runtime's controller asks for that; the
@@ -437,5 +463,14 @@ mod tests {
             version.restore(&mut kept);
             assert_eq!(kept, meta);
         }
+    }
+
+    #[test]
+    fn a_hex_digest_comes_back_exactly() {
+        let sha = "1d18c161cc6eab1bdffda900cda2a8ba6fca470ff3e358ad981dc532a95e3a49";
+        for text in [sha, &sha.to_uppercase(), "abc", ""] {
+            assert_eq!(HexDigest::new(text.to_string()).text(), text);
+        }
+        assert!(matches!(HexDigest::new(sha.into()), HexDigest::Sha256(_)));
     }
 }

@@ -5,6 +5,7 @@
 mod backoff;
 pub mod cached_generation;
 pub mod cached_node;
+mod cached_spec;
 pub mod cached_status;
 pub mod children;
 pub mod compact;
