@@ -3,10 +3,11 @@
 //!
 //! The GeneratedNode cache is the operator's largest (one entry per node of every generation).
 //! A cached `GeneratedNode` keeps two B-tree maps (labels, annotations) of about 0.5 KB each
-//! however few their entries, and its owner references in full; this entry keeps four strings
-//! and a digest instead. The GeneratedNode controller runs on these entries directly (it is a
-//! `Resource` of the same kind), and rebuilds the object its reconcile renders from with
-//! [`CachedNode::to_object`].
+//! however few their entries, and its owner references in full; this entry keeps the owner, the
+//! generation label (sharing the owner's name), the traceparent as bytes and two digests
+//! instead, and its spec, status, uid and resourceVersion compactly. The GeneratedNode
+//! controller runs on these entries directly (it is a `Resource` of the same kind), and
+//! rebuilds the object its reconcile renders from with [`CachedNode::to_object`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
