@@ -32,9 +32,8 @@ pub struct CachedGeneration {
     /// The status without its conditions, which are kept as `conditions`.
     pub status: Option<CachedGenerationStatus>,
     pub conditions: Box<[CachedCondition]>,
-    /// The SHA-256 of the inline PRD, if the spec had one (we made it: lowercase hex, kept as
-    /// its 32 bytes).
-    prd_digest: Option<[u8; 32]>,
+    /// The SHA-256 of the inline PRD, if the spec had one.
+    prd_digest: Option<HexDigest>,
 }
 
 impl From<NodeGeneration> for CachedGeneration {
@@ -55,12 +54,8 @@ impl From<NodeGeneration> for CachedGeneration {
         let prd_digest = metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(CACHED_PRD_DIGEST))
-            .and_then(|hex| {
-                let mut digest = [0; 32];
-                hex::decode_to_slice(hex, &mut digest).ok()?;
-                Some(digest)
-            });
+            .and_then(|a| a.get(CACHED_PRD_DIGEST).cloned())
+            .map(HexDigest::new);
         let (metadata, version) = compact::identity(metadata);
         CachedGeneration {
             metadata,
@@ -81,7 +76,8 @@ impl CachedGeneration {
         self.version.restore(&mut metadata);
         metadata.annotations = self
             .prd_digest
-            .map(|d| BTreeMap::from([(CACHED_PRD_DIGEST.to_string(), hex::encode(d))]));
+            .as_ref()
+            .map(|d| BTreeMap::from([(CACHED_PRD_DIGEST.to_string(), d.text())]));
         let mut status = self.status.as_ref().map(CachedGenerationStatus::to_status);
         if let Some(status) = status.as_mut() {
             status.conditions = self
@@ -216,7 +212,7 @@ mod tests {
         ]));
         let entry = CachedGeneration::from(ng.clone());
         assert_eq!(entry.spec.prd, None);
-        let digest = hex::encode(entry.prd_digest.unwrap());
+        let digest = entry.prd_digest.as_ref().map(HexDigest::text).unwrap();
         assert_eq!(
             digest,
             "00d427d86cda4ae7d0683fa95fd7ed3da046d200fe513c6bc1d074850328232d"
