@@ -4,8 +4,9 @@
 //! A kube-runtime store keeps every object behind an `Arc`, under a key with its own copies of
 //! the name and namespace, and each string of an entry is an allocation of its own: a compact
 //! Deployment entry cost 0.7 KB in 9 allocations there (measured), a pod 1.5 KB with its index
-//! by node, and a node has four such children. Here a child is its name (the namespace is
-//! stored once) and 64-bit digests of the strings a reconcile only compares.
+//! by node, and a node has four such children. Here a child is filed under the digest of its
+//! name (the namespace is stored once) and keeps 64-bit digests of the strings a reconcile only
+//! compares; only the index by controller keeps names.
 //!
 //! The watch of each kind also stands in for kube-runtime's `owns` and its `predicate_filter`:
 //! each event updates the index and, when the resourceVersion is new (not a relist's repeat),
@@ -42,24 +43,30 @@ pub struct Controller {
 pub struct Child<T> {
     /// Digest of its resourceVersion: a relist's repeat of a known version triggers nothing.
     pub resource_version: u64,
-    pub controller: Option<Controller>,
+    /// Digest of its controller's uid.
+    pub owner: Option<u64>,
     pub data: T,
 }
 
 impl Controller {
     /// Whether `controller` is the object with this uid.
     pub fn is(controller: Option<&Controller>, uid: Option<&str>) -> bool {
-        match (uid, controller) {
-            (Some(uid), Some(c)) => c.uid == digest(uid),
-            _ => false,
-        }
+        owned(controller.map(|c| c.uid), uid)
+    }
+}
+
+/// Whether `owner` (a uid's digest) is `uid`.
+fn owned(owner: Option<u64>, uid: Option<&str>) -> bool {
+    match (uid, owner) {
+        (Some(uid), Some(owner)) => owner == digest(uid),
+        _ => false,
     }
 }
 
 impl<T> Child<T> {
     /// Whether the object with this uid controls the child.
     pub fn owned_by(&self, uid: Option<&str>) -> bool {
-        Controller::is(self.controller.as_ref(), uid)
+        owned(self.owner, uid)
     }
 }
 
@@ -68,12 +75,19 @@ impl<T> Child<T> {
 pub struct Entry<T> {
     pub namespace: String,
     pub name: String,
+    /// The name of its controller, whose reconcile its changes trigger.
+    pub controller: Option<Arc<str>>,
     pub child: Child<T>,
 }
 
 /// One namespace's children, and (if the index is kept) their names by controller.
+///
+/// Children are filed under the digest of their name: a Deployment or a Service is looked up
+/// by its node's name and never listed, so its entry keeps no string at all. Only the index by
+/// controller keeps names (a generation's ConfigMaps are deleted by name, a pod's name is in
+/// its node's message), each once.
 struct Namespace<T> {
-    children: HashMap<Arc<str>, Child<T>>,
+    children: HashMap<u64, Child<T>>,
     /// A controller's children are one or two: a boxed slice, not a set or a growing vector.
     by_controller: HashMap<Arc<str>, Box<[Arc<str>]>>,
 }
@@ -84,6 +98,43 @@ impl<T> Default for Namespace<T> {
             children: HashMap::new(),
             by_controller: HashMap::new(),
         }
+    }
+}
+
+impl<T> Namespace<T> {
+    /// Take `name` out of its controller's list. `hint` is the controller its latest event
+    /// names, almost always the one it is listed under; if not (it was relabelled or
+    /// released), every list is searched.
+    fn unlist(&mut self, name: &str, hint: Option<&str>) {
+        let listed = |names: &[Arc<str>]| names.iter().any(|n| &**n == name);
+        let controller = match hint.and_then(|h| self.by_controller.get_key_value(h)) {
+            Some((c, names)) if listed(names) => c.clone(),
+            _ => match self.by_controller.iter().find(|(_, names)| listed(names)) {
+                Some((c, _)) => c.clone(),
+                None => return,
+            },
+        };
+        let rest: Box<[Arc<str>]> = self
+            .by_controller
+            .remove(&controller)
+            .unwrap_or_default()
+            .iter()
+            .filter(|n| &***n != name)
+            .cloned()
+            .collect();
+        if !rest.is_empty() {
+            self.by_controller.insert(controller, rest);
+        }
+    }
+
+    /// File `name` under `controller`, sharing the controller's name if it is listed already.
+    fn list(&mut self, name: &str, controller: Arc<str>) {
+        let (key, names) = match self.by_controller.remove_entry(&controller) {
+            Some((key, names)) => (key, names),
+            None => (controller, Box::default()),
+        };
+        let names = names.iter().cloned().chain([Arc::from(name)]).collect();
+        self.by_controller.insert(key, names);
     }
 }
 
@@ -103,61 +154,40 @@ impl<T> Index<T> {
     }
 
     fn get(&self, ns: &str, name: &str) -> Option<&Child<T>> {
-        self.namespaces.get(ns)?.children.get(name)
+        self.namespaces.get(ns)?.children.get(&digest(name))
     }
 
     fn insert(&mut self, entry: Entry<T>) {
         let Entry {
             namespace,
             name,
-            mut child,
+            controller,
+            child,
         } = entry;
-        self.remove(&namespace, &name);
+        self.remove(&namespace, &name, controller.as_deref());
         let keep_index = self.by_controller;
         let ns = match self.namespaces.get_mut(namespace.as_str()) {
             Some(ns) => ns,
             None => self.namespaces.entry(Arc::from(namespace)).or_default(),
         };
-        let name: Arc<str> = Arc::from(name);
-        if let Some(c) = child.controller.as_mut() {
-            // A node's Deployment and Service have its name: keep it once.
-            if c.name == name {
-                c.name = name.clone();
-            }
-            if keep_index {
-                // The pods of a node share its name.
-                if let Some((key, _)) = ns.by_controller.get_key_value(&c.name) {
-                    c.name = key.clone();
-                }
-                let key = c.name.clone();
-                let names = ns.by_controller.remove(&key).unwrap_or_default();
-                let names = names.iter().cloned().chain([name.clone()]).collect();
-                ns.by_controller.insert(key, names);
-            }
+        if let Some(controller) = controller.filter(|_| keep_index) {
+            ns.list(&name, controller);
         }
-        ns.children.insert(name, child);
+        ns.children.insert(digest(&name), child);
     }
 
-    fn remove(&mut self, ns_name: &str, name: &str) {
+    /// Remove child `name` of namespace `ns_name`; `controller` is the one its latest event
+    /// names.
+    fn remove(&mut self, ns_name: &str, name: &str, controller: Option<&str>) {
         let keep_index = self.by_controller;
         let Some(ns) = self.namespaces.get_mut(ns_name) else {
             return;
         };
-        let Some(child) = ns.children.remove(name) else {
+        if ns.children.remove(&digest(name)).is_none() {
             return;
-        };
-        if let Some(c) = child.controller.filter(|_| keep_index) {
-            let rest: Box<[Arc<str>]> = ns
-                .by_controller
-                .remove(&c.name)
-                .unwrap_or_default()
-                .iter()
-                .filter(|n| &***n != name)
-                .cloned()
-                .collect();
-            if !rest.is_empty() {
-                ns.by_controller.insert(c.name, rest);
-            }
+        }
+        if keep_index {
+            ns.unlist(name, controller);
         }
         if ns.children.is_empty() {
             self.namespaces.remove(ns_name);
@@ -199,7 +229,7 @@ impl<T: Clone> Children<T> {
             .get(controller)
             .into_iter()
             .flatten()
-            .filter_map(|name| Some((name.clone(), space.children.get(name)?.clone())))
+            .filter_map(|name| Some((name.clone(), space.children.get(&digest(name))?.clone())))
             .collect();
         children.sort_by(|a, b| a.0.cmp(&b.0));
         children
@@ -257,8 +287,9 @@ impl<T> Writer<T> {
                 let seen = index
                     .get(&entry.namespace, &entry.name)
                     .is_some_and(|old| old.resource_version == entry.child.resource_version);
-                let owner = entry.child.controller.as_ref().map(|c| c.name.clone());
-                let trigger = owner
+                let trigger = entry
+                    .controller
+                    .clone()
                     .filter(|_| !seen)
                     .map(|o| (entry.namespace.clone(), o));
                 match self.relist.as_mut() {
@@ -268,12 +299,12 @@ impl<T> Writer<T> {
                 trigger
             }
             watcher::Event::Delete(entry) => {
-                index.remove(&entry.namespace, &entry.name);
+                let controller = entry.controller.as_deref();
+                index.remove(&entry.namespace, &entry.name, controller);
                 if let Some(fresh) = self.relist.as_mut() {
-                    fresh.remove(&entry.namespace, &entry.name);
+                    fresh.remove(&entry.namespace, &entry.name, controller);
                 }
-                let owner = entry.child.controller?;
-                Some((entry.namespace, owner.name))
+                Some((entry.namespace, entry.controller?))
             }
         }
     }
@@ -320,12 +351,10 @@ mod tests {
         Entry {
             namespace: "ns".into(),
             name: name.into(),
+            controller: controller.map(Arc::from),
             child: Child {
                 resource_version: digest(rv),
-                controller: controller.map(|c| Controller {
-                    name: c.into(),
-                    uid: digest("uid-1"),
-                }),
+                owner: controller.map(|_| digest("uid-1")),
                 data: 0,
             },
         }
@@ -389,6 +418,11 @@ mod tests {
         assert_eq!(names(&children.controlled_by("ns", "m")), ["m-a", "n-b"]);
         writer.apply(watcher::Event::Delete(entry("n-a", "1", Some("n"))));
         assert!(children.controlled_by("ns", "n").is_empty());
+        // A delete that no longer names its controller still takes it out of the list.
+        writer.apply(watcher::Event::Apply(entry("x-a", "1", Some("x"))));
+        writer.apply(watcher::Event::Delete(entry("x-a", "2", None)));
+        assert!(children.controlled_by("ns", "x").is_empty());
+        assert_eq!(children.get("ns", "x-a"), None);
         // A relist that no longer has m-a.
         writer.apply(watcher::Event::Init);
         writer.apply(watcher::Event::InitApply(entry("n-b", "2", Some("m"))));

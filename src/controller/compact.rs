@@ -171,8 +171,9 @@ pub(crate) use entry_of_kind;
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodeConfigMap {
     pub content_hash: Option<u64>,
-    /// The module the node's startup script runs (read back, so kept as it is).
-    pub entry: Option<String>,
+    /// Digest of the module the node's startup script runs (`deploy::entry_file` of the node's
+    /// spec, which a reconcile works out again and checks against this).
+    pub entry: Option<u64>,
     /// The generation label: which NodeGeneration's run made it.
     pub generation: Option<u64>,
     /// Digest of the labels and owner references, compared with those of the desired object.
@@ -238,9 +239,10 @@ pub fn entry<T>(meta: &ObjectMeta, controller: Option<Controller>, data: T) -> E
         name: meta.name.clone().unwrap_or_default(),
         child: Child {
             resource_version: digest(meta.resource_version.as_deref().unwrap_or_default()),
-            controller,
+            owner: controller.as_ref().map(|c| c.uid),
             data,
         },
+        controller: controller.map(|c| c.name),
     }
 }
 
@@ -260,7 +262,7 @@ pub fn controller_of(meta: &ObjectMeta, kind: &str) -> Option<Controller> {
 pub fn config_map(meta: &ObjectMeta) -> Entry<CodeConfigMap> {
     let data = CodeConfigMap {
         content_hash: annotation_digest(meta, CONTENT_HASH_ANNOTATION),
-        entry: annotation(meta, ENTRY_ANNOTATION),
+        entry: annotation_digest(meta, ENTRY_ANNOTATION),
         generation: meta
             .labels
             .as_ref()
@@ -374,10 +376,10 @@ mod tests {
             (cached.namespace.as_str(), cached.name.as_str()),
             ("ns", "hello-code")
         );
+        assert_eq!(cached.controller.as_deref(), Some("hello"));
         let cached = cached.child;
         assert_eq!(cached.data.content_hash, Some(digest("abc")));
         assert_eq!(cached.data.generation, Some(digest("hello")));
-        assert_eq!(cached.controller.as_ref().unwrap().name.as_ref(), "hello");
         assert!(cached.owned_by(Some("uid-1")));
         assert!(!cached.owned_by(Some("uid-2")) && !cached.owned_by(None));
         // Another resourceVersion or annotation nobody compares: the same entry data.
@@ -397,7 +399,8 @@ mod tests {
         assert_ne!(config_map(&relabelled).child.data, cached.data);
         let mut stray = code_config_map("3", "uid-1");
         stray.owner_references = None;
-        assert_eq!(config_map(&stray).child.controller, None);
+        let stray = config_map(&stray);
+        assert_eq!((stray.controller, stray.child.owner), (None, None));
     }
 
     #[test]

@@ -279,8 +279,10 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
             message: "spec.source names neither a ConfigMap nor a Git revision".into(),
         });
     };
+    // The operator's own ConfigMaps name the module their node's spec implies.
     let cached = ctx.caches.config_maps.get(ns, &cm.name);
-    if let Some(entry) = cached.and_then(|c| c.data.entry) {
+    let entry = deploy::entry_file(&gn.spec);
+    if cached.and_then(|c| c.data.entry) == Some(super::children::digest(&entry)) {
         return Ok(entry_in(gn, &cm.name, &[key_for(&entry)]));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
@@ -306,7 +308,7 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
 
 /// The ConfigMap as the code source if its keys hold the package's `__main__.py`.
 fn entry_in(gn: &GeneratedNode, config_map: &str, keys: &[String]) -> Source {
-    let entry = crate::deploy::entry_file(&gn.spec);
+    let entry = deploy::entry_file(&gn.spec);
     if keys.contains(&key_for(&entry)) {
         Source::Ready(Code::ConfigMap {
             name: config_map.to_string(),
@@ -521,6 +523,53 @@ mod tests {
             "/apis/codegen.omninode.ai/v1alpha1/namespaces/ns/generatednodes/hello-effect",
             serde_json::to_value(gn()).unwrap(),
         );
+    }
+
+    /// The cached entry of the code ConfigMap `hello-code`, naming `entry` as its module.
+    fn cached_code(entry: &str) -> crate::controller::children::Entry<compact::CodeConfigMap> {
+        compact::config_map(&ObjectMeta {
+            name: Some("hello-code".into()),
+            namespace: Some("ns".into()),
+            annotations: Some(BTreeMap::from([(
+                super::super::node_generation::ENTRY_ANNOTATION.to_string(),
+                entry.to_string(),
+            )])),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_cached_code_config_map_naming_the_specs_module_is_not_read_again() {
+        let read = "GET /api/v1/namespaces/ns/configmaps/hello-code";
+        let requests = |fake: &FakeApi| -> Vec<String> {
+            fake.requests()
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.path()))
+                .collect()
+        };
+        let fake = FakeApi::default();
+        hand_written_code(&fake);
+        let (ctx, mut caches) = context(&fake);
+        let module = deploy::entry_file(&gn().spec);
+        CacheWriters::apply(&mut caches.config_maps, cached_code(&module));
+        reconcile(Arc::new(CachedNode::from(gn())), ctx.clone())
+            .await
+            .unwrap();
+        assert!(!requests(&fake).iter().any(|r| r == read));
+        assert!(
+            fake.writes()
+                .iter()
+                .any(|r| r.path().ends_with("deployments/hello-effect"))
+        );
+        // A module the spec does not imply (written by another version): read the ConfigMap.
+        let fake = FakeApi::default();
+        hand_written_code(&fake);
+        let (ctx, mut caches) = context(&fake);
+        CacheWriters::apply(&mut caches.config_maps, cached_code("other/__main__.py"));
+        reconcile(Arc::new(CachedNode::from(gn())), ctx.clone())
+            .await
+            .unwrap();
+        assert!(requests(&fake).iter().any(|r| r == read));
     }
 
     #[tokio::test]

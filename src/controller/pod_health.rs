@@ -400,9 +400,9 @@ mod tests {
         let creating = pod(status("ContainerCreating", "", None));
         // The spec, the other labels and annotations, the image: nothing the entry depends on.
         for p in [&unready_since, &crashing, &creating] {
-            let entry = cached(&full(p.clone())).child;
-            assert_eq!(entry.data, cached(p).child.data);
-            assert_eq!(entry.controller.unwrap().name.as_ref(), "n");
+            let entry = cached(&full(p.clone()));
+            assert_eq!(entry.child.data, cached(p).child.data);
+            assert_eq!(entry.controller.as_deref(), Some("n"));
         }
         let entry = cached(&unready_since).child;
         assert_eq!(entry.data.failure, None);
