@@ -6,7 +6,8 @@
 //! ("1/1 replicas available"), so the entries share one copy of each; the optional generation
 //! and transition time are packed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -44,18 +45,54 @@ pub(super) fn shared_value(s: &str) -> Arc<str> {
     shared(&VALUES, 1024, s)
 }
 
-/// The shared copy of a condition's message.
-fn message(s: &str) -> Arc<str> {
-    static MESSAGES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
-    shared(&MESSAGES, 4096, s)
+/// What conditions share: type, reason and message. Most conditions repeat across objects
+/// whole ("Ready", "Available", "1/1 replicas available"), so an entry keeps one pointer to a
+/// shared copy; those of a message that names its object are copies of their own (past
+/// [`MAX_SHARED_TEXTS`], or on a digest collision), still sharing the type and reason.
+#[derive(Debug, PartialEq)]
+struct Text {
+    type_: Arc<str>,
+    reason: Arc<str>,
+    message: Box<str>,
 }
 
-/// A cached condition: a [`Condition`] with shared words, 72 bytes instead of 96.
+/// How many condition texts are shared at most.
+const MAX_SHARED_TEXTS: usize = 4096;
+
+/// The shared copy of a condition's text.
+fn text(type_: &str, reason: &str, message: &str) -> Arc<Text> {
+    static TEXTS: OnceLock<Mutex<HashMap<u64, Arc<Text>>>> = OnceLock::new();
+    let key = digest(&(type_, reason, message));
+    let mut texts = TEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(t) = texts.get(&key)
+        && (&*t.type_, &*t.reason, &*t.message) == (type_, reason, message)
+    {
+        return t.clone();
+    }
+    let t = Arc::new(Text {
+        type_: word(type_),
+        reason: word(reason),
+        message: message.into(),
+    });
+    if texts.len() < MAX_SHARED_TEXTS {
+        texts.entry(key).or_insert_with(|| t.clone());
+    }
+    t
+}
+
+fn digest(value: &impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// A cached condition: a [`Condition`] whose text is shared, 32 bytes instead of 96.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedCondition {
-    pub type_: Arc<str>,
-    pub reason: Arc<str>,
-    pub message: Arc<str>,
+    text: Arc<Text>,
     observed_generation: i64,
     transition_seconds: i64,
     transition_nanos: i32,
@@ -78,9 +115,7 @@ impl From<Condition> for CachedCondition {
             has |= HAS_TRANSITION;
         }
         CachedCondition {
-            type_: word(&c.type_),
-            reason: word(&c.reason),
-            message: message(&c.message),
+            text: text(&c.type_, &c.reason, &c.message),
             observed_generation: c.observed_generation.unwrap_or_default(),
             transition_seconds: transition.map(|t| t.as_second()).unwrap_or_default(),
             transition_nanos: transition
@@ -97,13 +132,25 @@ impl CachedCondition {
         self.status == ConditionStatus::True
     }
 
+    pub fn type_(&self) -> &str {
+        &self.text.type_
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.text.reason
+    }
+
+    pub fn message(&self) -> &str {
+        &self.text.message
+    }
+
     /// The condition as the API has it.
     pub fn to_condition(&self) -> Condition {
         Condition {
-            type_: self.type_.to_string(),
+            type_: self.type_().to_string(),
             status: self.status,
-            reason: self.reason.to_string(),
-            message: self.message.to_string(),
+            reason: self.reason().to_string(),
+            message: self.message().to_string(),
             observed_generation: (self.has & HAS_GENERATION != 0)
                 .then_some(self.observed_generation),
             // Made from a valid timestamp, so it is one.
@@ -149,7 +196,7 @@ impl CachedStatus {
 
     /// The condition of this type.
     pub fn condition(&self, type_: &str) -> Option<&CachedCondition> {
-        self.conditions.iter().find(|c| &*c.type_ == type_)
+        self.conditions.iter().find(|c| c.type_() == type_)
     }
 }
 
@@ -173,7 +220,7 @@ mod tests {
         let cached = CachedStatus::from(status.clone());
         assert_eq!(cached.to_status(), status);
         assert_eq!(
-            &*cached.condition("Ready").unwrap().message,
+            cached.condition("Ready").unwrap().message(),
             "0/1 replicas available"
         );
         assert!(cached.condition("Available").is_none());
@@ -181,16 +228,21 @@ mod tests {
             conditions: vec![ready("1/2 replicas available")],
             ..Default::default()
         });
+        // Another message: a text of its own, the same reason.
+        assert!(!Arc::ptr_eq(
+            &cached.conditions[0].text,
+            &other.conditions[0].text
+        ));
         assert!(Arc::ptr_eq(
-            &cached.conditions[0].reason,
-            &other.conditions[0].reason
+            &cached.conditions[0].text.reason,
+            &other.conditions[0].text.reason
         ));
         let again = CachedStatus::from(status.clone());
         assert!(Arc::ptr_eq(
-            &cached.conditions[0].message,
-            &again.conditions[0].message
+            &cached.conditions[0].text,
+            &again.conditions[0].text
         ));
-        assert_eq!(std::mem::size_of::<CachedCondition>(), 72);
+        assert_eq!(std::mem::size_of::<CachedCondition>(), 32);
     }
 
     #[test]

@@ -916,7 +916,7 @@ fn node_state(ctx: &Context, ns: &str, name: &str) -> Option<String> {
     let ready = gn.status.as_ref().and_then(|s| s.condition(READY));
     Some(match ready {
         Some(c) if c.is_true() => "Ready".to_string(),
-        Some(c) => c.reason.to_string(),
+        Some(c) => c.reason().to_string(),
         None => "Pending".to_string(),
     })
 }
@@ -1048,8 +1048,8 @@ fn node_failure(ctx: &Context, ns: &str, name: &str) -> Option<String> {
         .generated_nodes
         .get(&ObjectRef::new(name).within(ns))?;
     let ready = gn.status.as_ref()?.condition(READY)?;
-    let failing = !ready.is_true() && super::pod_health::is_failing(&ready.reason);
-    failing.then(|| format!("{name}: {}: {}", ready.reason, ready.message))
+    let failing = !ready.is_true() && super::pod_health::is_failing(ready.reason());
+    failing.then(|| format!("{name}: {}: {}", ready.reason(), ready.message()))
 }
 
 /// Merge the new conditions into the current status and write it if anything differs; emit an
@@ -1347,7 +1347,7 @@ mod tests {
         stored(&fake, &ng);
         let stripped = |ng: &NodeGeneration| {
             let cached = CachedGeneration::from(ng.clone());
-            assert_eq!(cached.spec.prd, None);
+            assert_eq!(cached.spec.to_spec().prd, None);
             Arc::new(cached)
         };
         reconcile(stripped(&ng), ctx.clone()).await.unwrap();
@@ -1432,7 +1432,7 @@ mod tests {
         let trimmed = cached.to_object().status.unwrap();
         assert!(trimmed.analysis.is_none() && trimmed.trace_id.is_none());
         assert!(trimmed.output.as_ref().unwrap().config_maps.is_empty());
-        let kept: Vec<_> = cached.conditions.iter().map(|c| &*c.type_).collect();
+        let kept: Vec<_> = cached.conditions.iter().map(|c| c.type_()).collect();
         assert_eq!(kept, [DEPLOYED, READY]);
         fake.clear();
         reconcile(Arc::new(cached), ctx.clone()).await.unwrap();
