@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::cached_status::{CachedCondition, shared_value};
-use super::compact::{self, HexDigest};
+use super::cached_status::CachedCondition;
+use super::compact::{self, HexDigest, shared_value};
 use super::node_generation::{CACHED_PRD_DIGEST, trim_cached};
 use crate::api::{
     DeploySpec, HandlersSource, IntelligenceSpec, NodeGeneration, NodeGenerationSpec,

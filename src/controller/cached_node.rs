@@ -42,7 +42,7 @@ pub struct CachedNode {
     traceparent: Option<Traceparent>,
     /// The [`digest`](super::children::digest) of the hash of the spec its NodeGeneration applied
     /// (`APPLIED_HASH_ANNOTATION`).
-    pub applied_hash: Option<u64>,
+    pub applied_hash: Option<super::children::Digest>,
     /// Digest of its labels and owner references, compared with those of the desired object.
     pub shape: u64,
 }

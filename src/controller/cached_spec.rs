@@ -9,8 +9,7 @@
 
 use std::sync::Arc;
 
-use super::cached_status::shared_value;
-use super::compact::HexDigest;
+use super::compact::{HexDigest, shared_value};
 use super::node_generation::code_config_map_name;
 use crate::api::{ConfigMapSource, GeneratedNodeDeploy, GeneratedNodeSpec, NodeSource, NodeType};
 

@@ -2,47 +2,24 @@
 //!
 //! A GeneratedNode's three conditions were half of its cache entry (0.5 KB of 2 KB, measured):
 //! a `Condition` is 120 bytes before its type, reason and message, each an allocation of its
-//! own. Types and reasons come from a small vocabulary, and most messages repeat across nodes
-//! ("1/1 replicas available"), so the entries share one copy of each; the optional generation
+//! own. Most conditions repeat whole across objects ("Ready", "True", "Available", "1/1
+//! replicas available"), so the entries share one copy of each text; the optional generation
 //! and transition time are packed.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use super::children::{Digest, digest};
+use super::compact::SharedStrings;
 use crate::api::{Condition, ConditionStatus, GeneratedNodeStatus};
-
-/// The shared copy of `s` in `set`. Past `max` entries (statuses written by someone else can
-/// carry any reason, and some messages name their objects) new strings are no longer shared,
-/// so the set stays bounded.
-fn shared(set: &'static OnceLock<Mutex<HashSet<Arc<str>>>>, max: usize, s: &str) -> Arc<str> {
-    let mut set = set
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(w) = set.get(s) {
-        return w.clone();
-    }
-    let w: Arc<str> = Arc::from(s);
-    if set.len() < max {
-        set.insert(w.clone());
-    }
-    w
-}
 
 /// The shared copy of a condition's type or reason.
 fn word(s: &str) -> Arc<str> {
-    static WORDS: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
-    shared(&WORDS, 1024, s)
-}
-
-/// The shared copy of a value many cached specs repeat (a domain, a version).
-pub(super) fn shared_value(s: &str) -> Arc<str> {
-    static VALUES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
-    shared(&VALUES, 1024, s)
+    static WORDS: SharedStrings = SharedStrings::new(1024);
+    WORDS.get(s)
 }
 
 /// What conditions share: type, reason and message. Most conditions repeat across objects
@@ -61,7 +38,7 @@ const MAX_SHARED_TEXTS: usize = 4096;
 
 /// The shared copy of a condition's text.
 fn text(type_: &str, reason: &str, message: &str) -> Arc<Text> {
-    static TEXTS: OnceLock<Mutex<HashMap<u64, Arc<Text>>>> = OnceLock::new();
+    static TEXTS: OnceLock<Mutex<HashMap<Digest, Arc<Text>>>> = OnceLock::new();
     let key = digest(&(type_, reason, message));
     let mut texts = TEXTS
         .get_or_init(Default::default)
@@ -81,12 +58,6 @@ fn text(type_: &str, reason: &str, message: &str) -> Arc<Text> {
         texts.entry(key).or_insert_with(|| t.clone());
     }
     t
-}
-
-fn digest(value: &impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
 }
 
 /// A cached condition: a [`Condition`] whose text is shared, 32 bytes instead of 96.

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::num::NonZeroU64;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::{Stream, StreamExt};
@@ -22,12 +23,17 @@ use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 
-/// A 64-bit digest of a string a reconcile only compares for equality (a resourceVersion, a
-/// uid, a content hash). Kept in memory only, so the hasher need not be stable across builds.
-pub fn digest(s: &str) -> u64 {
+/// A 64-bit digest of a value a reconcile only compares for equality (a resourceVersion, a
+/// uid, a content hash). Never zero, so that an optional one takes no more room (8 bytes, not
+/// 16: the caches' tables hold tens of thousands of them).
+pub type Digest = NonZeroU64;
+
+/// The [`Digest`] of `value`. Kept in memory only, so the hasher need not be stable across
+/// builds.
+pub fn digest<T: Hash + ?Sized>(value: &T) -> Digest {
     let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    value.hash(&mut h);
+    NonZeroU64::new(h.finish()).unwrap_or(NonZeroU64::MIN)
 }
 
 /// The object that controls a child: for a pod, the GeneratedNode its label names.
@@ -35,16 +41,16 @@ pub fn digest(s: &str) -> u64 {
 pub struct Controller {
     pub name: Arc<str>,
     /// Digest of its uid.
-    pub uid: u64,
+    pub uid: Digest,
 }
 
 /// A cached child: what its reconciles read of it, `T`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Child<T> {
     /// Digest of its resourceVersion: a relist's repeat of a known version triggers nothing.
-    pub resource_version: u64,
+    pub resource_version: Digest,
     /// Digest of its controller's uid.
-    pub owner: Option<u64>,
+    pub owner: Option<Digest>,
     pub data: T,
 }
 
@@ -56,7 +62,7 @@ impl Controller {
 }
 
 /// Whether `owner` (a uid's digest) is `uid`.
-fn owned(owner: Option<u64>, uid: Option<&str>) -> bool {
+fn owned(owner: Option<Digest>, uid: Option<&str>) -> bool {
     match (uid, owner) {
         (Some(uid), Some(owner)) => owner == digest(uid),
         _ => false,
@@ -87,7 +93,7 @@ pub struct Entry<T> {
 /// controller keeps names (a generation's ConfigMaps are deleted by name, a pod's name is in
 /// its node's message), each once.
 struct Namespace<T> {
-    children: HashMap<u64, Child<T>>,
+    children: HashMap<Digest, Child<T>>,
     /// A controller's children are one or two: a boxed slice, not a set or a growing vector.
     by_controller: HashMap<Arc<str>, Box<[Arc<str>]>>,
 }
@@ -138,19 +144,32 @@ impl<T> Namespace<T> {
     }
 }
 
+/// Which children a cache lists by controller: `None` for no index; else those this says
+/// matter to their controller (every ConfigMap of a generation; the pods of a node that are
+/// failing, unready or going, the others saying nothing about it).
+pub type Listed<T> = Option<fn(&T) -> bool>;
+
+/// For [`Listed`]: every child.
+pub fn every<T>(_: &T) -> bool {
+    true
+}
+
 /// Every namespace's children.
 struct Index<T> {
     namespaces: HashMap<Arc<str>, Namespace<T>>,
-    /// Whether to keep `by_controller` (the pods of a node, the ConfigMaps of a generation).
-    by_controller: bool,
+    listed: Listed<T>,
 }
 
 impl<T> Index<T> {
-    fn new(by_controller: bool) -> Self {
+    fn new(listed: Listed<T>) -> Self {
         Index {
             namespaces: HashMap::new(),
-            by_controller,
+            listed,
         }
+    }
+
+    fn is_listed(&self, child: &Child<T>) -> bool {
+        self.listed.is_some_and(|listed| listed(&child.data))
     }
 
     fn get(&self, ns: &str, name: &str) -> Option<&Child<T>> {
@@ -165,12 +184,12 @@ impl<T> Index<T> {
             child,
         } = entry;
         self.remove(&namespace, &name, controller.as_deref());
-        let keep_index = self.by_controller;
+        let listed = self.is_listed(&child);
         let ns = match self.namespaces.get_mut(namespace.as_str()) {
             Some(ns) => ns,
             None => self.namespaces.entry(Arc::from(namespace)).or_default(),
         };
-        if let Some(controller) = controller.filter(|_| keep_index) {
+        if let Some(controller) = controller.filter(|_| listed) {
             ns.list(&name, controller);
         }
         ns.children.insert(digest(&name), child);
@@ -179,14 +198,14 @@ impl<T> Index<T> {
     /// Remove child `name` of namespace `ns_name`; `controller` is the one its latest event
     /// names.
     fn remove(&mut self, ns_name: &str, name: &str, controller: Option<&str>) {
-        let keep_index = self.by_controller;
+        let listed = self.listed;
         let Some(ns) = self.namespaces.get_mut(ns_name) else {
             return;
         };
-        if ns.children.remove(&digest(name)).is_none() {
+        let Some(old) = ns.children.remove(&digest(name)) else {
             return;
-        }
-        if keep_index {
+        };
+        if listed.is_some_and(|listed| listed(&old.data)) {
             ns.unlist(name, controller);
         }
         if ns.children.is_empty() {
@@ -217,8 +236,8 @@ impl<T: Clone> Children<T> {
         index.get(ns, name).cloned()
     }
 
-    /// The children of namespace `ns` that `controller` controls, by name. Empty unless the
-    /// cache keeps its index by controller.
+    /// The children of namespace `ns` that `controller` controls and the cache lists (see
+    /// [`Listed`]), by name.
     pub fn controlled_by(&self, ns: &str, controller: &str) -> Vec<(Arc<str>, Child<T>)> {
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         let Some(space) = index.namespaces.get(ns) else {
@@ -249,9 +268,9 @@ pub struct Writer<T> {
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-/// An empty cache, keeping an index by controller if `by_controller`.
-pub fn store<T>(by_controller: bool) -> (Children<T>, Writer<T>) {
-    let index = Arc::new(RwLock::new(Index::new(by_controller)));
+/// An empty cache, listing the children `listed` by controller.
+pub fn store<T>(listed: Listed<T>) -> (Children<T>, Writer<T>) {
+    let index = Arc::new(RwLock::new(Index::new(listed)));
     let (ready, ready_rx) = tokio::sync::watch::channel(false);
     let children = Children {
         index: index.clone(),
@@ -273,7 +292,7 @@ impl<T> Writer<T> {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         match event {
             watcher::Event::Init => {
-                self.relist = Some(Index::new(index.by_controller));
+                self.relist = Some(Index::new(index.listed));
                 None
             }
             watcher::Event::InitDone => {
@@ -310,14 +329,14 @@ impl<T> Writer<T> {
     }
 }
 
-/// A cache of `api`'s objects as `compact` makes them (indexed by controller if
-/// `by_controller`), and the reconcile triggers of their controllers (of kind `O`). The
+/// A cache of `api`'s objects as `compact` makes them (those `listed` indexed by controller),
+/// and the reconcile triggers of their controllers (of kind `O`). The
 /// triggers' stream drives the watch, so it must be polled (by `Controller::reconcile_on`).
 pub fn cache<W, T, O>(
     api: Api<W>,
     config: watcher::Config,
     compact: fn(&W) -> Entry<T>,
-    by_controller: bool,
+    listed: Listed<T>,
 ) -> (
     Children<T>,
     impl Stream<Item = ObjectRef<O>> + Send + 'static,
@@ -327,7 +346,7 @@ where
     T: Send + Sync + 'static,
     O: Resource<DynamicType = ()> + 'static,
 {
-    let (children, mut writer) = store(by_controller);
+    let (children, mut writer) = store(listed);
     let triggers = watcher(api, config)
         .default_backoff()
         .filter_map(move |event| {
@@ -366,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_relisted_version_triggers_nothing_and_a_new_one_or_a_delete_its_controller() {
-        let (children, mut writer) = store(true);
+        let (children, mut writer) = store(Some(every));
         let hello = Some(("ns".to_string(), Arc::from("hello")));
         let v1 = entry("hello-code", "1", Some("hello"));
         assert_eq!(writer.apply(watcher::Event::Apply(v1.clone())), hello);
@@ -404,7 +423,7 @@ mod tests {
 
     #[test]
     fn the_index_by_controller_follows_applies_moves_deletes_and_relists() {
-        let (children, mut writer) = store(true);
+        let (children, mut writer) = store(Some(every));
         for (pod, node) in [("n-b", "n"), ("n-a", "n"), ("m-a", "m")] {
             writer.apply(watcher::Event::Apply(entry(pod, "1", Some(node))));
         }
@@ -431,9 +450,15 @@ mod tests {
         assert_eq!(children.get("ns", "m-a"), None);
     }
 
+    #[test]
+    fn an_optional_digest_takes_no_more_room_than_a_digest() {
+        assert_eq!(std::mem::size_of::<Option<Digest>>(), 8);
+        assert_eq!(std::mem::size_of::<Child<()>>(), 16);
+    }
+
     #[tokio::test]
     async fn it_is_ready_after_its_first_full_list() {
-        let (children, mut writer) = store::<u8>(false);
+        let (children, mut writer) = store::<u8>(None);
         assert!(!*children.ready.borrow());
         writer.apply(watcher::Event::Init);
         writer.apply(watcher::Event::InitApply(entry("a", "1", None)));

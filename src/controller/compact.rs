@@ -6,9 +6,9 @@
 //! A trimmed Kubernetes object still costs 2 to 3 KB in a cache (every label or annotation map
 //! is a B-tree node of its own, an `ObjectMeta` is 0.3 KB before anything is set).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -17,7 +17,7 @@ use kube::Resource;
 use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 
-use super::children::{Child, Controller, Entry, digest};
+use super::children::{Child, Controller, Digest, Entry, digest};
 use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
 use crate::api::{GeneratedNode, LABEL_GENERATION, NodeGeneration};
 use crate::publish::configmap::CONTENT_HASH_ANNOTATION;
@@ -37,6 +37,47 @@ pub fn identity(meta: ObjectMeta) -> (ObjectMeta, Version) {
         ..Default::default()
     };
     (meta, version)
+}
+
+/// A bounded set of shared strings, for values many cache entries repeat. Past `max` entries
+/// (statuses written by someone else can carry any reason, some messages name their objects)
+/// new strings are no longer shared, so the set stays bounded.
+pub struct SharedStrings {
+    set: OnceLock<Mutex<HashSet<Arc<str>>>>,
+    max: usize,
+}
+
+impl SharedStrings {
+    pub const fn new(max: usize) -> Self {
+        SharedStrings {
+            set: OnceLock::new(),
+            max,
+        }
+    }
+
+    /// The shared copy of `s`.
+    pub fn get(&self, s: &str) -> Arc<str> {
+        let mut set = self
+            .set
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = set.get(s) {
+            return w.clone();
+        }
+        let w: Arc<str> = Arc::from(s);
+        if set.len() < self.max {
+            set.insert(w.clone());
+        }
+        w
+    }
+}
+
+/// The shared copy of a value many cached specs and statuses repeat (a domain, a version, a
+/// node's state).
+pub fn shared_value(s: &str) -> Arc<str> {
+    static VALUES: SharedStrings = SharedStrings::new(1024);
+    VALUES.get(s)
 }
 
 /// An object's uid and resourceVersion, kept beside a cache entry's `ObjectMeta` rather than
@@ -170,12 +211,12 @@ pub(crate) use entry_of_kind;
 /// What the NodeGeneration reconcile compares of a code ConfigMap (strings as [`digest`]s).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodeConfigMap {
-    pub content_hash: Option<u64>,
+    pub content_hash: Option<Digest>,
     /// Digest of the module the node's startup script runs (`deploy::entry_file` of the node's
     /// spec, which a reconcile works out again and checks against this).
-    pub entry: Option<u64>,
+    pub entry: Option<Digest>,
     /// The generation label: which NodeGeneration's run made it.
-    pub generation: Option<u64>,
+    pub generation: Option<Digest>,
     /// Digest of the labels and owner references, compared with those of the desired object.
     pub shape: u64,
 }
@@ -184,7 +225,7 @@ pub struct CodeConfigMap {
 /// applied, and the rollout's counts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeploymentState {
-    pub applied_hash: Option<u64>,
+    pub applied_hash: Option<Digest>,
     pub rollout: Rollout,
 }
 
@@ -206,7 +247,7 @@ pub struct Rollout {
 /// applied.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceState {
-    pub applied_hash: Option<u64>,
+    pub applied_hash: Option<Digest>,
 }
 
 pub fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
@@ -214,7 +255,7 @@ pub fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
 }
 
 /// The [`digest`] of annotation `key` of `meta`, without copying its value.
-pub fn annotation_digest(meta: &ObjectMeta, key: &str) -> Option<u64> {
+pub fn annotation_digest(meta: &ObjectMeta, key: &str) -> Option<Digest> {
     Some(digest(meta.annotations.as_ref()?.get(key)?))
 }
 
@@ -267,7 +308,7 @@ pub fn config_map(meta: &ObjectMeta) -> Entry<CodeConfigMap> {
             .labels
             .as_ref()
             .and_then(|l| l.get(LABEL_GENERATION))
-            .map(|g| digest(g)),
+            .map(digest),
         shape: shape(meta.labels.as_ref(), meta.owner_references.as_ref()),
     };
     let owner = controller_of(meta, &<NodeGeneration as Resource>::kind(&()));

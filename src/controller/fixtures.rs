@@ -200,10 +200,10 @@ impl CacheWriters {
 /// A context over the fake API with empty caches.
 pub fn context(fake: &FakeApi) -> (Arc<Context>, CacheWriters) {
     let (gn_r, gn_w) = reflector::store();
-    let (cm_r, mut cm_w) = children::store(true);
-    let (dep_r, mut dep_w) = children::store(false);
-    let (svc_r, mut svc_w) = children::store(false);
-    let (pod_r, mut pod_w) = children::store(true);
+    let (cm_r, mut cm_w) = children::store(Some(children::every));
+    let (dep_r, mut dep_w) = children::store(None);
+    let (svc_r, mut svc_w) = children::store(None);
+    let (pod_r, mut pod_w) = children::store(Some(super::pod_health::PodState::matters));
     for ready in [
         cm_w.apply(watcher::Event::InitDone),
         dep_w.apply(watcher::Event::InitDone),

@@ -228,7 +228,7 @@ fn stamp(meta: &mut ObjectMeta, hash: String) {
 }
 
 /// The digest of the hash `meta` was stamped with, as the children caches keep it.
-fn applied_hash(meta: &ObjectMeta) -> Option<u64> {
+fn applied_hash(meta: &ObjectMeta) -> Option<super::children::Digest> {
     compact::annotation_digest(meta, APPLIED_HASH_ANNOTATION)
 }
 

@@ -394,26 +394,26 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         api::<PartialObjectMeta<ConfigMap>>(&client, ns),
         managed.clone(),
         compact::config_map_of,
-        true,
+        Some(children::every),
     );
     let (dep_reader, dep_owners) = children::cache::<_, _, CachedNode>(
         api::<Deployment>(&client, ns),
         managed.clone(),
         compact::deployment,
-        false,
+        None,
     );
     let (svc_reader, svc_owners) = children::cache::<_, _, CachedNode>(
         api::<PartialObjectMeta<Service>>(&client, ns),
         managed.clone(),
         compact::service_of,
-        false,
+        None,
     );
     // The pods carry the Deployment's labels (ours among them); their status is all we read.
     let (pod_reader, pod_owners) = children::cache::<_, _, CachedNode>(
         api::<Pod>(&client, ns),
         managed.clone(),
         pod_health::cached,
-        true,
+        Some(pod_health::PodState::matters),
     );
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(

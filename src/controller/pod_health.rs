@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::children::{Children, Controller, Entry};
+use super::children::{Children, Entry};
 
 /// Waiting reasons that mean the container will not start without a change.
 pub const FAILING_REASONS: &[&str] = &[
@@ -63,6 +63,14 @@ pub struct PodState {
     pub unready: Option<Box<Unready>>,
 }
 
+impl PodState {
+    /// Whether the pod says anything about its node: one that is neither going, failing nor
+    /// unready does not (and most are not), so the pods cache does not list it under its node.
+    pub fn matters(&self) -> bool {
+        *self != PodState::default()
+    }
+}
+
 /// A running, started container that is not ready.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Unready {
@@ -72,18 +80,16 @@ pub struct Unready {
 }
 
 /// The cache entry of a pod; its controller is the GeneratedNode its label names (the pods
-/// cache keeps its index by controller: the pods of a node).
+/// cache keeps its index by controller: the pods of a node). No uid: the node does not own it.
 pub fn cached(pod: &Pod) -> Entry<PodState> {
-    let node = pod.labels().get(NAME_LABEL).map(|name| Controller {
-        name: Arc::from(name.as_str()),
-        uid: 0,
-    });
     let state = PodState {
         deleting: pod.metadata.deletion_timestamp.is_some(),
         failure: pod_failure(pod).map(Box::new),
         unready: unready_since(pod).map(Box::new),
     };
-    super::compact::entry(&pod.metadata, node, state)
+    let mut entry = super::compact::entry(&pod.metadata, None, state);
+    entry.controller = pod.labels().get(NAME_LABEL).map(|n| Arc::from(n.as_str()));
+    entry
 }
 
 /// The health of GeneratedNode `name`'s pods in `ns` at `now`. Pods are looked at in name
@@ -339,7 +345,7 @@ mod tests {
     #[test]
     fn a_nodes_health_comes_from_its_own_pods_through_the_index() {
         use kube::runtime::watcher::Event;
-        let (store, mut writer) = super::super::children::store(true);
+        let (store, mut writer) = super::super::children::store(Some(PodState::matters));
         let of_node = |node: &str, pod_name: &str, p: Pod| {
             let mut p = p;
             p.metadata.name = Some(pod_name.into());
@@ -359,6 +365,13 @@ mod tests {
         assert_eq!(failure("other"), None);
         writer.apply(Event::Delete(cached(&crashing)));
         assert_eq!(failure("n"), None);
+        // Recovered: a pod that says nothing about its node is not listed under it.
+        let recovered = of_node("m", "m-abc", unready_pod(1_000, 1_010, true));
+        assert!(!cached(&recovered).child.data.matters());
+        writer.apply(Event::Apply(cached(&recovered)));
+        assert_eq!(failure("m"), None);
+        assert!(store.controlled_by("ns", "m").is_empty());
+        assert!(store.get("ns", "m-abc").is_some());
     }
 
     #[test]
