@@ -283,7 +283,9 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
     let cached = ctx.caches.config_maps.get(ns, &cm.name);
     let entry = deploy::entry_file(&gn.spec);
     if cached.and_then(|c| c.data.entry) == Some(super::children::digest(&entry)) {
-        return Ok(entry_in(gn, &cm.name, &[key_for(&entry)]));
+        return Ok(Source::Ready(Code::ConfigMap {
+            name: cm.name.clone(),
+        }));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     match api.get_opt(&cm.name).await? {
@@ -301,15 +303,14 @@ async fn source(gn: &GeneratedNode, ctx: &Context, ns: &str) -> Result<Source, E
                 .flat_map(|d| d.keys().cloned())
                 .chain(found.binary_data.iter().flat_map(|d| d.keys().cloned()))
                 .collect();
-            Ok(entry_in(gn, &cm.name, &keys))
+            Ok(entry_in(&entry, &cm.name, &keys))
         }
     }
 }
 
-/// The ConfigMap as the code source if its keys hold the package's `__main__.py`.
-fn entry_in(gn: &GeneratedNode, config_map: &str, keys: &[String]) -> Source {
-    let entry = deploy::entry_file(&gn.spec);
-    if keys.contains(&key_for(&entry)) {
+/// The ConfigMap as the code source if its keys hold the package's `__main__.py`, `entry`.
+fn entry_in(entry: &str, config_map: &str, keys: &[String]) -> Source {
+    if keys.contains(&key_for(entry)) {
         Source::Ready(Code::ConfigMap {
             name: config_map.to_string(),
         })
