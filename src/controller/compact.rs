@@ -10,14 +10,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
-use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
+use serde::de::IgnoredAny;
 
 use super::children::{Child, Controller, Digest, Entry, digest};
+use super::lean::{Lean, LeanMeta};
 use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
 use crate::api::{GeneratedNode, LABEL_GENERATION, NodeGeneration};
 use crate::publish::configmap::CONTENT_HASH_ANNOTATION;
@@ -315,14 +316,17 @@ pub fn config_map(meta: &ObjectMeta) -> Entry<CodeConfigMap> {
     entry(meta, owner, data)
 }
 
+/// A node's Deployment as its cache and its apply read it: metadata and status.
+pub type DeploymentView = Lean<Deployment, IgnoredAny, DeploymentStatus>;
+
 /// The cache entry of a node's Deployment (owned by a GeneratedNode).
-pub fn deployment(d: &Deployment) -> Entry<DeploymentState> {
+pub fn deployment(meta: &ObjectMeta, status: Option<&DeploymentStatus>) -> Entry<DeploymentState> {
     let data = DeploymentState {
-        applied_hash: annotation_digest(&d.metadata, APPLIED_HASH_ANNOTATION),
-        rollout: rollout(d),
+        applied_hash: annotation_digest(meta, APPLIED_HASH_ANNOTATION),
+        rollout: rollout(meta, status),
     };
-    let owner = controller_of(&d.metadata, &<GeneratedNode as Resource>::kind(&()));
-    entry(&d.metadata, owner, data)
+    let owner = controller_of(meta, &<GeneratedNode as Resource>::kind(&()));
+    entry(meta, owner, data)
 }
 
 /// The cache entry of a node's Service (owned by a GeneratedNode).
@@ -334,15 +338,15 @@ pub fn service(meta: &ObjectMeta) -> Entry<ServiceState> {
     entry(meta, owner, data)
 }
 
-/// The rollout counts of `d`.
-pub fn rollout(d: &Deployment) -> Rollout {
-    let Some(st) = d.status.as_ref() else {
+/// The rollout counts of a Deployment.
+pub fn rollout(meta: &ObjectMeta, status: Option<&DeploymentStatus>) -> Rollout {
+    let Some(st) = status else {
         return Rollout::default();
     };
     Rollout {
         observed: st
             .observed_generation
-            .is_some_and(|o| o >= d.metadata.generation.unwrap_or(0)),
+            .is_some_and(|o| o >= meta.generation.unwrap_or(0)),
         total: st.replicas.unwrap_or(0),
         updated: st.updated_replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
@@ -369,19 +373,24 @@ pub fn map_event<K, C>(
     }
 }
 
-/// Metadata-only objects keep the compact functions' signature (`fn(&K)`).
-pub fn config_map_of(cm: &PartialObjectMeta<ConfigMap>) -> Entry<CodeConfigMap> {
+/// The watched objects keep the compact functions' signature (`fn(&K)`).
+pub fn config_map_of(cm: &LeanMeta<ConfigMap>) -> Entry<CodeConfigMap> {
     config_map(&cm.metadata)
 }
 
 /// See [`config_map_of`].
-pub fn service_of(svc: &PartialObjectMeta<Service>) -> Entry<ServiceState> {
+pub fn service_of(svc: &LeanMeta<Service>) -> Entry<ServiceState> {
     service(&svc.metadata)
+}
+
+/// See [`config_map_of`].
+pub fn deployment_of(d: &DeploymentView) -> Entry<DeploymentState> {
+    deployment(&d.metadata, d.status.as_ref())
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use k8s_openapi::api::apps::v1::DeploymentCondition;
 
     use super::*;
 
@@ -466,7 +475,7 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let cached = deployment(&d).child;
+        let cached = deployment(&d.metadata, d.status.as_ref()).child;
         assert_eq!(cached.data.applied_hash, Some(digest("h")));
         assert_eq!(
             cached.data.rollout,
@@ -480,7 +489,7 @@ mod tests {
             }
         );
         assert_eq!(
-            deployment(&Deployment::default()).child.data.rollout,
+            deployment(&ObjectMeta::default(), None).child.data.rollout,
             Rollout::default()
         );
     }

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch};
@@ -21,6 +20,7 @@ use tracing::Instrument;
 
 use super::cached_node::CachedNode;
 use super::compact::{self, Rollout};
+use super::lean::LeanMeta;
 use super::node_generation::APPLIED_HASH_ANNOTATION;
 use super::{Context, Error, apply_params, apply_status, delete_ignoring_missing, ready_event};
 use crate::api::{Condition, ConditionStatus, GeneratedNode, GeneratedNodeSpec};
@@ -65,8 +65,8 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
     if ctx.nothing_to_do(&gn.metadata).await? {
         return Ok(Action::await_change());
     }
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let deployments: Api<compact::DeploymentView> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<LeanMeta<Service>> = Api::namespaced(ctx.client.clone(), &ns);
 
     if !gn.spec.deploy.enabled {
         if ctx.caches.deployments.get(&ns, &name).is_some() {
@@ -149,17 +149,18 @@ async fn reconcile_inner(gn: &GeneratedNode, ctx: &Context) -> Result<Action, Er
         .is_some_and(|s| s.data.applied_hash == applied_hash(&service.metadata));
     if !service_current {
         services
-            .patch_metadata(&name, &params, &Patch::Apply(&service))
+            .patch(&name, &params, &Patch::Apply(&service))
             .await?;
     }
     let cached = ctx.caches.deployments.get(&ns, &name);
     let rollout = match cached {
         Some(d) if d.data.applied_hash == applied_hash(&deployment.metadata) => d.data.rollout,
-        _ => compact::rollout(
-            &deployments
+        _ => {
+            let applied = deployments
                 .patch(&name, &params, &Patch::Apply(&deployment))
-                .await?,
-        ),
+                .await?;
+            compact::rollout(&applied.metadata, applied.status.as_ref())
+        }
     };
 
     let (mut conditions, ready_replicas) = summarise(&rollout, gn.spec.deploy.replicas);
@@ -466,7 +467,7 @@ mod tests {
     use crate::api::GeneratedNodeStatus;
     use crate::controller::dependents::Dependents;
     use crate::controller::fixtures::{CacheWriters, FakeApi, context};
-    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 
     #[test]
     fn a_rollout_whose_new_pod_is_unready_is_not_ready_while_the_old_pod_serves() {
@@ -484,7 +485,7 @@ mod tests {
             d
         };
         let ready_of = |d: &Deployment| {
-            let (conditions, _) = summarise(&compact::rollout(d), 1);
+            let (conditions, _) = summarise(&compact::rollout(&d.metadata, d.status.as_ref()), 1);
             let ready = status::get(&conditions, READY).cloned().unwrap();
             (ready.status, ready.reason)
         };
@@ -642,7 +643,10 @@ mod tests {
             ..Default::default()
         });
         // Cached as the operator caches it.
-        CacheWriters::apply(&mut caches.deployments, compact::deployment(&applied));
+        CacheWriters::apply(
+            &mut caches.deployments,
+            compact::deployment(&applied.metadata, applied.status.as_ref()),
+        );
         let svc: Service = serde_json::from_value(fake.writes()[0].body.clone()).unwrap();
         CacheWriters::apply(&mut caches.services, compact::service(&svc.metadata));
         gn.status = Some(status);
@@ -685,7 +689,10 @@ mod tests {
         let mut d = Deployment::default();
         d.metadata.name = Some("hello-effect".into());
         d.metadata.namespace = Some("ns".into());
-        CacheWriters::apply(&mut caches.deployments, compact::deployment(&d));
+        CacheWriters::apply(
+            &mut caches.deployments,
+            compact::deployment(&d.metadata, None),
+        );
         fake.clear();
         reconcile(Arc::new(CachedNode::from(disabled)), ctx)
             .await

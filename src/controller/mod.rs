@@ -18,6 +18,7 @@ mod freshness;
 pub mod generated_node;
 mod git_output;
 mod leader;
+mod lean;
 pub mod metrics;
 pub mod node_generation;
 mod pod_health;
@@ -28,9 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::{Api, PartialObjectMeta};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
@@ -46,6 +46,7 @@ use crate::telemetry::{self, Health};
 use cached_generation::CachedGeneration;
 use cached_node::CachedNode;
 use children::Children;
+use lean::LeanMeta;
 
 pub use backoff::Backoff;
 pub use config::RunConfig;
@@ -234,7 +235,7 @@ where
     request
         .headers_mut()
         .insert(http::header::ACCEPT, METADATA_ONLY.clone());
-    let written: PartialObjectMeta<K> = ctx.client.request(request).await?;
+    let written: LeanMeta<K> = ctx.client.request(request).await?;
     ctx.freshness.wrote(
         written.metadata.uid.as_deref(),
         written.metadata.resource_version.as_deref(),
@@ -391,33 +392,33 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // Compact caches of the children, each fed by the watch that also triggers the owner's
     // reconcile.
     let (cm_reader, cm_owners) = children::cache::<_, _, CachedGeneration>(
-        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        api::<LeanMeta<ConfigMap>>(&client, ns),
         managed.clone(),
         compact::config_map_of,
         Some(children::every),
     );
     let (dep_reader, dep_owners) = children::cache::<_, _, CachedNode>(
-        api::<Deployment>(&client, ns),
+        api::<compact::DeploymentView>(&client, ns),
         managed.clone(),
-        compact::deployment,
+        compact::deployment_of,
         None,
     );
     let (svc_reader, svc_owners) = children::cache::<_, _, CachedNode>(
-        api::<PartialObjectMeta<Service>>(&client, ns),
+        api::<LeanMeta<Service>>(&client, ns),
         managed.clone(),
         compact::service_of,
         None,
     );
     // The pods carry the Deployment's labels (ours among them); their status is all we read.
     let (pod_reader, pod_owners) = children::cache::<_, _, CachedNode>(
-        api::<Pod>(&client, ns),
+        api::<pod_health::PodView>(&client, ns),
         managed.clone(),
         pod_health::cached,
         Some(pod_health::PodState::matters),
     );
     // PRDs kept in the user's ConfigMaps: metadata only, never our own (large) ones.
     let user_config_maps = watcher(
-        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        api::<LeanMeta<ConfigMap>>(&client, ns),
         watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}!={FIELD_MANAGER}")),
     )
     .default_backoff()
@@ -432,9 +433,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // generations, against 37 MB once listed).
     let everything = watcher::Config::default().page_size(LIST_PAGE);
     let (gn_reader, generated_nodes) = entries(
-        api::<GeneratedNode>(&client, ns),
+        api::<lean::GeneratedNodeView>(&client, ns),
         everything.clone(),
-        CachedNode::from,
+        |gn| CachedNode::from(GeneratedNode::from(gn)),
     );
     // The GeneratedNode controller already waits on this store's readiness, and kube-runtime's
     // readiness future wakes only one waiter (a second one can sleep forever); so /readyz
@@ -473,9 +474,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         })
         .applied_objects();
     let (ng_reader, node_generations) = entries(
-        api::<NodeGeneration>(&client, ns),
+        api::<lean::NodeGenerationView>(&client, ns),
         everything,
-        CachedGeneration::from,
+        |ng| CachedGeneration::from(NodeGeneration::from(ng)),
     );
     let node_generations = node_generations.applied_objects();
     // The periodic re-check of settled objects (drift no watch shows), swept over each cache.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::api::{Api, PartialObjectMeta, Patch};
+use kube::api::{Api, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -21,6 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::cached_generation::CachedGeneration;
 use super::children::digest;
+use super::lean::{LeanMeta, NodeGenerationView};
 use super::metrics::{NodeLabels, domain_label};
 use super::{
     Context, Error, apply_params, apply_status, compact, delete_ignoring_missing, git_output,
@@ -76,7 +77,7 @@ pub fn code_config_map_name(node: &str) -> String {
 /// edit of the user's PRD or handlers regenerates at once.
 pub fn referencing(
     store: &Store<CachedGeneration>,
-    cm: &PartialObjectMeta<ConfigMap>,
+    cm: &LeanMeta<ConfigMap>,
 ) -> Vec<ObjectRef<CachedGeneration>> {
     let ns = cm.namespace();
     let name = cm.name_any();
@@ -180,8 +181,8 @@ async fn reconcile_inner(cached: &NodeGeneration, ctx: &Context) -> Result<Actio
 
     // This generation must run, from the object as it is now: the cache dropped its inline
     // PRD and the parts of its status that only a run or a status write needs.
-    let api: Api<NodeGeneration> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(mut full) = api.get_opt(&name).await? else {
+    let api: Api<NodeGenerationView> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(mut full) = api.get_opt(&name).await?.map(NodeGeneration::from) else {
         return Ok(Action::await_change());
     };
     forget_cached_digest(&mut full);
@@ -457,18 +458,16 @@ async fn apply_children(
     children: &[(ConfigMap, GeneratedNode)],
 ) -> Result<(), Error> {
     let params = apply_params();
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let gns: Api<GeneratedNode> = Api::namespaced(ctx.client.clone(), ns);
+    let cms: Api<LeanMeta<ConfigMap>> = Api::namespaced(ctx.client.clone(), ns);
+    let gns: Api<LeanMeta<GeneratedNode>> = Api::namespaced(ctx.client.clone(), ns);
     for (cm, gn) in children {
         let cm_name = cm.metadata.name.clone().unwrap_or_default();
         if !config_map_current(ctx, ns, cm) {
-            cms.patch_metadata(&cm_name, &params, &Patch::Apply(cm))
-                .await?;
+            cms.patch(&cm_name, &params, &Patch::Apply(cm)).await?;
         }
         let gn_name = gn.name_any();
         if !generated_node_current(ctx, ns, gn)? {
-            gns.patch_metadata(&gn_name, &params, &Patch::Apply(gn))
-                .await?;
+            gns.patch(&gn_name, &params, &Patch::Apply(gn)).await?;
         }
     }
     delete_unplanned(ng, ctx, ns, name, children).await
@@ -958,8 +957,8 @@ async fn refresh_nodes(
         return Ok(());
     }
     // The cached status is trimmed (`trim_cached`): write from the server's copy.
-    let api: Api<NodeGeneration> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(mut full) = api.get_opt(&ng.name_any()).await? else {
+    let api: Api<NodeGenerationView> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(mut full) = api.get_opt(&ng.name_any()).await?.map(NodeGeneration::from) else {
         return Ok(());
     };
     forget_cached_digest(&mut full);
@@ -1156,7 +1155,6 @@ mod tests {
 
     #[test]
     fn an_edit_of_the_prd_or_the_handlers_config_map_reaches_its_generations() {
-        use kube::core::PartialObjectMeta;
         use kube::runtime::{reflector, watcher};
         let mut from_cm = ng(PRD);
         from_cm.metadata.name = Some("from-cm".into());
@@ -1175,9 +1173,11 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(CachedGeneration::from(ng)));
         }
         let names = |cm: &str, ns: &str| {
-            let mut meta = PartialObjectMeta::<ConfigMap>::default();
-            meta.metadata.name = Some(cm.into());
-            meta.metadata.namespace = Some(ns.into());
+            let meta = LeanMeta::<ConfigMap>::new(ObjectMeta {
+                name: Some(cm.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            });
             let mut refs: Vec<String> = referencing(&store, &meta)
                 .into_iter()
                 .map(|r| r.name)

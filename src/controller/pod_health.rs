@@ -7,11 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use serde::de::IgnoredAny;
 
 use super::children::{Children, Entry};
+use super::lean::Lean;
+
+/// A pod as its cache reads it: metadata and status (its spec is kilobytes nothing reads).
+pub type PodView = Lean<Pod, IgnoredAny, PodStatus>;
 
 /// Waiting reasons that mean the container will not start without a change.
 pub const FAILING_REASONS: &[&str] = &[
@@ -81,7 +86,7 @@ pub struct Unready {
 
 /// The cache entry of a pod; its controller is the GeneratedNode its label names (the pods
 /// cache keeps its index by controller: the pods of a node). No uid: the node does not own it.
-pub fn cached(pod: &Pod) -> Entry<PodState> {
+pub fn cached(pod: &PodView) -> Entry<PodState> {
     let state = PodState {
         deleting: pod.metadata.deletion_timestamp.is_some(),
         failure: pod_failure(pod).map(Box::new),
@@ -143,7 +148,7 @@ fn unready(pod: &str, state: &PodState, now: Timestamp) -> Health {
 }
 
 /// The first running, started container of an unready pod that is not ready itself.
-fn unready_since(pod: &Pod) -> Option<Unready> {
+fn unready_since(pod: &PodView) -> Option<Unready> {
     let status = pod.status.as_ref()?;
     let since_unready = status
         .conditions
@@ -161,7 +166,7 @@ fn unready_since(pod: &Pod) -> Option<Unready> {
     })
 }
 
-fn pod_failure(pod: &Pod) -> Option<(String, String)> {
+fn pod_failure(pod: &PodView) -> Option<(String, String)> {
     let status = pod.status.as_ref()?;
     let init = status.init_container_statuses.iter().flatten();
     let main = status.container_statuses.iter().flatten();
@@ -228,8 +233,21 @@ fn tail(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateTerminated, ContainerStateWaiting, PodStatus,
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting,
     };
+
+    /// The pod as its watch delivers it (see [`PodView`]).
+    fn cached(p: &Pod) -> Entry<PodState> {
+        super::cached(&view(p))
+    }
+
+    fn pod_failure(p: &Pod) -> Option<(String, String)> {
+        super::pod_failure(&view(p))
+    }
+
+    fn view(p: &Pod) -> PodView {
+        Lean::new(p.metadata.clone(), IgnoredAny, p.status.clone())
+    }
 
     fn status(waiting: &str, message: &str, exit: Option<i32>) -> ContainerStatus {
         ContainerStatus {
