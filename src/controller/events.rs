@@ -14,6 +14,8 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::{Event, EventType};
 
+use super::lean::LeanMeta;
+
 /// Sends `events.k8s.io/v1` Events as `controller` (this replica: `instance`).
 #[derive(Clone)]
 pub struct Events {
@@ -67,9 +69,16 @@ impl Events {
             ),
             ..Default::default()
         };
-        Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &event)
-            .await?;
+        // Answered with its metadata alone, without managed fields: nothing reads the echo.
+        let api = Api::<K8sEvent>::namespaced(self.client.clone(), namespace);
+        let body = serde_json::to_vec(&event).map_err(kube::Error::SerdeError)?;
+        let mut request = kube::core::Request::new(api.resource_url())
+            .create(&PostParams::default(), body)
+            .map_err(kube::Error::BuildRequest)?;
+        request
+            .headers_mut()
+            .insert(http::header::ACCEPT, super::METADATA_ONLY.clone());
+        self.client.request::<LeanMeta<K8sEvent>>(request).await?;
         Ok(())
     }
 }

@@ -247,7 +247,7 @@ where
 /// rest, and echoing a NodeGeneration with its PRD back costs the server encoding and us
 /// decoding. (Children are applied with kube's `patch_metadata`, which sends the same header;
 /// for a code ConfigMap the echo was ~80 KB.)
-static METADATA_ONLY: http::HeaderValue =
+pub(crate) static METADATA_ONLY: http::HeaderValue =
     http::HeaderValue::from_static("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1");
 
 /// Delete a child; one already gone is fine.
