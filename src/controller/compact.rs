@@ -373,7 +373,7 @@ pub fn map_event<K, C>(
     }
 }
 
-/// The watched objects keep the compact functions' signature (`fn(&K)`).
+/// The compact functions of the watched kinds, as `children::cache` takes them (`fn(&K)`).
 pub fn config_map_of(cm: &LeanMeta<ConfigMap>) -> Entry<CodeConfigMap> {
     config_map(&cm.metadata)
 }
