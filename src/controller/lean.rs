@@ -38,6 +38,8 @@ pub struct Lean<K, P = IgnoredAny, S = IgnoredAny> {
     kind: PhantomData<fn() -> K>,
 }
 
+/// For tests: the operator only ever reads these from the API server.
+#[cfg(test)]
 impl<K, P, S> Lean<K, P, S> {
     pub fn new(metadata: ObjectMeta, spec: P, status: Option<S>) -> Self {
         Lean {
@@ -59,6 +61,7 @@ pub struct LeanMeta<K> {
     kind: PhantomData<fn() -> K>,
 }
 
+#[cfg(test)]
 impl<K> LeanMeta<K> {
     pub fn new(metadata: ObjectMeta) -> Self {
         LeanMeta {
