@@ -6,58 +6,46 @@
 //! replicas available"), so the entries share one copy of each text; the optional generation
 //! and transition time are packed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::children::{Digest, digest};
-use super::compact::SharedStrings;
+use super::children::digest;
+use super::shared::{Shared, SharedStrings};
 use crate::api::{Condition, ConditionStatus, GeneratedNodeStatus};
 
-/// The shared copy of a condition's type or reason.
+/// The shared copy of a condition's type, reason or message. A message that names its object
+/// is still the same for its three conditions ("waiting for x to be Ready").
 fn word(s: &str) -> Arc<str> {
-    static WORDS: SharedStrings = SharedStrings::new(1024);
+    static WORDS: SharedStrings = SharedStrings::new();
     WORDS.get(s)
 }
 
 /// What conditions share: type, reason and message. Most conditions repeat across objects
 /// whole ("Ready", "Available", "1/1 replicas available"), so an entry keeps one pointer to a
-/// shared copy; those of a message that names its object are copies of their own (past
-/// [`MAX_SHARED_TEXTS`], or on a digest collision), still sharing the type and reason.
+/// shared copy.
 #[derive(Debug, PartialEq)]
 struct Text {
     type_: Arc<str>,
     reason: Arc<str>,
-    message: Box<str>,
+    message: Arc<str>,
 }
-
-/// How many condition texts are shared at most.
-const MAX_SHARED_TEXTS: usize = 4096;
 
 /// The shared copy of a condition's text.
 fn text(type_: &str, reason: &str, message: &str) -> Arc<Text> {
-    static TEXTS: OnceLock<Mutex<HashMap<Digest, Arc<Text>>>> = OnceLock::new();
-    let key = digest(&(type_, reason, message));
-    let mut texts = TEXTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(t) = texts.get(&key)
-        && (&*t.type_, &*t.reason, &*t.message) == (type_, reason, message)
-    {
-        return t.clone();
-    }
-    let t = Arc::new(Text {
-        type_: word(type_),
-        reason: word(reason),
-        message: message.into(),
-    });
-    if texts.len() < MAX_SHARED_TEXTS {
-        texts.entry(key).or_insert_with(|| t.clone());
-    }
-    t
+    static TEXTS: Shared<Text> = Shared::new();
+    TEXTS.get(
+        digest(&(type_, reason, message)),
+        |t| (&*t.type_, &*t.reason, &*t.message) == (type_, reason, message),
+        || {
+            Arc::new(Text {
+                type_: word(type_),
+                reason: word(reason),
+                message: word(message),
+            })
+        },
+    )
 }
 
 /// A cached condition: a [`Condition`] whose text is shared, 32 bytes instead of 96.
@@ -214,6 +202,21 @@ mod tests {
             &again.conditions[0].text
         ));
         assert_eq!(std::mem::size_of::<CachedCondition>(), 32);
+    }
+
+    #[test]
+    fn the_conditions_of_a_waiting_node_share_its_message() {
+        let c = |type_| {
+            CachedCondition::from(Condition::new(
+                type_,
+                ConditionStatus::False,
+                "WaitingForDependencies",
+                "waiting for a-node to be Ready",
+            ))
+        };
+        let (available, ready) = (c("Available"), c("Ready"));
+        assert!(!Arc::ptr_eq(&available.text, &ready.text));
+        assert!(Arc::ptr_eq(&available.text.message, &ready.text.message));
     }
 
     #[test]

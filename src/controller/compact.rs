@@ -6,9 +6,9 @@
 //! A trimmed Kubernetes object still costs 2 to 3 KB in a cache (every label or annotation map
 //! is a B-tree node of its own, an `ObjectMeta` is 0.3 KB before anything is set).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -20,6 +20,7 @@ use serde::de::IgnoredAny;
 use super::children::{Child, Controller, Digest, Entry, digest};
 use super::lean::{Lean, LeanMeta};
 use super::node_generation::{APPLIED_HASH_ANNOTATION, ENTRY_ANNOTATION};
+use super::shared::SharedStrings;
 use crate::api::{GeneratedNode, LABEL_GENERATION, NodeGeneration};
 use crate::publish::configmap::CONTENT_HASH_ANNOTATION;
 
@@ -40,44 +41,10 @@ pub fn identity(meta: ObjectMeta) -> (ObjectMeta, Version) {
     (meta, version)
 }
 
-/// A bounded set of shared strings, for values many cache entries repeat. Past `max` entries
-/// (statuses written by someone else can carry any reason, some messages name their objects)
-/// new strings are no longer shared, so the set stays bounded.
-pub struct SharedStrings {
-    set: OnceLock<Mutex<HashSet<Arc<str>>>>,
-    max: usize,
-}
-
-impl SharedStrings {
-    pub const fn new(max: usize) -> Self {
-        SharedStrings {
-            set: OnceLock::new(),
-            max,
-        }
-    }
-
-    /// The shared copy of `s`.
-    pub fn get(&self, s: &str) -> Arc<str> {
-        let mut set = self
-            .set
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(w) = set.get(s) {
-            return w.clone();
-        }
-        let w: Arc<str> = Arc::from(s);
-        if set.len() < self.max {
-            set.insert(w.clone());
-        }
-        w
-    }
-}
-
 /// The shared copy of a value many cached specs and statuses repeat (a domain, a version, a
 /// node's state).
 pub fn shared_value(s: &str) -> Arc<str> {
-    static VALUES: SharedStrings = SharedStrings::new(1024);
+    static VALUES: SharedStrings = SharedStrings::new();
     VALUES.get(s)
 }
 

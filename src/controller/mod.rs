@@ -24,6 +24,7 @@ pub mod node_generation;
 mod pod_health;
 mod progress;
 mod resync;
+mod shared;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

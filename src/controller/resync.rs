@@ -5,9 +5,13 @@
 //! reference and a timer slot, about 0.4 KB. A requeue of every settled object held 6 MB at
 //! 5,000 generations, for nothing but a timer. A sweep holds nothing between two passes, and
 //! hands the controller its objects a batch at a time, so that the scheduler never holds a
-//! whole cache either.
+//! whole cache either. During a pass it holds the cache's own entries, a pointer each, and
+//! makes an object's reference only when it hands it over: a pass's references made up front
+//! (a name, a namespace and 96 bytes each) were 7 MB at 36,000 GeneratedNodes.
 
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use futures::Stream;
 use kube::runtime::reflector::{Lookup, ObjectRef, Store};
@@ -36,12 +40,12 @@ where
                     sweep.in_batch = 0;
                 }
                 sweep.in_batch += 1;
-                return Some((obj, sweep));
+                return Some((reference(obj.as_ref()), sweep));
             }
             tokio::time::sleep_until(sweep.next_pass).await;
             // A pass that took longer than a period is followed by a whole period of rest.
             sweep.next_pass = (sweep.next_pass + period).max(Instant::now() + PAUSE);
-            let pass = references(&sweep.store);
+            let pass = sweep.store.state();
             tracing::debug!(objects = pass.len(), kind = %K::kind(&()), "resync pass");
             sweep.pending = pass.into_iter();
             sweep.in_batch = 0;
@@ -52,26 +56,22 @@ where
 struct Sweep<K: Lookup<DynamicType = ()> + 'static> {
     store: Store<K>,
     next_pass: Instant,
-    pending: std::vec::IntoIter<ObjectRef<K>>,
+    /// The entries of this pass still to hand over; one that changed since is handed over as
+    /// its reference all the same (the controller reconciles what its cache holds by then).
+    pending: std::vec::IntoIter<Arc<K>>,
     /// References handed over since the last pause.
     in_batch: usize,
 }
 
-/// The references of every object in `store`, without their resourceVersion and uid: the
-/// controller reconciles whatever version its cache holds by then.
-fn references<K>(store: &Store<K>) -> Vec<ObjectRef<K>>
+/// The reference of `obj`, without its resourceVersion and uid: the controller reconciles
+/// whatever version its cache holds by then.
+fn reference<K>(obj: &K) -> ObjectRef<K>
 where
-    K: Lookup<DynamicType = ()> + Clone,
+    K: Lookup<DynamicType = ()>,
 {
-    store
-        .state()
-        .iter()
-        .map(|obj| {
-            let mut r = obj.to_object_ref(());
-            r.extra = Default::default();
-            r
-        })
-        .collect()
+    let mut r = obj.to_object_ref(());
+    r.extra = Default::default();
+    r
 }
 
 #[cfg(test)]
