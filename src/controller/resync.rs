@@ -9,9 +9,8 @@
 //! makes an object's reference only when it hands it over: a pass's references made up front
 //! (a name, a namespace and 96 bytes each) were 7 MB at 36,000 GeneratedNodes.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use kube::runtime::reflector::{Lookup, ObjectRef, Store};
