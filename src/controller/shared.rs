@@ -23,9 +23,10 @@ pub struct Shared<T: ?Sized> {
 
 struct Table<T: ?Sized> {
     values: HashMap<Digest, Weak<T>>,
-    /// The size at which the dropped values are swept out: a quarter more than was left at the
-    /// last sweep. Until then a dropped value keeps its allocation (a `Weak` does), so at most
-    /// a quarter of the set is dead, and sweeping costs about five checks per insert.
+    /// The size at which the dropped values are swept out: a quarter more than was live at the
+    /// last sweep. A dropped value keeps its allocation until then (its `Weak` does), so the
+    /// set never holds more than 1.25 times what was live at its last sweep, and sweeping
+    /// costs about five checks per insert.
     sweep_at: usize,
 }
 
